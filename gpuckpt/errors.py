@@ -1,0 +1,45 @@
+"""gpuckpt's exceptions: one base class, three kinds, each naming the file and key at fault.
+
+    CheckpointError                 base; catch this to catch everything gpuckpt raises
+     ├── NotFoundError              a prefix, file, shard or key that does not exist
+     ├── DataLossError              bytes on disk are corrupt, truncated or not a checkpoint
+     └── InvalidArgumentError       a request that cannot be honoured (bad dtype, shape, option)
+
+Lower-layer errors (OSError, protobuf's DecodeError) are converted at the seam where they
+occur, with ``raise ... from exc`` so the original stays in the traceback.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class CheckpointError(Exception):
+    """Base class of every error gpuckpt raises on purpose."""
+
+    def __init__(self, message: str, *, path: str | os.PathLike | None = None, key: str | None = None):
+        self.path = os.fspath(path) if path is not None else None
+        self.key = key
+        super().__init__(message)
+
+
+class NotFoundError(CheckpointError):
+    """Something that should exist does not: a checkpoint prefix, a data shard, a key."""
+
+
+class DataLossError(CheckpointError):
+    """Stored bytes fail verification: bad CRC, bad magic, truncation, malformed records."""
+
+
+class InvalidArgumentError(CheckpointError, ValueError):
+    """A request gpuckpt cannot honour, such as restoring a float32 value into an int32 variable."""
+
+
+def describe(path: str | os.PathLike | None, key: str | None = None) -> str:
+    """A short 'file ..., key ...' phrase for error messages."""
+    parts = []
+    if path is not None:
+        parts.append(f"file {os.fspath(path)!r}")
+    if key is not None:
+        parts.append(f"key {key!r}")
+    return ", ".join(parts)
