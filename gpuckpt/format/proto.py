@@ -53,8 +53,9 @@ _MESSAGES = {
         ("registered_saver", 4, "RegisteredSaver", False),
         ("has_checkpoint_values", 5, "BoolValue", False)],
     "TrackableObjectGraph": [("nodes", 1, "TrackableObjectGraph.TrackableObject", True)],
-    "CheckpointState": [("model_checkpoint_path", 1, "string", False),
-                        ("all_model_checkpoint_paths", 2, "string", True),
+    # Paths are declared bytes so text-format octal/hex escapes decode to UTF-8 bytes, not code points.
+    "CheckpointState": [("model_checkpoint_path", 1, "bytes", False),
+                        ("all_model_checkpoint_paths", 2, "bytes", True),
                         ("all_model_checkpoint_timestamps", 3, "double", True),
                         ("last_preserved_timestamp", 4, "double", False)],
 }

@@ -1,0 +1,172 @@
+"""Bundle index records: the header and one ``BundleEntryProto`` per tensor (spec section 4).
+
+``BundleEntry`` is the plain-data form every other stage uses; ``build_index`` and
+``parse_index`` convert between a table of entries and the bytes of a ``.index`` file.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+
+from ..errors import DataLossError
+from . import dtypes, proto, sstable
+from .dtypes import DType
+
+HEADER_KEY = ""
+OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
+_UNSUPPORTED_ENUMS = {20: "resource", 21: "variant"}
+
+
+@dataclass(frozen=True)
+class Extent:
+    """One dimension of a slice: ``[start, start + length)``; ``length=None`` is the whole dimension."""
+
+    start: int
+    length: int | None
+
+
+@dataclass(frozen=True)
+class BundleEntry:
+    """Where and how one tensor (or one slice of it) is stored. ``crc32c`` is the masked CRC."""
+
+    dtype: DType
+    shape: tuple[int, ...]
+    shard_id: int = 0
+    offset: int = 0
+    size: int = 0
+    crc32c: int = 0
+    slices: tuple[tuple[Extent, ...], ...] = ()
+
+    @property
+    def num_elements(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def is_sliced(self) -> bool:
+        """True for the full entry of a partitioned tensor, whose bytes live in slice entries."""
+        return bool(self.slices)
+
+
+@dataclass(frozen=True)
+class BundleIndex:
+    """A parsed ``.index`` file: shard count, tensor entries by key, and slice entries by binary key."""
+
+    num_shards: int
+    entries: dict[str, BundleEntry]
+    slice_entries: dict[bytes, BundleEntry]
+
+
+def data_file_name(prefix: str, shard: int, num_shards: int) -> str:
+    """``prefix.data-SSSSS-of-NNNNN``."""
+    return f"{prefix}.data-{shard:05d}-of-{num_shards:05d}"
+
+
+def encode_header(num_shards: int) -> bytes:
+    header = proto.BundleHeaderProto(num_shards=num_shards)
+    header.version.producer = 1
+    return header.SerializeToString()
+
+
+def encode_entry(entry: BundleEntry) -> bytes:
+    """Serialize an entry with TensorFlow's field order and omissions."""
+    msg = proto.BundleEntryProto(
+        dtype=entry.dtype.enum,
+        shard_id=entry.shard_id,
+        offset=entry.offset,
+        size=entry.size,
+        crc32c=entry.crc32c,
+    )
+    msg.shape.SetInParent()
+    for dim in entry.shape:
+        msg.shape.dim.add(size=dim)
+    for piece in entry.slices:
+        sl = msg.slices.add()
+        for ext in piece:
+            if ext.length is None:
+                sl.extent.add(start=ext.start)
+            else:
+                sl.extent.add(start=ext.start, length=ext.length)
+    return msg.SerializeToString()
+
+
+def build_index(num_shards: int, entries: Mapping[str | bytes, BundleEntry]) -> bytes:
+    """The bytes of a ``.index`` file: the header under key ``""``, then entries in byte order."""
+    items = [(k.encode("utf-8") if isinstance(k, str) else k, e) for k, e in entries.items()]
+    items.sort(key=lambda kv: kv[0])
+    table = [(b"", encode_header(num_shards))]
+    table += [(key, encode_entry(entry)) for key, entry in items]
+    return sstable.build_table(table)
+
+
+def _decode_header(raw: bytes, path: str | None) -> int:
+    try:
+        header = proto.BundleHeaderProto.FromString(raw)
+    except DecodeError as exc:
+        raise DataLossError(f"corrupt bundle header in {path!r}: {exc}", path=path) from exc
+    if header.endianness != 0:
+        raise DataLossError(f"{path!r} is a big-endian bundle, which gpuckpt does not read", path=path)
+    if header.version.min_consumer > 1 or 1 in header.version.bad_consumers:
+        raise DataLossError(
+            f"{path!r} needs a newer reader (min_consumer {header.version.min_consumer})", path=path
+        )
+    if header.num_shards < 1:
+        raise DataLossError(f"corrupt bundle header in {path!r}: num_shards {header.num_shards}", path=path)
+    return header.num_shards
+
+
+def decode_entry(raw: bytes, *, path: str | None = None, key: str | None = None) -> BundleEntry:
+    """Parse and validate one ``BundleEntryProto``."""
+
+    def bad(why: str) -> DataLossError:
+        return DataLossError(f"corrupt entry for key {key!r} in {path!r}: {why}", path=path, key=key)
+
+    try:
+        msg = proto.BundleEntryProto.FromString(raw)
+    except DecodeError as exc:
+        raise bad(str(exc)) from exc
+    if msg.dtype in _UNSUPPORTED_ENUMS:
+        raise bad(f"{_UNSUPPORTED_ENUMS[msg.dtype]} tensors are not supported")
+    if msg.dtype not in dtypes.BY_ENUM:
+        raise bad(f"unknown dtype enum {msg.dtype}")
+    dtype = dtypes.BY_ENUM[msg.dtype]
+    if msg.shape.unknown_rank or any(d.size < 0 for d in msg.shape.dim):
+        raise bad("shape is unknown or negative")
+    shape = tuple(d.size for d in msg.shape.dim)
+    if msg.offset < 0 or msg.size < 0 or msg.shard_id < 0:
+        raise bad("negative shard, offset or size")
+    slices = tuple(
+        tuple(Extent(e.start, e.length if e.HasField("length") else None) for e in sl.extent) for sl in msg.slices
+    )
+    entry = BundleEntry(dtype, shape, msg.shard_id, msg.offset, msg.size, msg.crc32c, slices)
+    if not slices and not dtype.is_string and entry.size != entry.num_elements * dtype.itemsize:
+        raise bad(f"size {entry.size} does not match shape {list(shape)} of {dtype.name}")
+    return entry
+
+
+def parse_index(data: bytes | memoryview, path: str | None = None) -> BundleIndex:
+    """Parse a ``.index`` file's bytes into a :class:`BundleIndex`, validating everything."""
+    table = sstable.read_table(data, path)
+    if not table or table[0][0] != b"":
+        raise DataLossError(f"{path!r} has no bundle header entry", path=path)
+    num_shards = _decode_header(table[0][1], path)
+    entries: dict[str, BundleEntry] = {}
+    slice_entries: dict[bytes, BundleEntry] = {}
+    for raw_key, value in table[1:]:
+        if raw_key.startswith(b"\x00"):
+            slice_entries[raw_key] = decode_entry(value, path=path, key=repr(raw_key))
+            continue
+        key = raw_key.decode("utf-8", errors="surrogateescape")
+        entry = decode_entry(value, path=path, key=key)
+        if entry.shard_id >= num_shards and not entry.is_sliced:
+            raise DataLossError(
+                f"entry {key!r} in {path!r} names shard {entry.shard_id} of {num_shards}", path=path, key=key
+            )
+        entries[key] = entry
+    for key, entry in slice_entries.items():
+        if entry.shard_id >= num_shards:
+            raise DataLossError(f"slice entry {key!r} in {path!r} names shard {entry.shard_id}", path=path)
+    return BundleIndex(num_shards, entries, slice_entries)

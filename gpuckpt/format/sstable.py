@@ -1,0 +1,202 @@
+"""The ``.index`` file: an SSTable laid out exactly as TensorFlow's table builder does.
+
+Layout (spec section 3): data blocks, an empty metaindex block, an index block, a 48-byte
+footer. Each block is followed by a type byte and a masked CRC32C. TensorFlow cuts data
+blocks at 256 KiB, restarts key-prefix compression every 16 entries in data blocks and at
+every entry in the index block, and shortens the index block's separator keys.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Iterator
+
+from ..errors import DataLossError
+from . import crc, varint
+
+BLOCK_SIZE = 262144
+DATA_RESTART_INTERVAL = 16
+FOOTER_SIZE = 48
+MAGIC = 0xDB4775248B80FB57
+TRAILER_SIZE = 5
+_NO_COMPRESSION = 0
+_SNAPPY = 1
+
+
+def _common_prefix(a: bytes, b: bytes) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class _BlockBuilder:
+    """Accumulates sorted entries with prefix compression and a restart array."""
+
+    def __init__(self, restart_interval: int):
+        self.interval = restart_interval
+        self.buf = bytearray()
+        self.restarts = [0]
+        self.counter = 0
+        self.last_key = b""
+
+    def add(self, key: bytes, value: bytes) -> None:
+        if self.counter < self.interval:
+            shared = _common_prefix(self.last_key, key)
+        else:
+            shared = 0
+            self.restarts.append(len(self.buf))
+            self.counter = 0
+        self.buf += varint.encode(shared) + varint.encode(len(key) - shared) + varint.encode(len(value))
+        self.buf += key[shared:]
+        self.buf += value
+        self.last_key = key
+        self.counter += 1
+
+    @property
+    def empty(self) -> bool:
+        return not self.buf
+
+    def size_estimate(self) -> int:
+        return len(self.buf) + 4 * len(self.restarts) + 4
+
+    def finish(self) -> bytes:
+        return bytes(self.buf) + struct.pack(f"<{len(self.restarts)}I", *self.restarts) + struct.pack(
+            "<I", len(self.restarts)
+        )
+
+
+def shortest_separator(a: bytes, b: bytes) -> bytes:
+    """A short key >= a and < b (LevelDB's bytewise FindShortestSeparator)."""
+    i = _common_prefix(a, b)
+    if i >= min(len(a), len(b)):
+        return a
+    if a[i] < 0xFF and a[i] + 1 < b[i]:
+        return a[:i] + bytes([a[i] + 1])
+    return a
+
+
+def short_successor(a: bytes) -> bytes:
+    """A short key >= a (LevelDB's bytewise FindShortSuccessor)."""
+    for i, byte in enumerate(a):
+        if byte != 0xFF:
+            return a[:i] + bytes([byte + 1])
+    return a
+
+
+def _handle(offset: int, size: int) -> bytes:
+    return varint.encode(offset) + varint.encode(size)
+
+
+def build_table(entries: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """Serialize strictly increasing (key, value) pairs into TensorFlow's SSTable bytes."""
+    out = bytearray()
+    data = _BlockBuilder(DATA_RESTART_INTERVAL)
+    index = _BlockBuilder(1)
+    pending_handle: bytes | None = None
+    last_key: bytes | None = None
+
+    def write_block(block: _BlockBuilder) -> bytes:
+        body = block.finish()
+        handle = _handle(len(out), len(body))
+        out.extend(body)
+        out.append(_NO_COMPRESSION)
+        out.extend(struct.pack("<I", crc.masked_crc32c(body + bytes([_NO_COMPRESSION]))))
+        return handle
+
+    for key, value in entries:
+        if last_key is not None and key <= last_key:
+            raise ValueError(f"SSTable keys must be strictly increasing: {key!r} after {last_key!r}")
+        if last_key is not None and len(key) + len(value) >= 2 * BLOCK_SIZE and not data.empty:
+            pending_handle = write_block(data)
+            data = _BlockBuilder(DATA_RESTART_INTERVAL)
+        if pending_handle is not None:
+            index.add(shortest_separator(last_key, key), pending_handle)
+            pending_handle = None
+        data.add(key, value)
+        last_key = key
+        if data.size_estimate() >= BLOCK_SIZE:
+            pending_handle = write_block(data)
+            data = _BlockBuilder(DATA_RESTART_INTERVAL)
+    if not data.empty:
+        pending_handle = write_block(data)
+    metaindex_handle = write_block(_BlockBuilder(DATA_RESTART_INTERVAL))
+    if pending_handle is not None:
+        index.add(short_successor(last_key), pending_handle)
+    index_handle = write_block(index)
+    footer = metaindex_handle + index_handle
+    out += footer + bytes(40 - len(footer)) + struct.pack("<Q", MAGIC)
+    return bytes(out)
+
+
+def _read_handle(buf, pos: int, limit: int, path: str | None) -> tuple[int, int, int]:
+    offset, pos = varint.decode(buf, pos, limit, path=path, what="block handle")
+    size, pos = varint.decode(buf, pos, limit, path=path, what="block handle")
+    return offset, size, pos
+
+
+def _read_block(table: memoryview, offset: int, size: int, path: str | None) -> memoryview:
+    """The CRC-checked bytes of one block; every bound is checked before use."""
+    end = offset + size
+    if end + TRAILER_SIZE > len(table):
+        raise DataLossError(
+            f"index file {path!r} is truncated or corrupt: block at {offset} (+{size}) runs past its end",
+            path=path,
+        )
+    kind = table[end]
+    (stored,) = struct.unpack_from("<I", table, end + 1)
+    actual = crc.mask(crc.crc32c(table[end : end + 1], crc.crc32c(table[offset:end])))
+    if stored != actual:
+        raise DataLossError(f"block checksum mismatch in index file {path!r} (block at offset {offset})", path=path)
+    if kind == _SNAPPY:
+        raise DataLossError(f"index file {path!r} has a Snappy-compressed block, which gpuckpt does not read", path=path)
+    if kind != _NO_COMPRESSION:
+        raise DataLossError(f"index file {path!r}: unknown block compression type {kind}", path=path)
+    return table[offset:end]
+
+
+def _iter_block(block: memoryview, path: str | None) -> Iterator[tuple[bytes, memoryview]]:
+    if len(block) < 4:
+        raise DataLossError(f"corrupt block in index file {path!r}: too short for its restart count", path=path)
+    (num_restarts,) = struct.unpack_from("<I", block, len(block) - 4)
+    limit = len(block) - 4 * (num_restarts + 1)
+    if num_restarts == 0 or limit < 0:
+        raise DataLossError(f"corrupt block in index file {path!r}: bad restart array", path=path)
+    pos, key = 0, b""
+    while pos < limit:
+        shared, pos = varint.decode(block, pos, limit, path=path, what="entry header")
+        non_shared, pos = varint.decode(block, pos, limit, path=path, what="entry header")
+        value_len, pos = varint.decode(block, pos, limit, path=path, what="entry header")
+        if shared > len(key) or pos + non_shared + value_len > limit:
+            raise DataLossError(f"corrupt entry in index file {path!r} at block offset {pos}", path=path)
+        key = key[:shared] + bytes(block[pos : pos + non_shared])
+        pos += non_shared
+        yield key, block[pos : pos + value_len]
+        pos += value_len
+
+
+def read_table(data: bytes | memoryview, path: str | None = None) -> list[tuple[bytes, bytes]]:
+    """Decode every (key, value) of an SSTable, checking the footer, each block CRC and key order."""
+    table = memoryview(data)
+    if len(table) < FOOTER_SIZE:
+        raise DataLossError(f"{path!r} is not a checkpoint index: {len(table)} bytes, shorter than a footer", path=path)
+    footer = len(table) - FOOTER_SIZE
+    (magic,) = struct.unpack_from("<Q", table, len(table) - 8)
+    if magic != MAGIC:
+        raise DataLossError(f"{path!r} is not a checkpoint index (bad magic number)", path=path)
+    _, _, pos = _read_handle(table, footer, len(table) - 8, path)  # metaindex: always empty, unused
+    index_offset, index_size, _ = _read_handle(table, pos, len(table) - 8, path)
+    if index_offset + index_size + TRAILER_SIZE > footer:
+        raise DataLossError(f"index file {path!r} is corrupt: index block handle out of range", path=path)
+    entries: list[tuple[bytes, bytes]] = []
+    index_block = _read_block(table, index_offset, index_size, path)
+    for _, handle in _iter_block(index_block, path):
+        offset, size, _ = _read_handle(handle, 0, len(handle), path)
+        if offset + size + TRAILER_SIZE > index_offset:
+            raise DataLossError(f"index file {path!r} is corrupt: data block handle out of range", path=path)
+        for key, value in _iter_block(_read_block(table, offset, size, path), path):
+            if entries and key <= entries[-1][0]:
+                raise DataLossError(f"index file {path!r} is corrupt: keys out of order at {key!r}", path=path)
+            entries.append((key, bytes(value)))
+    return entries

@@ -1,0 +1,251 @@
+"""Reading checkpoints: ``load_checkpoint``, ``list_variables``, ``latest_checkpoint``.
+
+``CheckpointReader`` offers what users of ``tf.train.load_checkpoint`` expect. Every tensor is
+read with one positional read into its (page-aligned) destination and its CRC verified before
+it is returned; large tensors are read in chunks on a helper thread while the calling thread
+checksums the previous chunk, so verification hides behind the read.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from .arrays import aligned_empty
+from .errors import DataLossError, InvalidArgumentError, NotFoundError
+from .format import crc, strings
+from .format.bundle import BundleEntry, parse_index
+from .format.slices import slice_key
+from .storage.filesystem import ShardFiles, read_state
+
+log = logging.getLogger(__name__)
+
+PIPELINE_CHUNK = 8 << 20
+
+
+def _pread_exact(fd: int, view: memoryview, offset: int, path: str, key: str) -> None:
+    while view:
+        n = os.preadv(fd, [view], offset)
+        if n == 0:
+            raise DataLossError(f"data file {path!r} ended while reading key {key!r}", path=path, key=key)
+        view, offset = view[n:], offset + n
+
+
+class CheckpointReader:
+    """Random access to one checkpoint's tensors, by key."""
+
+    def __init__(self, prefix: str | os.PathLike):
+        self.prefix = os.fspath(prefix)
+        index_path = self.prefix + ".index"
+        try:
+            with open(index_path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            raise NotFoundError(
+                f"checkpoint not found: no file {index_path!r} (failed to find any matching files for {self.prefix})",
+                path=index_path,
+            ) from None
+        except IsADirectoryError:
+            raise DataLossError(f"{index_path!r} is a directory, not a checkpoint index", path=index_path) from None
+        self.index_path = index_path
+        self.index = parse_index(data, index_path)
+        self._files = ShardFiles(self.prefix, self.index.num_shards)
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    # -- TensorFlow's CheckpointReader surface ---------------------------------------------
+    def keys(self) -> list[str]:
+        """Every tensor key (header and slice entries excluded), in byte order."""
+        return list(self.index.entries)
+
+    def has_tensor(self, key: str) -> bool:
+        return key in self.index.entries
+
+    def entry(self, key: str) -> BundleEntry:
+        try:
+            return self.index.entries[key]
+        except KeyError:
+            raise NotFoundError(f"Key {key} not found in checkpoint {self.prefix!r}", path=self.index_path, key=key) from None
+
+    def get_variable_to_shape_map(self) -> dict[str, list[int]]:
+        return {k: list(e.shape) for k, e in self.index.entries.items()}
+
+    def get_variable_to_dtype_map(self) -> dict:
+        return {k: e.dtype for k, e in self.index.entries.items()}
+
+    def get_tensor(self, key: str):
+        """The tensor's value: a NumPy array, ``bytes`` for a scalar string, object array of ``bytes`` for strings."""
+        entry = self.entry(key)
+        if entry.dtype.is_string:
+            if entry.is_sliced:
+                raise InvalidArgumentError(f"sliced string tensor {key!r} is not supported", key=key)
+            values = self._read_strings(entry, key)
+            if not entry.shape:
+                return values[0]
+            out = np.empty(len(values), dtype=object)
+            out[:] = values
+            return out.reshape(entry.shape)
+        out = aligned_empty(entry.shape, entry.dtype.numpy)
+        self.read_into(key, out)
+        return out
+
+    def read_into(self, key: str, out: np.ndarray) -> None:
+        """Fill a C-contiguous array of the entry's dtype and shape with the verified tensor."""
+        entry = self.entry(key)
+        if out.dtype != entry.dtype.numpy or tuple(out.shape) != entry.shape or not out.flags.c_contiguous:
+            raise InvalidArgumentError(
+                f"cannot read key {key!r} ({entry.dtype.name} {list(entry.shape)}) into a "
+                f"{'non-contiguous ' if not out.flags.c_contiguous else ''}{out.dtype} array of shape {list(out.shape)}",
+                key=key,
+            )
+        if entry.is_sliced:
+            self._assemble(key, entry, out)
+        else:
+            self._read_numeric(entry, key, out.reshape(-1).view(np.uint8))
+
+    def debug_string(self) -> bytes:
+        lines = [f"{k} ({e.dtype.tf_enum_name}) [{','.join(map(str, e.shape))}]" for k, e in self.index.entries.items()]
+        return ("\n".join(lines) + "\n").encode("utf-8") if lines else b""
+
+    def close(self) -> None:
+        self._files.close()
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def __enter__(self) -> CheckpointReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # -- reading bytes -----------------------------------------------------------------------
+    def _locate(self, entry: BundleEntry, key: str) -> tuple[int, str]:
+        fd, file_size = self._files.open(entry.shard_id)
+        path = self._files.path(entry.shard_id)
+        if entry.offset + entry.size > file_size:
+            raise DataLossError(
+                f"entry for key {key!r} points past the end of data file {path!r} "
+                f"(offset {entry.offset} + size {entry.size} > {file_size} bytes): the file is truncated or the index corrupt",
+                path=path,
+                key=key,
+            )
+        return fd, path
+
+    def _check(self, computed: int, entry: BundleEntry, key: str, path: str) -> None:
+        if crc.mask(computed) != entry.crc32c:
+            raise DataLossError(
+                f"checksum mismatch for key {key!r} in {path!r}: stored {entry.crc32c:#010x}, "
+                f"computed {crc.mask(computed):#010x} on the bytes read",
+                path=path,
+                key=key,
+            )
+
+    def _read_numeric(self, entry: BundleEntry, key: str, dest: np.ndarray) -> None:
+        if entry.size == 0:
+            self._check(0, entry, key, self.index_path)
+            return
+        fd, path = self._locate(entry, key)
+        view = memoryview(dest)
+        if entry.size <= 2 * PIPELINE_CHUNK:
+            _pread_exact(fd, view, entry.offset, path, key)
+            self._check(crc.crc32c(view), entry, key, path)
+            return
+        self._check(self._pipelined_read(fd, view, entry.offset, path, key), entry, key, path)
+
+    def _pipelined_read(self, fd: int, view: memoryview, offset: int, path: str, key: str) -> int:
+        """Read chunk i+1 on a helper thread while checksumming chunk i here."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="gpuckpt-read")
+        chunks = [(s, view[s : s + PIPELINE_CHUNK]) for s in range(0, len(view), PIPELINE_CHUNK)]
+        value = 0
+        pending = self._pool.submit(_pread_exact, fd, chunks[0][1], offset, path, key)
+        for i, (_, chunk) in enumerate(chunks):
+            pending.result()
+            if i + 1 < len(chunks):
+                start, nxt = chunks[i + 1]
+                pending = self._pool.submit(_pread_exact, fd, nxt, offset + start, path, key)
+            value = crc.crc32c(chunk, value)
+        return value
+
+    def _read_strings(self, entry: BundleEntry, key: str) -> list[bytes]:
+        if entry.size == 0:
+            return strings.decode(b"", entry.num_elements, entry.crc32c, path=self.index_path, key=key)
+        fd, path = self._locate(entry, key)
+        payload = bytearray(entry.size)
+        _pread_exact(fd, memoryview(payload), entry.offset, path, key)
+        values = strings.decode(bytes(payload), entry.num_elements, entry.crc32c, path=path, key=key)
+        if len(values) != entry.num_elements:
+            raise DataLossError(f"string tensor {key!r} in {path!r} has the wrong element count", path=path, key=key)
+        return values
+
+    def _assemble(self, key: str, entry: BundleEntry, out: np.ndarray) -> None:
+        """Read each slice of a partitioned tensor and copy it into its region of ``out``."""
+        covered = 0
+        for extents in entry.slices:
+            if len(extents) != len(entry.shape):
+                raise DataLossError(f"slice of {key!r} has rank {len(extents)}, tensor has {len(entry.shape)}", key=key)
+            region, shape = [], []
+            for ext, dim in zip(extents, entry.shape):
+                length = dim - ext.start if ext.length is None else ext.length
+                if ext.start < 0 or length < 0 or ext.start + length > dim:
+                    raise DataLossError(f"slice of {key!r} lies outside its shape {list(entry.shape)}", key=key)
+                region.append(slice(ext.start, ext.start + length))
+                shape.append(length)
+            piece_key = slice_key(key, extents)
+            piece = self.index.slice_entries.get(piece_key)
+            if piece is None or piece.shape != tuple(shape) or piece.dtype != entry.dtype:
+                raise DataLossError(f"slice entry {piece_key!r} of {key!r} is missing or malformed", path=self.index_path, key=key)
+            buf = aligned_empty(piece.shape, entry.dtype.numpy)
+            self._read_numeric(piece, key, buf.reshape(-1).view(np.uint8))
+            out[tuple(region)] = buf
+            covered += buf.size
+        if covered < out.size:
+            raise DataLossError(f"the slices of {key!r} do not cover its shape {list(entry.shape)}", key=key)
+
+
+def latest_checkpoint(checkpoint_dir: str | os.PathLike) -> str | None:
+    """The newest checkpoint named by ``checkpoint_dir/checkpoint``, if its index exists; else None."""
+    directory = os.fspath(checkpoint_dir)
+    state = read_state(directory)
+    if state is None:
+        return None
+    path = state.model_checkpoint_path
+    if not os.path.isabs(path):
+        path = os.path.join(directory, path)
+    if os.path.exists(path + ".index"):
+        return path
+    log.error("Couldn't match files for checkpoint %s", path)
+    return None
+
+
+def _resolve(path: str | os.PathLike) -> str:
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        latest = latest_checkpoint(path)
+        if latest is None:
+            raise NotFoundError(f"Couldn't find 'checkpoint' file or checkpoints in given directory {path}", path=path)
+        return latest
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> CheckpointReader:
+    """Open a checkpoint by prefix, or the latest one of a directory."""
+    return CheckpointReader(_resolve(path))
+
+
+def list_variables(path: str | os.PathLike) -> list[tuple[str, list[int]]]:
+    """``(key, shape)`` of every tensor, sorted by key."""
+    with load_checkpoint(path) as reader:
+        return sorted(reader.get_variable_to_shape_map().items())
