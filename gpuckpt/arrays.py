@@ -47,12 +47,12 @@ def as_tensor(value, key: str = "?") -> HostTensor:
     if isinstance(value, (bytes, str)):
         value = np.array(value.encode("utf-8") if isinstance(value, str) else value, dtype=object)
     arr = np.asarray(value)
+    if arr.dtype.byteorder == ">":
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
     dtype = dtypes.from_numpy(arr.dtype)
     if dtype.is_string:
         payload, crc = strings.encode(_string_elements(arr, key))
         return HostTensor(dtype, arr.shape, np.frombuffer(payload, np.uint8), crc)
-    if arr.dtype.byteorder == ">":
-        arr = arr.astype(arr.dtype.newbyteorder("<"))
     if not arr.flags.c_contiguous:
         arr = arr.copy(order="C")  # np.ascontiguousarray would turn a scalar into shape (1,)
     return HostTensor(dtype, arr.shape, arr.reshape(-1).view(np.uint8))

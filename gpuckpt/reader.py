@@ -89,6 +89,7 @@ class CheckpointReader:
             out = np.empty(len(values), dtype=object)
             out[:] = values
             return out.reshape(entry.shape)
+        self._check_bounds(key, entry)  # before allocating: a forged shape must not cost memory
         out = aligned_empty(entry.shape, entry.dtype.numpy)
         self.read_into(key, out)
         return out
@@ -108,8 +109,12 @@ class CheckpointReader:
             self._read_numeric(entry, key, out.reshape(-1).view(np.uint8))
 
     def debug_string(self) -> bytes:
-        lines = [f"{k} ({e.dtype.tf_enum_name}) [{','.join(map(str, e.shape))}]" for k, e in self.index.entries.items()]
-        return ("\n".join(lines) + "\n").encode("utf-8") if lines else b""
+        """TF's listing: ``KEY (DT_NAME) [d0,d1]`` per stored entry; slice pieces in, sliced wholes out."""
+        rows = list(self.index.slice_entries.items())
+        rows += [(k.encode("utf-8", "surrogateescape"), e) for k, e in self.index.entries.items() if not e.is_sliced]
+        return b"".join(
+            key + f" ({e.dtype.tf_enum_name}) [{','.join(map(str, e.shape))}]\n".encode() for key, e in sorted(rows)
+        )
 
     def close(self) -> None:
         self._files.close()
@@ -141,6 +146,21 @@ class CheckpointReader:
                 key=key,
             )
         return fd, path
+
+    def _check_bounds(self, key: str, entry: BundleEntry) -> None:
+        """Prove that the bytes a tensor claims exist on disk, for whole and sliced tensors alike."""
+        if not entry.is_sliced:
+            if entry.size:
+                self._locate(entry, key)
+            return
+        stored = 0
+        for extents in entry.slices:
+            piece = self.index.slice_entries.get(slice_key(key, extents))
+            if piece is not None and piece.size:
+                self._locate(piece, key)
+                stored += piece.size
+        if stored < entry.num_elements * entry.dtype.itemsize:
+            raise DataLossError(f"the slices of {key!r} hold fewer bytes than its shape {list(entry.shape)} needs", key=key)
 
     def _check(self, computed: int, entry: BundleEntry, key: str, path: str) -> None:
         if crc.mask(computed) != entry.crc32c:

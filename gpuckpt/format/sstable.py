@@ -185,10 +185,11 @@ def read_table(data: bytes | memoryview, path: str | None = None) -> list[tuple[
     (magic,) = struct.unpack_from("<Q", table, len(table) - 8)
     if magic != MAGIC:
         raise DataLossError(f"{path!r} is not a checkpoint index (bad magic number)", path=path)
-    _, _, pos = _read_handle(table, footer, len(table) - 8, path)  # metaindex: always empty, unused
+    meta_offset, meta_size, pos = _read_handle(table, footer, len(table) - 8, path)
     index_offset, index_size, _ = _read_handle(table, pos, len(table) - 8, path)
-    if index_offset + index_size + TRAILER_SIZE > footer:
-        raise DataLossError(f"index file {path!r} is corrupt: index block handle out of range", path=path)
+    if index_offset + index_size + TRAILER_SIZE > footer or meta_offset + meta_size + TRAILER_SIZE > footer:
+        raise DataLossError(f"index file {path!r} is corrupt: block handle out of range", path=path)
+    _read_block(table, meta_offset, meta_size, path)  # unused, but its CRC guards the footer's first bytes
     entries: list[tuple[bytes, bytes]] = []
     index_block = _read_block(table, index_offset, index_size, path)
     for _, handle in _iter_block(index_block, path):

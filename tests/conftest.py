@@ -1,0 +1,34 @@
+"""Shared fixtures: the TF-written golden checkpoints and hypothesis profiles."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile("ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("dev", max_examples=200, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(os.environ.get("GPUCKPT_TF_FIXTURES", REPO.parent / "shared" / "fixtures" / "tf"))
+
+
+def fixture_dirs() -> list[str]:
+    if not FIXTURES.is_dir():
+        return []
+    return sorted(p.name for p in FIXTURES.iterdir() if (p / "manifest.json").exists())
+
+
+@pytest.fixture(scope="session")
+def fixtures_root() -> Path:
+    if not FIXTURES.is_dir():
+        pytest.skip(f"TF golden fixtures not found at {FIXTURES} (set GPUCKPT_TF_FIXTURES)")
+    return FIXTURES
+
+
+def load_manifest(name: str) -> dict:
+    return json.loads((FIXTURES / name / "manifest.json").read_text())
