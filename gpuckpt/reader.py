@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -20,11 +21,14 @@ from .errors import DataLossError, InvalidArgumentError, NotFoundError
 from .format import crc, strings
 from .format.bundle import BundleEntry, parse_index
 from .format.slices import slice_key
-from .storage.filesystem import ShardFiles, read_state
+from .storage.filesystem import ShardFiles, advance, read_state
 
 log = logging.getLogger(__name__)
 
-PIPELINE_CHUNK = 8 << 20
+READ_TASK_BYTES = 8 << 20
+READ_CACHE_BYTES = 512 << 10
+READ_THREADS = 2
+_IOV_MAX = 1024
 
 
 def _pread_exact(fd: int, view: memoryview, offset: int, path: str, key: str) -> None:
@@ -33,6 +37,21 @@ def _pread_exact(fd: int, view: memoryview, offset: int, path: str, key: str) ->
         if n == 0:
             raise DataLossError(f"data file {path!r} ended while reading key {key!r}", path=path, key=key)
         view, offset = view[n:], offset + n
+
+
+def _group_tasks(pieces: list[tuple[int, int, int, memoryview]]) -> Iterator[list]:
+    """Merge sorted pieces into tasks that each cover one contiguous range of one shard."""
+    task: list = []
+    size = 0
+    for piece in pieces:
+        shard, offset, _, view = piece
+        if task and (shard != task[-1][0] or offset != task[-1][1] + task[-1][3].nbytes or size + view.nbytes > READ_TASK_BYTES):
+            yield task
+            task, size = [], 0
+        task.append(piece)
+        size += view.nbytes
+    if task:
+        yield task
 
 
 class CheckpointReader:
@@ -96,17 +115,95 @@ class CheckpointReader:
 
     def read_into(self, key: str, out: np.ndarray) -> None:
         """Fill a C-contiguous array of the entry's dtype and shape with the verified tensor."""
-        entry = self.entry(key)
+        self.read_tensors([(key, out)])
+
+    def read_tensors(self, pairs: Sequence[tuple[str, np.ndarray]]) -> None:
+        """Fill many destination arrays at once, verifying every CRC.
+
+        Byte ranges are cut into tasks of up to ``READ_TASK_BYTES``: adjacent small tensors share
+        one vectored ``preadv``, large ones are split and their chunk CRCs combined. Two threads
+        each read a task and checksum it while it is still in cache.
+        """
+        numeric = []
+        for key, out in pairs:
+            entry = self.entry(key)
+            self._check_destination(key, entry, out)
+            if entry.is_sliced:
+                self._assemble(key, entry, out)
+            else:
+                numeric.append((key, entry, out.reshape(-1).view(np.uint8)))
+        self._read_verified(numeric)
+
+    @staticmethod
+    def _check_destination(key: str, entry: BundleEntry, out: np.ndarray) -> None:
+        """InvalidArgumentError unless ``out`` is a C-contiguous array of the entry's dtype and shape."""
         if out.dtype != entry.dtype.numpy or tuple(out.shape) != entry.shape or not out.flags.c_contiguous:
             raise InvalidArgumentError(
                 f"cannot read key {key!r} ({entry.dtype.name} {list(entry.shape)}) into a "
                 f"{'non-contiguous ' if not out.flags.c_contiguous else ''}{out.dtype} array of shape {list(out.shape)}",
                 key=key,
             )
-        if entry.is_sliced:
-            self._assemble(key, entry, out)
+
+    def _read_verified(self, items: list[tuple[str, BundleEntry, np.ndarray]]) -> None:
+        """Read (key, entry, uint8 destination) triples and check each tensor's CRC."""
+        pieces: list[tuple[int, int, int, memoryview]] = []  # (shard, file offset, tensor index, view)
+        for i, (key, entry, dest) in enumerate(items):
+            if entry.size:
+                self._locate(entry, key)  # bounds: the bytes must exist before any read
+            view = memoryview(dest)
+            for start in range(0, entry.size, READ_TASK_BYTES):
+                pieces.append((entry.shard_id, entry.offset + start, i, view[start : start + READ_TASK_BYTES]))
+        pieces.sort(key=lambda p: (p[0], p[1]))
+        tasks = list(_group_tasks(pieces))
+        if len(tasks) > 1:
+            with self._lock:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="gpuckpt-read")
+            results = list(self._pool.map(self._run_task, tasks))
         else:
-            self._read_numeric(entry, key, out.reshape(-1).view(np.uint8))
+            results = [self._run_task(t) for t in tasks]
+        crcs: list[list[tuple[int, int]]] = [[] for _ in items]
+        for task, task_crcs in zip(tasks, results):
+            for (_, _, i, view), value in zip(task, task_crcs):
+                crcs[i].append((view.nbytes, value))
+        for (key, entry, _), parts in zip(items, crcs):
+            value = parts[0][1] if len(parts) == 1 else 0
+            for length, part in parts if len(parts) > 1 else ():
+                value = crc.combine(value, part, length)
+            self._check(value, entry, key, self._files.path(entry.shard_id))
+
+    def _run_task(self, task: list[tuple[int, int, int, memoryview]]) -> list[int]:
+        """Read one contiguous file range into its views and checksum them, ``READ_CACHE_BYTES`` at a
+        time, so each byte is checksummed while it is still in the CPU cache."""
+        shard, offset = task[0][0], task[0][1]
+        fd, _ = self._files.open(shard)
+        crcs = [0] * len(task)
+        batch: list[tuple[int, memoryview]] = []
+        size = 0
+        for i, (_, _, _, view) in enumerate(task):
+            for start in range(0, view.nbytes, READ_CACHE_BYTES):
+                sub = view[start : start + READ_CACHE_BYTES]
+                batch.append((i, sub))
+                size += sub.nbytes
+                if size >= READ_CACHE_BYTES:
+                    offset = self._read_batch(fd, shard, offset, batch, crcs)
+                    batch, size = [], 0
+        if batch:
+            self._read_batch(fd, shard, offset, batch, crcs)
+        return crcs
+
+    def _read_batch(self, fd: int, shard: int, offset: int, batch: list[tuple[int, memoryview]], crcs: list[int]) -> int:
+        pending = [v for _, v in batch]
+        while pending:
+            n = os.preadv(fd, pending[:_IOV_MAX], offset)
+            if n == 0:
+                path = self._files.path(shard)
+                raise DataLossError(f"data file {path!r} ended at offset {offset} while reading", path=path)
+            offset += n
+            pending = advance(pending, n)
+        for i, view in batch:
+            crcs[i] = crc.crc32c(view, crcs[i])
+        return offset
 
     def debug_string(self) -> bytes:
         """TF's listing: ``KEY (DT_NAME) [d0,d1]`` per stored entry; slice pieces in, sliced wholes out."""
@@ -171,34 +268,6 @@ class CheckpointReader:
                 key=key,
             )
 
-    def _read_numeric(self, entry: BundleEntry, key: str, dest: np.ndarray) -> None:
-        if entry.size == 0:
-            self._check(0, entry, key, self.index_path)
-            return
-        fd, path = self._locate(entry, key)
-        view = memoryview(dest)
-        if entry.size <= 2 * PIPELINE_CHUNK:
-            _pread_exact(fd, view, entry.offset, path, key)
-            self._check(crc.crc32c(view), entry, key, path)
-            return
-        self._check(self._pipelined_read(fd, view, entry.offset, path, key), entry, key, path)
-
-    def _pipelined_read(self, fd: int, view: memoryview, offset: int, path: str, key: str) -> int:
-        """Read chunk i+1 on a helper thread while checksumming chunk i here."""
-        with self._lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(1, thread_name_prefix="gpuckpt-read")
-        chunks = [(s, view[s : s + PIPELINE_CHUNK]) for s in range(0, len(view), PIPELINE_CHUNK)]
-        value = 0
-        pending = self._pool.submit(_pread_exact, fd, chunks[0][1], offset, path, key)
-        for i, (_, chunk) in enumerate(chunks):
-            pending.result()
-            if i + 1 < len(chunks):
-                start, nxt = chunks[i + 1]
-                pending = self._pool.submit(_pread_exact, fd, nxt, offset + start, path, key)
-            value = crc.crc32c(chunk, value)
-        return value
-
     def _read_strings(self, entry: BundleEntry, key: str) -> list[bytes]:
         if entry.size == 0:
             return strings.decode(b"", entry.num_elements, entry.crc32c, path=self.index_path, key=key)
@@ -228,7 +297,7 @@ class CheckpointReader:
             if piece is None or piece.shape != tuple(shape) or piece.dtype != entry.dtype:
                 raise DataLossError(f"slice entry {piece_key!r} of {key!r} is missing or malformed", path=self.index_path, key=key)
             buf = aligned_empty(piece.shape, entry.dtype.numpy)
-            self._read_numeric(piece, key, buf.reshape(-1).view(np.uint8))
+            self._read_verified([(key, piece, buf.reshape(-1).view(np.uint8))])
             out[tuple(region)] = buf
             covered += buf.size
         if covered < out.size:

@@ -3,7 +3,7 @@
 CRC32C runs on the calling thread (the ``crc32c`` package releases the GIL) while one writer
 thread issues positional writes, so checksumming hides behind the disk. Large tensors are
 written straight from their own memory in ``CHUNK_BYTES`` pieces; runs of small tensors are
-packed into one batch buffer so thousands of variables cost a few system calls, not thousands.
+gathered into one vectored write, so thousands of variables cost a few system calls, not thousands.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class _WriterThread:
 
 
 class _Batch:
-    """Packs consecutive small tensors of one shard into a single buffer and write."""
+    """Gathers consecutive small tensors of one shard into a single vectored write."""
 
     def __init__(self, out: _WriterThread):
         self.out = out
@@ -73,7 +73,7 @@ class _Batch:
 
     def flush(self) -> None:
         if self.parts:
-            self.out.put(self.shard, self.start, np.concatenate(self.parts) if len(self.parts) > 1 else self.parts[0])
+            self.out.put(self.shard, self.start, self.parts)  # one vectored write, no copy
             self.parts, self.size = [], 0
 
 

@@ -7,6 +7,8 @@ rereading them, which is how parallel (GPU or multi-thread) checksums are assemb
 
 from __future__ import annotations
 
+import functools
+
 import crc32c as _crc32c
 
 MASK_DELTA = 0xA282EAD8
@@ -61,6 +63,7 @@ def _x8n_tables() -> list[int]:
 _X2N = _x8n_tables()
 
 
+@functools.lru_cache(maxsize=64)
 def x8n(n: int) -> int:
     """x^(8n) modulo the polynomial: the multiplier that shifts a CRC past ``n`` zero bytes."""
     p = 1 << 31  # x^0

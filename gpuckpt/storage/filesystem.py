@@ -28,6 +28,7 @@ from ..format.bundle import data_file_name
 
 STATE_FILE = "checkpoint"
 _PWRITE_MAX = 1 << 30
+_IOV_MAX = 1024
 
 
 def _fsync_dir(directory: str) -> None:
@@ -43,14 +44,27 @@ def _io_error(action: str, path: str, exc: OSError) -> CheckpointError:
     return CheckpointError(f"could not {action} {path!r}: {what}", path=path)
 
 
+def advance(views: list[memoryview], n: int) -> list[memoryview]:
+    """Drop the first ``n`` bytes from a list of byte views (after a short vectored I/O call)."""
+    while n and views:
+        if n >= views[0].nbytes:
+            n -= views[0].nbytes
+            views = views[1:]
+        else:
+            views = [views[0][n:], *views[1:]]
+            n = 0
+    return views
+
+
 def pwrite_all(fd: int, data, offset: int) -> None:
-    """Write every byte of ``data`` at ``offset``, looping over short writes."""
-    view = memoryview(data).cast("B")
-    while view:
-        n = os.pwrite(fd, view[:_PWRITE_MAX], offset)
+    """Write every byte of ``data`` (a buffer, or a list of buffers written back to back) at ``offset``."""
+    parts = data if isinstance(data, list) else [data]
+    views = [memoryview(p).cast("B") for p in parts if memoryview(p).nbytes]
+    while views:
+        n = os.pwritev(fd, views[:_IOV_MAX], offset) if len(views) > 1 else os.pwrite(fd, views[0][:_PWRITE_MAX], offset)
         if n == 0:
-            raise OSError(errno.EIO, "pwrite wrote nothing")
-        view, offset = view[n:], offset + n
+            raise OSError(errno.EIO, "write returned 0 bytes")
+        views, offset = advance(views, n), offset + n
 
 
 class FileSystemWriter:
@@ -78,7 +92,7 @@ class FileSystemWriter:
             raise _io_error("create data file", temp, exc) from exc
 
     def write(self, shard: int, offset: int, data) -> None:
-        """Write ``data`` at ``offset`` of data shard ``shard`` (thread-safe: positional writes)."""
+        """Write ``data`` (a buffer or a list of buffers) at ``offset`` of shard ``shard``; thread-safe."""
         try:
             pwrite_all(self._fds[shard], data, offset)
         except OSError as exc:

@@ -50,8 +50,8 @@ def test_several_shards(tmp_path) -> None:
     assert {k: r.get_tensor(k).tolist() for k in values} == {k: v.tolist() for k, v in values.items()}
 
 
-def test_large_tensor_read_is_pipelined_and_verified(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr("gpuckpt.reader.PIPELINE_CHUNK", 4096)
+def test_large_tensor_read_in_chunks_with_combined_crcs(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr("gpuckpt.reader.READ_TASK_BYTES", 4096)
     monkeypatch.setattr("gpuckpt.engine.cpu.CHUNK_BYTES", 5000)
     value = np.random.default_rng(1).standard_normal(100_003).astype(np.float32)
     write_tensors(tmp_path / "ck", {"big": value, "small": np.arange(3)})
@@ -103,3 +103,29 @@ def test_property_round_trip(tmp_path_factory, tensors) -> None:
     assert sorted(r.keys()) == sorted(tensors, key=lambda k: k.encode())
     for k, v in tensors.items():
         assert r.get_tensor(k).tobytes() == v.tobytes()
+
+
+def test_read_tensors_batches_adjacent_small_tensors(tmp_path, monkeypatch) -> None:
+    values = {f"v{i:03d}": np.full((i % 7,), i, np.int32) for i in range(300)}
+    values["big"] = np.arange(50_000, dtype=np.float64)
+    write_tensors(tmp_path / "ck", values)
+    reader = gpuckpt.load_checkpoint(tmp_path / "ck")
+    calls = []
+    real = os.preadv
+    monkeypatch.setattr(os, "preadv", lambda fd, bufs, off: calls.append(len(bufs)) or real(fd, bufs, off))
+    outs = {k: np.empty_like(v) for k, v in values.items()}
+    reader.read_tensors(list(outs.items()))
+    assert all(np.array_equal(outs[k], v) for k, v in values.items())
+    assert len(calls) <= 3  # one vectored read for the 300 small tensors (under 8 MiB), one for the big one
+
+
+def test_read_tensors_detects_corruption_in_a_batch(tmp_path) -> None:
+    values = {f"v{i}": np.full((4,), i, np.int64) for i in range(10)}
+    write_tensors(tmp_path / "ck", values)
+    data = tmp_path / "ck.data-00000-of-00001"
+    raw = bytearray(data.read_bytes())
+    raw[5 * 32 + 3] ^= 1
+    data.write_bytes(bytes(raw))
+    outs = [(k, np.empty(4, np.int64)) for k in values]
+    with pytest.raises(gpuckpt.DataLossError, match="'v5'"):
+        gpuckpt.load_checkpoint(tmp_path / "ck").read_tensors(outs)
