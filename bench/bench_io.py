@@ -1,5 +1,7 @@
 """Save/restore throughput of gpuckpt's CPU path beside plain file I/O and TensorFlow, in one run.
 
+Each comparison alternates the sides round by round and keeps each side's best time.
+
     python bench/bench_io.py [--size-mib 1024] [--no-fsync] [--no-tf] [--dir DIR]
 
 The state is a few large float32 tensors (3/4 of the bytes) and many 64 KiB ones (1/4).
@@ -90,6 +92,24 @@ def best(fn, repeat: int) -> float:
     return min(fn() for _ in range(repeat))
 
 
+def interleaved(sides: dict, repeat: int, before: dict | None = None, args_for: dict | None = None) -> dict[str, float]:
+    """Best time of each side over ``repeat`` rounds, the sides alternating within each round so
+    that a noisy shared disk treats them alike. ``before`` runs untimed first; ``args_for``
+    gives (untimed) the argument of each timed call."""
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    for r in range(repeat):
+        order = list(sides) if r % 2 == 0 else list(reversed(sides))
+        for name in order:
+            if before and before.get(name):
+                before[name]()
+            if args_for:
+                arg = args_for[name]()
+                times[name].append(timed(lambda: sides[name](arg)))
+            else:
+                times[name].append(timed(sides[name]))
+    return {name: min(t) for name, t in times.items()}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-mib", type=int, default=1024)
@@ -107,23 +127,39 @@ def main() -> int:
     for d in dests.values():
         d.fill(0)  # pre-touch: measure I/O, not page faults
     results: dict[str, float] = {}
-    plain, ours = os.path.join(work, "plain.bin"), os.path.join(work, "ck")
+    # Each save writes new files, as CheckpointManager does; the previous round's files are
+    # deleted outside the clock (overwriting in place measures the filesystem's unlink, not I/O).
+    rounds = {"plain": 0, "gpuckpt": 0}
 
-    results["save plain"] = best(lambda: timed(lambda: plain_write(plain, state, fsync)), args.repeat)
-    results["save gpuckpt"] = best(
-        lambda: timed(lambda: write_tensors(ours, state, options=_Opts(fsync))), args.repeat
-    )
+    def fresh(side: str) -> str:
+        rounds[side] += 1
+        for old in Path(work).glob(f"{side}-{rounds[side] - 1}*"):
+            old.unlink()
+        return os.path.join(work, f"{side}-{rounds[side]}")
+
+    save_sides = {
+        "save plain": lambda path: plain_write(path, state, fsync),
+        "save gpuckpt": lambda path: write_tensors(path, state, options=_Opts(fsync)),
+    }
+    results.update(interleaved(save_sides, args.repeat, args_for={
+        "save plain": lambda: fresh("plain"), "save gpuckpt": lambda: fresh("gpuckpt")}))
+    plain, ours = os.path.join(work, f"plain-{rounds['plain']}"), os.path.join(work, f"gpuckpt-{rounds['gpuckpt']}")
     reader = gpuckpt.load_checkpoint(ours)
     pairs = [(k, dests[k]) for k in state]
     for mode in ("warm", "cold"):
-        def prep(paths):
-            return (lambda: drop_cache(paths)) if mode == "cold" else (lambda: None)
-
-        results[f"restore plain ({mode})"] = best(
-            lambda: (prep([plain])(), timed(lambda: plain_read(plain, dests.values())))[1], args.repeat
-        )
-        results[f"restore gpuckpt ({mode})"] = best(
-            lambda: (prep(files_of(ours))(), timed(lambda: reader.read_tensors(pairs)))[1], args.repeat
+        cold = mode == "cold"
+        results.update(
+            interleaved(
+                {
+                    f"restore plain ({mode})": lambda: plain_read(plain, dests.values()),
+                    f"restore gpuckpt ({mode})": lambda: reader.read_tensors(pairs),
+                },
+                args.repeat,
+                before={
+                    f"restore plain ({mode})": (lambda: drop_cache([plain])) if cold else None,
+                    f"restore gpuckpt ({mode})": (lambda: drop_cache(files_of(ours))) if cold else None,
+                },
+            )
         )
     assert all(np.array_equal(dests[k], v) for k, v in state.items()), "restored values differ"
     reader.close()
@@ -149,14 +185,23 @@ def bench_tf(state, work: str, fsync: bool, repeat: int) -> dict[str, float]:
     names = {k: f"v{i}" for i, k in enumerate(state)}
     variables = {names[k]: tf.Variable(v) for k, v in state.items()}
     ckpt = tf.train.Checkpoint(**variables)
-    prefix = os.path.join(work, "tf")
+    saves = iter(range(1, 1 << 30))
+    prefix = os.path.join(work, "tf-0")
 
-    def save() -> None:
-        ckpt.write(prefix)
-        if fsync:
-            fsync_files(files_of(prefix))
+    def save() -> float:
+        nonlocal prefix
+        for old in files_of(prefix) if os.path.exists(prefix + ".index") else []:
+            os.unlink(old)  # as for the other sides: fresh files each round, deletion untimed
+        prefix = os.path.join(work, f"tf-{next(saves)}")
 
-    out = {"save TensorFlow": best(lambda: timed(save), repeat)}
+        def write() -> None:
+            ckpt.write(prefix)
+            if fsync:
+                fsync_files(files_of(prefix))
+
+        return timed(write)
+
+    out = {"save TensorFlow": best(save, repeat)}
     for mode in ("warm", "cold"):
         def once() -> float:
             if mode == "cold":

@@ -1,0 +1,108 @@
+"""A fixed staging pool: one buffer allocated once, leased in FIFO order, never grown.
+
+On a GPU the buffer is pinned host memory (registered once, at its exact size); on the CPU it
+is ordinary page-aligned memory. Either way the save pipeline leases a region, fills it (a
+pack kernel or a copy), hands it to the writer thread, and the writer releases it once the
+bytes are on their way to the file. A lease larger than what is free waits for releases, so
+memory stays bounded however large the checkpoint; a lease larger than the pool is an error
+the engine avoids by cutting tensors into ``max_lease`` pieces.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..arrays import aligned_empty
+
+DEFAULT_BYTES = 256 << 20
+_ALIGN = 256
+
+
+def host_allocator(nbytes: int) -> np.ndarray:
+    """Plain page-aligned host memory (the CPU engine's staging)."""
+    return aligned_empty((nbytes,), np.uint8)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A region ``[start, start + nbytes)`` of the pool; ``view`` is a uint8 array over it."""
+
+    start: int
+    nbytes: int
+    view: np.ndarray
+
+
+class StagingPool:
+    """Fixed-size ring of staging memory; ``lease`` blocks until FIFO releases make room."""
+
+    def __init__(self, nbytes: int = DEFAULT_BYTES, allocator: Callable[[int], np.ndarray] = host_allocator):
+        if nbytes < 2 * _ALIGN:
+            raise ValueError(f"staging pool of {nbytes} bytes is too small")
+        self.capacity = nbytes
+        self._buffer: np.ndarray | None = allocator(nbytes)
+        self.allocations = 1
+        self._live: deque[list] = deque()  # [start, end, released] in lease order
+        self._head = 0  # next free byte
+        self._cond = threading.Condition()
+
+    @property
+    def max_lease(self) -> int:
+        """The largest single lease that can always be satisfied once earlier leases are released."""
+        return self.capacity // 2 // _ALIGN * _ALIGN
+
+    @property
+    def in_use(self) -> int:
+        with self._cond:
+            return sum(end - start for start, end, _ in self._live)
+
+    def lease(self, nbytes: int, timeout: float | None = None) -> Lease:
+        """Reserve ``nbytes`` (waiting for releases if needed); TimeoutError after ``timeout`` seconds."""
+        if nbytes > self.max_lease:
+            raise ValueError(f"lease of {nbytes} bytes exceeds the pool's max_lease {self.max_lease}")
+        size = max(_ALIGN, -(-nbytes // _ALIGN) * _ALIGN)
+        with self._cond:
+            if self._buffer is None:
+                raise RuntimeError("staging pool is closed")
+            while (start := self._fit(size)) is None:
+                if not self._cond.wait(timeout):
+                    raise TimeoutError(f"no {nbytes} bytes free in the staging pool after {timeout} s")
+            self._live.append([start, start + size, False])
+            self._head = start + size
+            return Lease(start, nbytes, self._buffer[start : start + nbytes])
+
+    def _fit(self, size: int) -> int | None:
+        if not self._live:
+            return 0
+        tail = self._live[0][0]
+        if self._head > tail:  # used region [tail, head): free at the end, then at the start
+            if self._head + size <= self.capacity:
+                return self._head
+            return 0 if size <= tail else None  # wrap to the start
+        return self._head if self._head + size <= tail else None  # wrapped: free is [head, tail)
+
+    def release(self, lease: Lease) -> None:
+        """Give a region back; space is reclaimed in lease order."""
+        with self._cond:
+            for rec in self._live:
+                if rec[0] == lease.start and not rec[2]:
+                    rec[2] = True
+                    break
+            else:
+                raise ValueError(f"lease at {lease.start} is not live")
+            while self._live and self._live[0][2]:
+                self._live.popleft()
+            if not self._live:
+                self._head = 0
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """Drop the buffer (unpinning it on a GPU); later leases fail."""
+        with self._cond:
+            self._buffer = None
+            self._live.clear()
+            self._cond.notify_all()
