@@ -2,10 +2,25 @@
 
 from .errors import CheckpointError, DataLossError, InvalidArgumentError, NotFoundError
 from .reader import CheckpointReader, latest_checkpoint, list_variables, load_checkpoint
+from .checkpoint import Checkpoint
+from .manager import CheckpointManager
+from .options import CheckpointOptions, MaxShardSizePolicy, ShardByTaskPolicy
+from .status import CheckpointLoadStatus, InitializationOnlyStatus
+from .trackable import Module, Trackable, Variable
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Checkpoint",
+    "CheckpointLoadStatus",
+    "CheckpointManager",
+    "CheckpointOptions",
+    "InitializationOnlyStatus",
+    "MaxShardSizePolicy",
+    "Module",
+    "ShardByTaskPolicy",
+    "Trackable",
+    "Variable",
     "CheckpointError",
     "CheckpointReader",
     "latest_checkpoint",

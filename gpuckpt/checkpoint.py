@@ -1,0 +1,180 @@
+"""Checkpoint: TF's ``tf.train.Checkpoint`` façade over graph walk, saver and restorer (spec 11.1)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from . import saver
+from .errors import NotFoundError
+from .format import objgraph
+from .format.statefile import CheckpointState
+from .graph import LiveGraph, walk
+from .options import CheckpointOptions, callback_arity
+from .reader import latest_checkpoint
+from .restorer import RestoreSession
+from .status import CheckpointLoadStatus, InitializationOnlyStatus
+from .storage import filesystem
+from .trackable.base import Trackable, is_trackable
+from .trackable.module import AutoTrackable
+from .trackable.variable import Variable
+
+_SUFFIX_HINT = ("Please double-check that the path is correct. You may be missing the checkpoint suffix "
+                "(e.g. the '-1' in 'path/to/ckpt-1').")
+
+
+class Checkpoint(AutoTrackable):
+    """Groups trackable objects and saves or restores them in TF's checkpoint format.
+
+    ``Checkpoint(model=m, optimizer=opt)`` makes itself the root of the object graph, with
+    the keyword arguments as children in sorted order; ``Checkpoint(root, **kwargs)``
+    makes ``root`` the graph root and attaches the keyword arguments (and ``root`` itself,
+    as TF does) to it. Lists, dicts and tuples are accepted and tracked.
+    """
+
+    def __init__(self, root: Any = None, **kwargs: Any):
+        self._self_root = None
+        self._self_attached: list[tuple[str, Trackable]] = []
+        self._self_save_counter = None
+        if root is not None:
+            _assert_trackable(root, "root")
+            self._self_root = root
+            kwargs["root"] = root
+        for name, value in sorted(kwargs.items()):
+            setattr(self, name, value)
+            converted = getattr(self, name)
+            _assert_trackable(converted, name)
+            if root is not None:
+                self._attach(root, name, converted)
+        if root is not None:
+            self._self_save_counter = root._lookup_dependency("save_counter")
+
+    def _attach(self, root: Trackable, name: str, value: Trackable) -> None:
+        existing = root._lookup_dependency(name)
+        if existing is None:
+            self._self_attached.append((name, value))
+        elif existing is not value:
+            raise ValueError(f"Cannot create a Checkpoint with keyword argument {name} if root.{name} "
+                             "already exists.")
+
+    @property
+    def save_counter(self) -> Variable:
+        """An int64 variable counting ``save()`` calls; created on first use, saved as ``save_counter``."""
+        return self._maybe_create_save_counter()
+
+    def _maybe_create_save_counter(self) -> Variable:
+        """Create the counter as the next child of the graph root; a deferred value restores it."""
+        if self._self_save_counter is None:
+            counter = Variable(np.int64(0), name="save_counter", trainable=False)
+            self._self_save_counter = counter
+            if self._self_root is not None:
+                self._self_attached.append(("save_counter", counter))
+                self._self_root._apply_deferred("save_counter", counter)
+            else:
+                self._dependencies()["save_counter"] = counter
+                self._dependencies_changed()
+        return self._self_save_counter
+
+    def _graph(self) -> LiveGraph:
+        root = self._self_root if self._self_root is not None else self
+        return walk(root, self._self_attached)
+
+    # -- saving -----------------------------------------------------------------------
+
+    def write(self, file_prefix: str | os.PathLike, options: CheckpointOptions | None = None) -> str:
+        """Write a checkpoint at exactly ``file_prefix``; no counter, no state file. Returns the prefix."""
+        options = options or CheckpointOptions()
+        path = self._write(os.fspath(file_prefix), options)
+        _run_callbacks(options, path)
+        return path
+
+    def save(self, file_prefix: str | os.PathLike, options: CheckpointOptions | None = None) -> str:
+        """Write ``file_prefix-N`` (N: the incremented ``save_counter``) and name it in the state file."""
+        options = options or CheckpointOptions()
+        counter = self.save_counter
+        counter.assign_add(1)
+        try:
+            path = self._write(f"{os.fspath(file_prefix)}-{int(counter.numpy())}", options)
+        except BaseException:
+            counter.assign_sub(1)  # nothing was committed, so the number is free again
+            raise
+        directory = os.path.dirname(path) or os.curdir
+        relative = os.path.relpath(path, directory)
+        filesystem.write_state(directory, CheckpointState(relative, (relative,)), fsync=options.fsync)
+        _run_callbacks(options, path)
+        return path
+
+    def _write(self, prefix: str, options: CheckpointOptions) -> str:
+        live = self._graph()
+        tensors = live.tensors_by_key()
+        tensors[objgraph.OBJECT_GRAPH_KEY] = objgraph.encode(live.graph)
+        return saver.write_tensors(prefix, tensors, options=options, max_shard_size=options.max_shard_size)
+
+    def sync(self) -> None:
+        """Wait until every save started by this object is committed.
+
+        This version writes synchronously (``enable_async`` saves complete before returning),
+        so there is never anything left to wait for.
+        """
+
+    # -- restoring --------------------------------------------------------------------
+
+    def read(self, save_path: str | os.PathLike, options: CheckpointOptions | None = None) -> CheckpointLoadStatus:
+        """Restore from the checkpoint at prefix ``save_path``; values of objects created later wait for them."""
+        options = options or CheckpointOptions()
+        self.sync()
+        session = RestoreSession(os.fspath(save_path), skip_slots=options.experimental_skip_slot_variables)
+        root = self._self_root if self._self_root is not None else self
+        session.start(root, self._self_attached)
+        return CheckpointLoadStatus(session, self._graph)
+
+    def restore(self, save_path: str | os.PathLike | None,
+                options: CheckpointOptions | None = None) -> CheckpointLoadStatus | InitializationOnlyStatus:
+        """``read`` plus ``save_counter``; ``save_path`` may also be a directory or a SavedModel.
+
+        A directory resolves to its SavedModel variables (``D/variables/variables``) or to the
+        latest checkpoint its state file names. ``None`` restores nothing.
+        """
+        if save_path is None:
+            self._maybe_create_save_counter()
+            return InitializationOnlyStatus()
+        original = os.fspath(save_path)
+        try:
+            status = self.read(resolve_restore_path(original), options)
+        except NotFoundError as exc:
+            raise NotFoundError(f"Error when restoring from checkpoint or SavedModel at {original}: {exc}\n"
+                                f"{_SUFFIX_HINT}", path=original, key=exc.key) from exc
+        self._maybe_create_save_counter()
+        return status
+
+
+def resolve_restore_path(path: str) -> str:
+    """A prefix stays as it is; a directory becomes its SavedModel variables or its latest checkpoint."""
+    if not os.path.isdir(path):
+        return path
+    saved_model_variables = os.path.join(path, "variables", "variables")
+    if os.path.exists(saved_model_variables + ".index"):
+        return saved_model_variables
+    latest = latest_checkpoint(path)
+    if latest is None:
+        raise NotFoundError(f"{path} is a directory with neither a 'checkpoint' state file naming an existing "
+                            "checkpoint nor a SavedModel's variables/variables.index", path=path)
+    return latest
+
+
+def _assert_trackable(value: Any, name: str) -> None:
+    if not is_trackable(value):
+        raise ValueError(
+            f"`Checkpoint` was expecting {name} to be a trackable object (a gpuckpt Variable, Module, "
+            f"list, dict or tuple of them, or any gpuckpt.trackable.Trackable), got {value!r}.")
+
+
+def _run_callbacks(options: CheckpointOptions, path: str) -> None:
+    """Run the write callbacks in order, passing the path to those that take an argument."""
+    for callback in options.write_callbacks:
+        if callback_arity(callback) == 0:
+            callback()
+        else:
+            callback(path)

@@ -1,0 +1,172 @@
+"""CheckpointManager: numbered saves in one directory, retention, and TF's state file (spec 11.4).
+
+The manager only ever deletes checkpoints it lists as managed, and only after the new
+checkpoint is committed. Like TF it writes the state file twice around the deletions: once
+naming the new checkpoint (so a crash mid-sweep still finds it), once without the deleted ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from . import retention
+from .checkpoint import Checkpoint
+from .format.statefile import CheckpointState
+from .options import CheckpointOptions
+from .retention import CheckpointInfo
+from .storage import filesystem
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointManager:
+    """Saves ``checkpoint`` as ``directory/checkpoint_name-N`` and keeps the newest ``max_to_keep``.
+
+    ``clock`` (gpuckpt's addition, default ``time.time``) supplies the timestamps that
+    ``keep_checkpoint_every_n_hours`` compares; tests inject a fake one.
+    """
+
+    def __init__(self, checkpoint: Checkpoint, directory: str | os.PathLike, max_to_keep: int | None,
+                 keep_checkpoint_every_n_hours: float | None = None, checkpoint_name: str = "ckpt",
+                 step_counter: Any = None, checkpoint_interval: int | None = None,
+                 init_fn: Callable[[], Any] | None = None, *, clock: Callable[[], float] = time.time):
+        if max_to_keep is not None and max_to_keep <= 0:
+            raise ValueError(f"Expected a positive integer or `None` for `max_to_keep`, got {max_to_keep}.")
+        if checkpoint_interval is not None and step_counter is None:
+            raise ValueError("`step_counter` should be passed if `checkpoint_interval` is not None.")
+        self._checkpoint = checkpoint
+        self._directory = os.fspath(directory)
+        self._prefix = os.path.join(self._directory, checkpoint_name)
+        self._max_to_keep = max_to_keep
+        self._keep_every_n_hours = keep_checkpoint_every_n_hours
+        self._step_counter = step_counter
+        self._checkpoint_interval = checkpoint_interval
+        self._last_checkpoint_step: int | None = None
+        self._init_fn = init_fn
+        self._clock = clock
+        self._recover(filesystem.read_state(self._directory))
+
+    def _recover(self, state: CheckpointState | None) -> None:
+        """Take over the checkpoints a previous manager listed as managed (TF's rules)."""
+        now = self._clock()
+        self._managed: list[CheckpointInfo] = []
+        if state is None:
+            self._latest: str | None = None
+            self._last_preserved = now - 1.0  # a quickly re-created manager must not preserve at once
+            return
+        self._latest = self._absolute(state.model_checkpoint_path)
+        self._last_preserved = state.last_preserved_timestamp
+        if now < self._last_preserved:
+            log.warning("time.time() returned a value %f seconds behind the last preserved checkpoint "
+                        "timestamp.", self._last_preserved - now)
+            self._last_preserved = now
+        paths = state.all_model_checkpoint_paths
+        stamps = state.all_model_checkpoint_timestamps or (self._last_preserved,) * len(paths)
+        for path, stamp in zip(paths, stamps):
+            stamp = min(stamp, now)
+            if stamp > self._last_preserved:
+                self._managed.append(CheckpointInfo(self._absolute(path), stamp))
+
+    def _relative(self, path: str) -> str:
+        return os.path.relpath(path, self._directory)
+
+    def _absolute(self, path: str) -> str:
+        return path if os.path.isabs(path) else os.path.join(self._directory, path)
+
+    # -- properties -------------------------------------------------------------------
+
+    @property
+    def directory(self) -> str:
+        return self._directory
+
+    @property
+    def checkpoint(self) -> Checkpoint:
+        return self._checkpoint
+
+    @property
+    def checkpoint_interval(self) -> int | None:
+        return self._checkpoint_interval
+
+    @property
+    def latest_checkpoint(self) -> str | None:
+        """The newest checkpoint's prefix, or None."""
+        return self._latest
+
+    @property
+    def checkpoints(self) -> list[str]:
+        """Managed checkpoint prefixes, oldest first."""
+        return [info.path for info in self._managed]
+
+    # -- saving -----------------------------------------------------------------------
+
+    def save(self, checkpoint_number: Any = None, check_interval: bool = True,
+             options: CheckpointOptions | None = None) -> str | None:
+        """Save a new checkpoint unless the interval says not yet; return its prefix or None."""
+        if not self._interval_allows(check_interval):
+            return None
+        counter = self._checkpoint.save_counter
+        counter.assign_add(1)
+        number = int(np.asarray(counter if checkpoint_number is None else checkpoint_number))
+        try:
+            path = self._checkpoint.write(f"{self._prefix}-{number}", options=options)
+        except BaseException:
+            counter.assign_sub(1)  # nothing was committed
+            raise
+        self._record_and_sweep(path)
+        return path
+
+    def _interval_allows(self, check_interval: bool) -> bool:
+        if self._checkpoint_interval is None:
+            return True
+        step = int(np.asarray(self._step_counter))
+        last = self._last_checkpoint_step
+        if last is not None and (step == last or check_interval and step < last + self._checkpoint_interval):
+            return False
+        self._last_checkpoint_step = step
+        return True
+
+    def _record_and_sweep(self, path: str) -> None:
+        self._managed = [info for info in self._managed if info.path != path]
+        self._managed.append(CheckpointInfo(path, self._clock()))
+        self._latest = path
+        self._write_state()  # first, so that a crash while deleting still finds the new checkpoint
+        if self._max_to_keep is None:
+            return
+        outcome = retention.sweep(self._managed, max_to_keep=self._max_to_keep,
+                                  keep_checkpoint_every_n_hours=self._keep_every_n_hours,
+                                  last_preserved_timestamp=self._last_preserved)
+        for info in outcome.deleted:
+            filesystem.remove_checkpoint(info.path)
+        self._managed = list(outcome.managed)
+        self._last_preserved = outcome.last_preserved_timestamp
+        self._write_state()
+
+    def _write_state(self) -> None:
+        filesystem.write_state(self._directory, CheckpointState(
+            model_checkpoint_path=self._relative(self._latest),
+            all_model_checkpoint_paths=tuple(self._relative(i.path) for i in self._managed),
+            all_model_checkpoint_timestamps=tuple(i.timestamp for i in self._managed),
+            last_preserved_timestamp=self._last_preserved))
+
+    # -- restoring --------------------------------------------------------------------
+
+    def restore_or_initialize(self) -> str | None:
+        """Restore the latest checkpoint and return its path; else run ``init_fn`` and return None."""
+        if self._latest is not None:
+            self._checkpoint.restore(self._latest)
+            if self._checkpoint_interval is not None:
+                self._last_checkpoint_step = int(np.asarray(self._step_counter))
+            return self._latest
+        if self._init_fn is not None:
+            self._init_fn()
+        return None
+
+    def sync(self) -> None:
+        """Wait for the checkpoint's pending saves (see ``Checkpoint.sync``)."""
+        self._checkpoint.sync()

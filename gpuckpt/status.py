@@ -1,0 +1,111 @@
+"""Restore statuses: TF's assertions about how a checkpoint matched the live objects (spec 11.2).
+
+Every check is computed from the session's match results and a fresh walk of the live
+objects, so deferred restorations count as soon as they happen. Failures raise
+``AssertionError`` naming objects by their ``(root).a.b`` paths and values by their keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .graph import LiveGraph, pretty_path
+from .restorer import RestoreSession, slot_node_ids
+
+_MAX_SHOWN = 10
+
+
+class CheckpointLoadStatus:
+    """Returned by ``Checkpoint.read``/``restore``; every method returns ``self`` or raises."""
+
+    def __init__(self, session: RestoreSession, live_graph: Callable[[], LiveGraph]):
+        self._session = session
+        self._live_graph = live_graph
+
+    def assert_consumed(self) -> "CheckpointLoadStatus":
+        """Every checkpointed value was restored and every live object with values was matched."""
+        self.assert_existing_objects_matched()
+        session = self._session
+        unresolved = session.unresolved_nodes()
+        if unresolved:
+            first = unresolved[0]
+            raise AssertionError(
+                f"Unresolved object in checkpoint {session.names[first]}: "
+                f"{_describe_node(session, first)}"
+                + (f" (and {len(unresolved) - 1} more: {_names(session, unresolved[1:])})"
+                   if len(unresolved) > 1 else ""))
+        if session.state.slot_waits and not session.skip_slots:
+            waiting = [w.ref.slot_variable_node_id for waits in session.state.slot_waits.values() for w in waits]
+            raise AssertionError(f"Unresolved slot restorations: {_names(session, waiting)}")
+        if session.state.unused_attributes:
+            lines = [f"{session.names[i]} ({session.bound[i]!r}): {attrs}"
+                     for i, attrs in session.state.unused_attributes.items()]
+            raise AssertionError("Unused attributes in these objects (the attributes exist in the "
+                                 "checkpoint but were not restored):\n" + "\n".join(lines))
+        return self
+
+    def assert_existing_objects_matched(self) -> "CheckpointLoadStatus":
+        """Every live object that owns values is bound to a checkpointed value."""
+        unmatched = self._unmatched_objects()
+        if unmatched:
+            shown = min(_MAX_SHOWN, len(unmatched))
+            raise AssertionError(
+                f"Found {len(unmatched)} Python objects that were not bound to checkpointed values, likely "
+                f"due to changes in the Python program. Showing {shown} of {len(unmatched)} unmatched "
+                f"objects: [{', '.join(unmatched[:shown])}]")
+        return self
+
+    def assert_nontrivial_match(self) -> "CheckpointLoadStatus":
+        """Something besides the root matched."""
+        if len(self._session.state.bound) <= 1:
+            unmatched = self._unmatched_objects()
+            if unmatched:
+                raise AssertionError(
+                    "Nothing except the root object matched a checkpointed value. Typically this means that "
+                    "the checkpoint does not match the Python program. The following objects have no "
+                    f"matching checkpointed value: [{', '.join(unmatched)}]")
+            raise AssertionError(f"Nothing to load. No dependencies have been added to "
+                                 f"{self._live_graph().objects[0]!r} yet.")
+        return self
+
+    def expect_partial(self) -> "CheckpointLoadStatus":
+        """Silence the warning about checkpoint values that were never used."""
+        self._session.state.expect_partial = True
+        return self
+
+    def _unmatched_objects(self) -> list[str]:
+        """``(root).path (repr)`` of live objects with values that no saved node is bound to."""
+        live = self._live_graph()
+        bound = {id(obj) for obj in self._session.bound.values()}
+        skipped = slot_node_ids(live.graph) if self._session.skip_slots else set()
+        return [f"{pretty_path(live.paths[i])} ({obj!r})" for i, obj in enumerate(live.objects)
+                if live.tensors[i] and id(obj) not in bound and i not in skipped]
+
+
+def _names(session: RestoreSession, node_ids: list[int]) -> str:
+    shown = [session.names[i] for i in node_ids[:_MAX_SHOWN]]
+    return ", ".join(shown) + (", ..." if len(node_ids) > _MAX_SHOWN else "")
+
+
+def _describe_node(session: RestoreSession, node_id: int) -> str:
+    node = session.saved.nodes[node_id]
+    keys = ", ".join(repr(a.checkpoint_key) for a in node.attributes)
+    return f"attributes {[a.name for a in node.attributes]} (keys {keys})"
+
+
+class InitializationOnlyStatus:
+    """Returned by ``restore(None)``: nothing was restored, so every assertion fails."""
+
+    _MESSAGE = "No checkpoint specified (save_path=None); nothing is being restored."
+
+    def assert_consumed(self) -> "InitializationOnlyStatus":
+        raise AssertionError(self._MESSAGE)
+
+    def assert_existing_objects_matched(self) -> "InitializationOnlyStatus":
+        raise AssertionError(self._MESSAGE)
+
+    def assert_nontrivial_match(self) -> "InitializationOnlyStatus":
+        raise AssertionError(self._MESSAGE)
+
+    def expect_partial(self) -> "InitializationOnlyStatus":
+        return self

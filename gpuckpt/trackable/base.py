@@ -1,0 +1,143 @@
+"""The trackable protocol: how an object tells gpuckpt its dependencies and saveable values.
+
+Any object that takes part in a checkpoint subclasses :class:`Trackable` and overrides
+the methods it needs (each has a do-nothing default):
+
+``_trackable_children() -> Sequence[tuple[str, Trackable]]``
+    Named dependencies, in a stable order. The order decides node numbering and so the
+    bytes of the object graph (TF numbers nodes breadth-first in this order).
+``_serialize_tensors() -> Mapping[str, array]``
+    The values this object saves, by attribute name (a variable saves one,
+    ``"VARIABLE_VALUE"``). Arrays are NumPy arrays, ``bytes`` or object arrays of bytes.
+``_restore_tensors(values: Mapping[str, array]) -> None``
+    Receives checkpointed values, already checked against the arrays that
+    ``_serialize_tensors`` returns (same dtype, same shape), under the same names.
+``_slot_variables() -> Sequence[SlotVariable]``
+    For optimizers: per-variable state ("slots") keyed by the variable it belongs to.
+    Saved as TF1-style ``slot_variables`` (spec 9.3/9.4); the slot-name order of the
+    first appearance in this list is the order TF gives slot nodes.
+``_checkpoint_full_name() -> str``
+    The ``full_name`` written next to each attribute (a variable's name; ``""`` otherwise).
+
+Restore-on-create: a restore keeps the values of dependencies that do not exist yet as
+*deferred restorations* on the live parent. An object that gains dependencies after
+construction calls :meth:`Trackable._dependencies_changed` (``Module`` and the tracked
+containers do this for you; an optimizer calls it after creating slots), and any value
+waiting for the new dependency is assigned at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class SlotVariable:
+    """One optimizer slot: ``slot`` holds the ``slot_name`` state of ``original``."""
+
+    slot_name: str
+    original: "Trackable"
+    slot: "Trackable"
+
+
+class DeferredRestoration(Protocol):
+    """A value waiting for a dependency to appear; ``apply`` binds and restores it."""
+
+    def apply(self, obj: "Trackable") -> None: ...
+
+
+@dataclass
+class _DeferredState:
+    by_name: dict[str, list[DeferredRestoration]]
+    slots: list[tuple[str, "Trackable", DeferredRestoration]]
+
+
+class Trackable:
+    """Base class of everything a checkpoint can hold; see the module docstring."""
+
+    def _trackable_children(self) -> Sequence[tuple[str, "Trackable"]]:
+        """Named dependencies in their stable order; none by default."""
+        return ()
+
+    def _serialize_tensors(self) -> Mapping[str, Any]:
+        """Values to save, by attribute name; none by default."""
+        return {}
+
+    def _restore_tensors(self, values: Mapping[str, Any]) -> None:
+        """Accept checkpointed values (already validated); nothing to do by default."""
+
+    def _slot_variables(self) -> Sequence[SlotVariable]:
+        """Optimizer slots; none by default."""
+        return ()
+
+    def _checkpoint_full_name(self) -> str:
+        """The ``full_name`` TF records for this object's attributes."""
+        return ""
+
+    def _lookup_dependency(self, name: str) -> "Trackable | None":
+        """The dependency called ``name``, or None."""
+        for child_name, child in self._trackable_children():
+            if child_name == name:
+                return child
+        return None
+
+    def _lookup_slot(self, original: "Trackable", slot_name: str) -> "Trackable | None":
+        """This optimizer's ``slot_name`` slot for ``original``, or None."""
+        for ref in self._slot_variables():
+            if ref.original is original and ref.slot_name == slot_name:
+                return ref.slot
+        return None
+
+    # -- deferred restoration -------------------------------------------------------
+
+    def _deferred_state(self) -> _DeferredState:
+        state = self.__dict__.get("_self_deferred")
+        if state is None:
+            state = _DeferredState(by_name={}, slots=[])
+            object.__setattr__(self, "_self_deferred", state)
+        return state
+
+    def _defer_dependency(self, name: str, restoration: DeferredRestoration) -> None:
+        """Keep ``restoration`` until a dependency called ``name`` is added."""
+        self._deferred_state().by_name.setdefault(name, []).append(restoration)
+
+    def _defer_slot(self, slot_name: str, original: "Trackable", restoration: DeferredRestoration) -> None:
+        """Keep ``restoration`` until this optimizer creates ``slot_name`` for ``original``."""
+        self._deferred_state().slots.append((slot_name, original, restoration))
+
+    def _has_deferred(self) -> bool:
+        state = self.__dict__.get("_self_deferred")
+        return bool(state and (state.by_name or state.slots))
+
+    def _dependencies_changed(self) -> None:
+        """Apply deferred restorations whose dependency or slot now exists."""
+        if not self._has_deferred():
+            return
+        state = self._deferred_state()
+        for name in list(state.by_name):
+            child = self._lookup_dependency(name)
+            if child is not None:
+                self._apply_deferred(name, child)
+        for entry in list(state.slots):
+            slot_name, original, restoration = entry
+            slot = self._lookup_slot(original, slot_name)
+            if slot is not None:
+                state.slots.remove(entry)
+                restoration.apply(slot)
+
+    def _apply_deferred(self, name: str, child: "Trackable") -> None:
+        """Run the restorations waiting for ``name`` on ``child`` (newest restore last)."""
+        waiting = self._deferred_state().by_name.pop(name, [])
+        for index, restoration in enumerate(waiting):
+            try:
+                restoration.apply(child)
+            except BaseException:
+                self._deferred_state().by_name[name] = waiting[index:]
+                raise
+
+
+def is_trackable(value: object) -> bool:
+    """True for objects that take part in checkpoints."""
+    return isinstance(value, Trackable)

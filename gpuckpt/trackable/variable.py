@@ -1,0 +1,141 @@
+"""Variable: one named array that checkpoints save under ``VARIABLE_VALUE``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidArgumentError
+from ..format import dtypes
+from .base import Trackable
+
+VARIABLE_VALUE = "VARIABLE_VALUE"
+
+
+def _to_array(value: Any, dtype: dtypes.DType | None) -> np.ndarray:
+    """A fresh NumPy array from ``value``; strings become object arrays of UTF-8 bytes."""
+    if isinstance(value, Variable):
+        value = value.value()
+    if dtype is None:
+        dtype = _infer_dtype(value)
+    if dtype.is_string:
+        return np.vectorize(_as_bytes, otypes=[object])(np.array(value, dtype=object))
+    return np.array(value, dtype=dtype.numpy)
+
+
+def _infer_dtype(value: Any) -> dtypes.DType:
+    """NumPy values keep their dtype; Python numbers get TF's defaults (float32, int32)."""
+    is_numpy = isinstance(value, (np.ndarray, np.generic))
+    array = value if is_numpy else np.array(value)
+    if array.dtype.kind in "OSU":
+        return dtypes.STRING
+    if not is_numpy and array.dtype == np.float64:
+        return dtypes.BY_NAME["float32"]
+    if not is_numpy and array.dtype == np.int64 and _fits_int32(array):
+        return dtypes.BY_NAME["int32"]
+    return dtypes.from_numpy(array.dtype)
+
+
+def _fits_int32(array: np.ndarray) -> bool:
+    info = np.iinfo(np.int32)
+    return array.size == 0 or bool(info.min <= array.min() and array.max() <= info.max)
+
+
+def _as_bytes(x: Any) -> bytes:
+    return x.encode("utf-8") if isinstance(x, str) else bytes(x)
+
+
+class Variable(Trackable):
+    """A mutable array with a name, like ``tf.Variable``.
+
+    The array lives behind :meth:`value` and :meth:`_set_array`, so that other engines
+    can keep it elsewhere (for instance on a GPU) without changing the checkpoint code.
+    """
+
+    def __init__(self, initial_value: Any, dtype: Any = None, name: str | None = None,
+                 trainable: bool = True):
+        wanted = None if dtype is None else dtypes.as_dtype(dtype)
+        array = _to_array(initial_value, wanted)
+        self._dtype = wanted or dtypes.from_numpy(array.dtype)
+        self._array = array
+        self._name = "Variable" if name is None else name
+        self.trainable = trainable
+
+    # -- the array --------------------------------------------------------------------
+
+    def value(self) -> np.ndarray:
+        """The array itself (not a copy); what checkpoints save."""
+        return self._array
+
+    def _set_array(self, array: np.ndarray) -> None:
+        """Overwrite the held values in place with an array of the same dtype and shape."""
+        if self._array.dtype == object:
+            self._array[...] = array
+        else:
+            np.copyto(self._array, array, casting="no")
+
+    # -- public API -------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def dtype(self) -> dtypes.DType:
+        return self._dtype
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self._array.shape)
+
+    def numpy(self) -> np.ndarray | bytes:
+        """A host copy of the value (``bytes`` for a scalar string, as TF gives)."""
+        copy = np.array(self._array, copy=True)
+        return copy.item() if self._dtype.is_string and copy.ndim == 0 else copy
+
+    def assign(self, value: Any) -> "Variable":
+        """Set the value; the shape must match, Python numbers are cast, arrays must match dtype."""
+        array = self._converted(value)
+        if array.shape != self._array.shape:
+            raise InvalidArgumentError(
+                f"cannot assign a value of shape {array.shape} to variable {self._name!r} "
+                f"of shape {self._array.shape}")
+        self._set_array(array)
+        return self
+
+    def assign_add(self, delta: Any) -> "Variable":
+        """Add ``delta`` (broadcast like NumPy) in place."""
+        return self.assign((self._array + self._converted(delta)).astype(self._array.dtype))
+
+    def assign_sub(self, delta: Any) -> "Variable":
+        """Subtract ``delta`` (broadcast like NumPy) in place."""
+        return self.assign((self._array - self._converted(delta)).astype(self._array.dtype))
+
+    def _converted(self, value: Any) -> np.ndarray:
+        """``value`` as an array of this variable's dtype; NumPy values must already have it."""
+        given = value.dtype.numpy if isinstance(value, Variable) else getattr(value, "dtype", None)
+        if given is not None and not self._dtype.is_string and np.dtype(given) != self._dtype.numpy:
+            raise InvalidArgumentError(
+                f"cannot assign a {np.dtype(given)} value to variable {self._name!r} of dtype "
+                f"{self._dtype.name}")
+        return _to_array(value, self._dtype)
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        return np.asarray(self._array, dtype=dtype)
+
+    def __repr__(self) -> str:
+        return (f"<gpuckpt.Variable {self._name!r} shape={self.shape} "
+                f"dtype={self._dtype.name}, numpy={self._array!r}>")
+
+    # -- trackable protocol -----------------------------------------------------------
+
+    def _serialize_tensors(self) -> Mapping[str, Any]:
+        return {VARIABLE_VALUE: self.value()}
+
+    def _restore_tensors(self, values: Mapping[str, Any]) -> None:
+        self._set_array(_to_array(values[VARIABLE_VALUE], self._dtype))
+
+    def _checkpoint_full_name(self) -> str:
+        return self._name
