@@ -4,11 +4,13 @@ Commit protocol of :class:`FileSystemWriter` (call order: ``write``* → ``commi
 
 1. Data shards are written under temporary names ``<final>.tmp-<token>`` beside their final
    names, so the later renames stay within one directory and are atomic.
-2. ``commit``: each data file is fsynced and closed; an old ``prefix.index`` is unlinked first
-   (an old checkpoint at the same prefix becomes invisible instead of pointing at new data);
-   data files are renamed to their final names; the index is written to a temporary name,
-   fsynced and renamed; finally the directory is fsynced so the renames survive a power cut.
-3. ``abort`` (or any failure) deletes the temporary files; nothing visible changes.
+2. ``commit``: each data file is fsynced and closed; the files of an older checkpoint at the
+   same prefix are renamed aside, index first (it becomes invisible rather than pointing at
+   new data); data files are renamed to their final names; the index is written to a
+   temporary name, fsynced and renamed; the directory is fsynced so the renames survive a
+   power cut; only then are the old files deleted.
+3. ``abort`` (or any failure) deletes the temporary files and puts aside files back; nothing
+   visible changes.
 
 TensorFlow itself issues no fsync; with ``fsync=False`` gpuckpt skips them too (faster, but a
 power cut may leave an index that names data which never reached the disk).
@@ -41,7 +43,22 @@ def _fsync_dir(directory: str) -> None:
 
 def _io_error(action: str, path: str, exc: OSError) -> CheckpointError:
     what = os.strerror(exc.errno) if exc.errno else str(exc)
-    return CheckpointError(f"could not {action} {path!r}: {what}", path=path)
+    error = CheckpointError(f"could not {action} {path!r}: {what}", path=path)
+    error.errno = exc.errno
+    return error
+
+
+class PosixIO:
+    """The system calls the writer makes; tests substitute a subclass that injects faults."""
+
+    open = staticmethod(os.open)
+    close = staticmethod(os.close)
+    fsync = staticmethod(os.fsync)
+    replace = staticmethod(os.replace)
+
+    @staticmethod
+    def pwrite(fd: int, data, offset: int) -> None:
+        pwrite_all(fd, data, offset)
 
 
 def advance(views: list[memoryview], n: int) -> list[memoryview]:
@@ -70,10 +87,11 @@ def pwrite_all(fd: int, data, offset: int) -> None:
 class FileSystemWriter:
     """Writes one checkpoint's data shards and commits its index atomically."""
 
-    def __init__(self, prefix: str | os.PathLike, num_shards: int, *, fsync: bool = True):
+    def __init__(self, prefix: str | os.PathLike, num_shards: int, *, fsync: bool = True, io: PosixIO = PosixIO()):
         self.prefix = os.fspath(prefix)
         self.num_shards = num_shards
         self.fsync = fsync
+        self._io = io
         self._token = secrets.token_hex(8)
         directory = os.path.dirname(self.prefix)
         if directory:
@@ -86,7 +104,7 @@ class FileSystemWriter:
         self._fds: list[int] = []
         try:
             for temp in self._temps:
-                self._fds.append(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
+                self._fds.append(io.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
         except OSError as exc:
             self.abort()
             raise _io_error("create data file", temp, exc) from exc
@@ -94,52 +112,80 @@ class FileSystemWriter:
     def write(self, shard: int, offset: int, data) -> None:
         """Write ``data`` (a buffer or a list of buffers) at ``offset`` of shard ``shard``; thread-safe."""
         try:
-            pwrite_all(self._fds[shard], data, offset)
+            self._io.pwrite(self._fds[shard], data, offset)
         except OSError as exc:
             raise _io_error("write data file", self._temps[shard], exc) from exc
 
     def commit(self, index_bytes: bytes) -> None:
-        """Make the checkpoint visible: data durable and in place, then the index, atomically."""
+        """Make the checkpoint visible: data durable and in place, then the index, atomically.
+
+        Files of an older checkpoint at the same prefix are renamed aside first (its index
+        before its data) and deleted only once the new index is in place; if any step fails
+        they are put back, so a failed overwrite leaves the old checkpoint as it was.
+        """
         index = self.prefix + ".index"
+        aside: list[tuple[str, str]] = []
+        placed: list[str] = []
         try:
-            for fd, temp in zip(self._fds, self._temps):
-                if self.fsync:
-                    os.fsync(fd)
+            if self.fsync:
+                for fd in self._fds:
+                    self._io.fsync(fd)
             self._close_fds()
-            if os.path.lexists(index):
-                os.unlink(index)
+            for old in ([index] if os.path.lexists(index) else []) + _shard_files(self.prefix):
+                self._io.replace(old, f"{old}.old-{self._token}")
+                aside.append((f"{old}.old-{self._token}", old))
             for temp, final in zip(self._temps, self._finals):
-                os.replace(temp, final)
-            _remove_stale_shards(self.prefix, keep=set(self._finals))
-            atomic_write(index, index_bytes, fsync=self.fsync)
+                self._io.replace(temp, final)
+                placed.append(final)
+            atomic_write(index, index_bytes, fsync=self.fsync, io=self._io)
         except OSError as exc:
+            _undo(placed, aside)
             self.abort()
             raise _io_error("commit checkpoint", index, exc) from exc
+        for moved, _ in aside:
+            _unlink_quietly(moved)
 
     def abort(self) -> None:
         """Remove temporary files; leaves any previously committed checkpoint untouched."""
         self._close_fds()
         for temp in self._temps:
-            try:
-                os.unlink(temp)
-            except OSError:
-                pass
+            _unlink_quietly(temp)
 
     def _close_fds(self) -> None:
         while self._fds:
-            os.close(self._fds.pop())
+            self._io.close(self._fds.pop())
 
 
-def atomic_write(path: str, data: bytes, *, fsync: bool = True) -> None:
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _undo(placed: list[str], aside: list[tuple[str, str]]) -> None:
+    """Roll a failed commit back: remove new files, then return old ones (data first, index last)."""
+    for final in placed:
+        _unlink_quietly(final)
+    for moved, original in sorted(aside, key=lambda pair: pair[1].endswith(".index")):
+        try:
+            os.replace(moved, original)
+        except OSError:
+            pass
+
+
+def atomic_write(path: str, data: bytes, *, fsync: bool = True, io: PosixIO = PosixIO()) -> None:
     """Write a whole file under a temporary name, then rename it into place (and fsync the dir)."""
     temp = f"{path}.tmp-{secrets.token_hex(8)}"
     try:
-        with open(temp, "wb") as f:
-            f.write(data)
+        fd = io.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            io.pwrite(fd, data, 0)
             if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(temp, path)
+                io.fsync(fd)
+        finally:
+            io.close(fd)
+        io.replace(temp, path)
     except BaseException:
         try:
             os.unlink(temp)
@@ -154,12 +200,6 @@ def _shard_files(prefix: str) -> list[str]:
     pattern = re.compile(re.escape(os.path.basename(prefix)) + r"\.data-\d{5,}-of-\d{5,}$")
     candidates = glob.glob(glob.escape(prefix) + ".data-*-of-*")
     return [p for p in candidates if pattern.match(os.path.basename(p))]
-
-
-def _remove_stale_shards(prefix: str, keep: set[str]) -> None:
-    for path in _shard_files(prefix):
-        if path not in keep:
-            os.unlink(path)
 
 
 def remove_checkpoint(prefix: str | os.PathLike) -> None:

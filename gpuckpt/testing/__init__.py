@@ -1,0 +1,1 @@
+"""Test kit shipped with gpuckpt: fault injection for storage."""
