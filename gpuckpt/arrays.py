@@ -1,8 +1,10 @@
 """What the save pipeline needs to know about a value: dtype, shape, size, and where its bytes are.
 
-``as_tensor`` accepts NumPy arrays (and anything ``np.asarray`` takes without copying device
-memory), Python scalars, ``bytes``/``str`` and arrays of them (string tensors). It never
-copies a contiguous host array.
+``as_tensor`` accepts NumPy arrays, Python scalars, ``bytes``/``str`` and arrays of them (host
+tensors), and device arrays: anything with ``__cuda_array_interface__`` (CuPy, PyTorch, Numba,
+JAX), DLPack capsules on a CUDA device, and Numba's simulated device arrays. It never copies a
+contiguous array; device arrays become :class:`DeviceTensor` views. This is the only module
+that knows how foreign arrays expose their memory.
 """
 
 from __future__ import annotations
@@ -42,8 +44,83 @@ def _string_elements(arr: np.ndarray, key: str) -> list[bytes]:
     return out
 
 
-def as_tensor(value, key: str = "?") -> HostTensor:
+@dataclass(frozen=True)
+class DeviceTensor:
+    """A device array viewed as flat bytes: ``data`` is a Numba device array of uint8 (no copy)."""
+
+    dtype: DType
+    shape: tuple[int, ...]
+    data: object
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.data.nbytes)
+
+
+_DLPACK_CUDA_DEVICES = (2, 13)  # kDLCUDA, kDLCUDAManaged
+
+
+def is_device_array(value) -> bool:
+    """True for arrays whose memory is on a CUDA device (or Numba's simulated one)."""
+    if hasattr(value, "__cuda_array_interface__"):
+        return True
+    if type(value).__module__.startswith("numba.cuda.simulator"):
+        return True
+    device = getattr(value, "__dlpack_device__", None)
+    if device is not None and not isinstance(value, np.ndarray):
+        try:
+            return device()[0] in _DLPACK_CUDA_DEVICES
+        except Exception:
+            return False
+    return False
+
+
+def as_device_array(value):
+    """A Numba device array sharing ``value``'s memory (CUDA array interface, or DLPack via CuPy)."""
+    if type(value).__module__.startswith("numba.cuda"):
+        return value
+    from ._deps import import_optional
+
+    cuda = import_optional("numba.cuda", extra="gpu")
+    if not hasattr(value, "__cuda_array_interface__"):
+        cupy = import_optional("cupy", extra="gpu")
+        value = cupy.from_dlpack(value)
+    return cuda.as_cuda_array(value)
+
+
+def device_bytes(value, key: str = "?") -> DeviceTensor:
+    """Describe a device array for saving: dtype, shape, and a flat uint8 view of its memory."""
+    arr = as_device_array(value)
+    if not arr.is_c_contiguous():
+        raise InvalidArgumentError(f"device array for {key!r} is not C-contiguous; gpuckpt saves it without copying", key=key)
+    dtype = dtypes.from_numpy(arr.dtype)
+    return DeviceTensor(dtype, tuple(arr.shape), arr.reshape(arr.size).view(np.uint8))
+
+
+@dataclass(frozen=True)
+class ValueSpec:
+    """What restore needs to know of a live value: its dtype, shape and whether it is on a device."""
+
+    dtype: DType
+    shape: tuple[int, ...]
+    on_device: bool
+
+
+def describe(value) -> ValueSpec:
+    """dtype, shape and placement of a live value, without copying it."""
+    if is_device_array(value):
+        arr = as_device_array(value)
+        return ValueSpec(dtypes.from_numpy(arr.dtype), tuple(arr.shape), True)
+    if isinstance(value, (bytes, str)):
+        return ValueSpec(dtypes.STRING, (), False)
+    arr = np.asarray(value)
+    return ValueSpec(dtypes.from_numpy(arr.dtype), tuple(arr.shape), False)
+
+
+def as_tensor(value, key: str = "?") -> HostTensor | DeviceTensor:
     """Describe ``value`` for saving under ``key``; InvalidArgumentError for what cannot be saved."""
+    if is_device_array(value):
+        return device_bytes(value, key)
     if isinstance(value, (bytes, str)):
         value = np.array(value.encode("utf-8") if isinstance(value, str) else value, dtype=object)
     arr = np.asarray(value)

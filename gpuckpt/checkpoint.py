@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import weakref
 from typing import Any
 
 import numpy as np
 
 from . import saver
+from .engine.select import EngineCache
 from .errors import NotFoundError
 from .format import objgraph
 from .format.statefile import CheckpointState
@@ -35,6 +37,8 @@ class Checkpoint(AutoTrackable):
     """
 
     def __init__(self, root: Any = None, **kwargs: Any):
+        self._self_engines = EngineCache()  # GPU staging, sized once, reused by every save
+        weakref.finalize(self, self._self_engines.close)
         self._self_root = None
         self._self_attached: list[tuple[str, Trackable]] = []
         self._self_save_counter = None
@@ -110,7 +114,12 @@ class Checkpoint(AutoTrackable):
         live = self._graph()
         tensors = live.tensors_by_key()
         tensors[objgraph.OBJECT_GRAPH_KEY] = objgraph.encode(live.graph)
-        return saver.write_tensors(prefix, tensors, options=options, max_shard_size=options.max_shard_size)
+        return saver.write_tensors(prefix, tensors, options=options, max_shard_size=options.max_shard_size,
+                                   engines=self._self_engines)
+
+    def close(self) -> None:
+        """Release the GPU engine's pinned staging and device arena (also done when collected)."""
+        self._self_engines.close()
 
     def sync(self) -> None:
         """Wait until every save started by this object is committed.
@@ -125,7 +134,8 @@ class Checkpoint(AutoTrackable):
         """Restore from the checkpoint at prefix ``save_path``; values of objects created later wait for them."""
         options = options or CheckpointOptions()
         self.sync()
-        session = RestoreSession(os.fspath(save_path), skip_slots=options.experimental_skip_slot_variables)
+        session = RestoreSession(os.fspath(save_path), skip_slots=options.experimental_skip_slot_variables,
+                                 engines=self._self_engines, io_device=options.io_device)
         root = self._self_root if self._self_root is not None else self
         session.start(root, self._self_attached)
         return CheckpointLoadStatus(session, self._graph)

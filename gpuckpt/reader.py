@@ -134,6 +134,15 @@ class CheckpointReader:
                 numeric.append((key, entry, out.reshape(-1).view(np.uint8)))
         self._read_verified(numeric)
 
+    def read_unverified(self, key: str, entry: BundleEntry, start: int, out) -> None:
+        """Raw bytes ``[start, start + len(out))`` of an entry, bounds-checked but not CRC-checked:
+        for engines that verify elsewhere (the GPU engine checks CRCs on the device)."""
+        fd, path = self._locate(entry, key)
+        view = memoryview(out).cast("B")
+        if start < 0 or start + view.nbytes > entry.size:
+            raise InvalidArgumentError(f"byte range outside key {key!r}", key=key)
+        _pread_exact(fd, view, entry.offset + start, path, key)
+
     @staticmethod
     def _check_destination(key: str, entry: BundleEntry, out: np.ndarray) -> None:
         """InvalidArgumentError unless ``out`` is a C-contiguous array of the entry's dtype and shape."""

@@ -15,10 +15,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 
+from .arrays import ValueSpec, aligned_empty, describe
+from .engine.select import EngineCache, gpu_usable
 from .errors import DataLossError, InvalidArgumentError
-from .format import dtypes
 from .format.objgraph import OBJECT_GRAPH_KEY, ObjectGraph, SlotRef, decode
 from .graph import children_of, pretty_names
 from .reader import CheckpointReader
@@ -130,7 +130,7 @@ class Assignment:
     obj: Trackable
     name: str
     key: str
-    current: np.ndarray
+    current: ValueSpec
 
 
 @dataclass
@@ -150,7 +150,9 @@ class RestoreState:
 class RestoreSession:
     """One ``read()`` of one checkpoint into one object graph, deferred values included."""
 
-    def __init__(self, prefix: str, *, skip_slots: bool = False):
+    def __init__(self, prefix: str, *, skip_slots: bool = False, engines: EngineCache | None = None,
+                 io_device: str | None = None):
+        self.engines = engines if io_device != "cpu" and gpu_usable() else None  # for device destinations
         self.reader = CheckpointReader(prefix)
         self.prefix = self.reader.prefix
         self.saved = _read_graph(self.reader)
@@ -188,7 +190,7 @@ class RestoreSession:
             for attr in attributes:
                 if attr.name in current:
                     assignments.append(Assignment(node_id, obj, attr.name, attr.checkpoint_key,
-                                                  np.asarray(current[attr.name])))
+                                                  describe(current[attr.name])))
                 else:
                     unused.setdefault(node_id, []).append(attr.name)
         return assignments, unused
@@ -200,18 +202,28 @@ class RestoreSession:
             raise InvalidArgumentError(
                 f"cannot restore from checkpoint {self.prefix}: " + "; ".join(p for _, p in problems),
                 path=self.prefix, key=problems[0][0])
-        numeric = [(a.key, np.empty(a.current.shape, a.current.dtype)) for a in assignments
-                   if not dtypes.from_numpy(a.current.dtype).is_string]
+        on_gpu = [a for a in assignments if self._gpu_readable(a)]
+        gpu_keys = {a.key for a in on_gpu}
+        numeric = [(a.key, aligned_empty(a.current.shape, a.current.dtype.numpy)) for a in assignments
+                   if not a.current.dtype.is_string and a.key not in gpu_keys]
         self.reader.read_tensors(numeric)
         by_key = dict(numeric)
+        if on_gpu:
+            items = list({a.key: self.reader.entry(a.key) for a in on_gpu}.items())
+            by_key.update(zip((k for k, _ in items), self.engines.gpu().read(self.reader, items)))
         return [by_key[a.key] if a.key in by_key else self.reader.get_tensor(a.key) for a in assignments]
+
+    def _gpu_readable(self, a: Assignment) -> bool:
+        """Device destinations go through the GPU engine (verified on the device) when there is one."""
+        return (self.engines is not None and a.current.on_device and not a.current.dtype.is_string
+                and not self.reader.entry(a.key).is_sliced)
 
     def _mismatch(self, a: Assignment) -> str | None:
         if not self.reader.has_tensor(a.key):
             raise DataLossError(f"checkpoint {self.prefix} lists key {a.key!r} in its object graph "
                                 f"but has no such tensor", path=self.prefix, key=a.key)
         entry = self.reader.entry(a.key)
-        wanted = dtypes.from_numpy(a.current.dtype)
+        wanted = a.current.dtype
         where = f"key {a.key!r} ({self.names[a.node_id]})"
         if entry.dtype != wanted:
             return f"{where}: expected dtype {wanted.name} does not equal original dtype {entry.dtype.name}"

@@ -6,6 +6,9 @@ import json
 import os
 from pathlib import Path
 
+# GPU code runs on Numba's CUDA simulator unless NUMBA_ENABLE_CUDASIM=0 (on a machine with a GPU).
+os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
 import pytest
 from hypothesis import HealthCheck, settings
 

@@ -8,8 +8,6 @@ gathered into one vectored write, so thousands of variables cost a few system ca
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -17,46 +15,16 @@ import numpy as np
 from ..arrays import HostTensor
 from ..format import crc
 from ..plan import SavePlan
+from .writer import WriterThread
 
 CHUNK_BYTES = 16 << 20
 BATCH_BYTES = 4 << 20
-QUEUE_DEPTH = 4
-
-
-class _WriterThread:
-    """One background thread draining (shard, offset, buffer) writes; the first error is kept."""
-
-    def __init__(self, writer):
-        self._writer = writer
-        self._queue: queue.Queue = queue.Queue(QUEUE_DEPTH)
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="gpuckpt-writer", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while (job := self._queue.get()) is not None:
-            if self.error is None:
-                try:
-                    self._writer.write(*job)
-                except BaseException as exc:  # surfaced by close()
-                    self.error = exc
-
-    def put(self, shard: int, offset: int, data) -> None:
-        if self.error is not None:
-            raise self.error
-        self._queue.put((shard, offset, data))
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
-        if self.error is not None:
-            raise self.error
 
 
 class _Batch:
     """Gathers consecutive small tensors of one shard into a single vectored write."""
 
-    def __init__(self, out: _WriterThread):
+    def __init__(self, out: WriterThread):
         self.out = out
         self.shard = -1
         self.start = 0
@@ -84,7 +52,7 @@ class CpuEngine:
 
     def write(self, plan: SavePlan, tensors: Sequence[HostTensor], writer) -> list[int]:
         """Write every planned tensor via ``writer.write(shard, offset, data)``; return masked CRCs."""
-        out = _WriterThread(writer)
+        out = WriterThread(writer)
         batch = _Batch(out)
         crcs = []
         try:
@@ -96,7 +64,7 @@ class CpuEngine:
         return crcs
 
     @staticmethod
-    def _write_one(shard: int, offset: int, tensor: HostTensor, out: _WriterThread, batch: _Batch) -> int:
+    def _write_one(shard: int, offset: int, tensor: HostTensor, out: WriterThread, batch: _Batch) -> int:
         data = tensor.data
         if data.nbytes < BATCH_BYTES // 4:
             batch.add(shard, offset, data)

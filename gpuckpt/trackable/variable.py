@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from ..arrays import as_device_array, is_device_array
 from ..errors import InvalidArgumentError
 from ..format import dtypes
 from .base import Trackable
@@ -57,7 +58,16 @@ class Variable(Trackable):
     def __init__(self, initial_value: Any, dtype: Any = None, name: str | None = None,
                  trainable: bool = True):
         wanted = None if dtype is None else dtypes.as_dtype(dtype)
-        array = _to_array(initial_value, wanted)
+        self._device = None  # a Numba view of the array's memory when it lives on a GPU
+        if is_device_array(initial_value):
+            array = initial_value  # kept as given (CuPy, PyTorch, Numba, ...): saved and restored in place
+            self._device = as_device_array(initial_value)
+            found = dtypes.from_numpy(self._device.dtype)
+            if wanted is not None and wanted != found:
+                raise InvalidArgumentError(f"device array of dtype {found.name} given for a {wanted.name} variable")
+            wanted = found
+        else:
+            array = _to_array(initial_value, wanted)
         self._dtype = wanted or dtypes.from_numpy(array.dtype)
         self._array = array
         self._name = "Variable" if name is None else name
@@ -69,9 +79,25 @@ class Variable(Trackable):
         """The array itself (not a copy); what checkpoints save."""
         return self._array
 
-    def _set_array(self, array: np.ndarray) -> None:
-        """Overwrite the held values in place with an array of the same dtype and shape."""
-        if self._array.dtype == object:
+    @property
+    def on_device(self) -> bool:
+        """True when the value lives in GPU memory."""
+        return self._device is not None
+
+    def _set_array(self, array: Any) -> None:
+        """Overwrite the held values in place with an array of the same dtype and shape.
+
+        A device variable keeps its memory: host values are copied in (H2D), device values
+        device-to-device.
+        """
+        if self._device is not None:
+            source = array if is_device_array(array) else np.ascontiguousarray(array, dtype=self._device.dtype)
+            if tuple(source.shape) != tuple(self._device.shape):
+                raise InvalidArgumentError(f"cannot copy a value of shape {tuple(source.shape)} into device "
+                                           f"variable {self._name!r} of shape {tuple(self._device.shape)}")
+            if self._device.size:
+                self._device.copy_to_device(as_device_array(source) if is_device_array(source) else source)
+        elif self._array.dtype == object:
             self._array[...] = array
         else:
             np.copyto(self._array, array, casting="no")
@@ -92,29 +118,40 @@ class Variable(Trackable):
 
     def numpy(self) -> np.ndarray | bytes:
         """A host copy of the value (``bytes`` for a scalar string, as TF gives)."""
+        if self._device is not None:
+            return self._device.copy_to_host()
         copy = np.array(self._array, copy=True)
         return copy.item() if self._dtype.is_string and copy.ndim == 0 else copy
 
     def assign(self, value: Any) -> "Variable":
         """Set the value; the shape must match, Python numbers are cast, arrays must match dtype."""
         array = self._converted(value)
-        if array.shape != self._array.shape:
+        if tuple(array.shape) != self.shape:
             raise InvalidArgumentError(
-                f"cannot assign a value of shape {array.shape} to variable {self._name!r} "
-                f"of shape {self._array.shape}")
+                f"cannot assign a value of shape {tuple(array.shape)} to variable {self._name!r} "
+                f"of shape {self.shape}")
         self._set_array(array)
         return self
 
     def assign_add(self, delta: Any) -> "Variable":
-        """Add ``delta`` (broadcast like NumPy) in place."""
-        return self.assign((self._array + self._converted(delta)).astype(self._array.dtype))
+        """Add ``delta`` (broadcast like NumPy) in place (on the host for device variables)."""
+        current = self.numpy() if self._device is not None else self._array
+        return self.assign((current + self._converted(delta)).astype(current.dtype))
 
     def assign_sub(self, delta: Any) -> "Variable":
-        """Subtract ``delta`` (broadcast like NumPy) in place."""
-        return self.assign((self._array - self._converted(delta)).astype(self._array.dtype))
+        """Subtract ``delta`` (broadcast like NumPy) in place (on the host for device variables)."""
+        current = self.numpy() if self._device is not None else self._array
+        return self.assign((current - self._converted(delta)).astype(current.dtype))
 
-    def _converted(self, value: Any) -> np.ndarray:
-        """``value`` as an array of this variable's dtype; NumPy values must already have it."""
+    def _converted(self, value: Any) -> Any:
+        """``value`` as an array of this variable's dtype; NumPy values must already have it.
+        Device values stay on the device."""
+        if is_device_array(value):
+            found = dtypes.from_numpy(as_device_array(value).dtype)
+            if found != self._dtype:
+                raise InvalidArgumentError(f"cannot assign a {found.name} value to variable {self._name!r} "
+                                           f"of dtype {self._dtype.name}")
+            return value
         given = value.dtype.numpy if isinstance(value, Variable) else getattr(value, "dtype", None)
         if given is not None and not self._dtype.is_string and np.dtype(given) != self._dtype.numpy:
             raise InvalidArgumentError(
@@ -123,11 +160,11 @@ class Variable(Trackable):
         return _to_array(value, self._dtype)
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
-        return np.asarray(self._array, dtype=dtype)
+        return np.asarray(self.numpy() if self._device is not None else self._array, dtype=dtype)
 
     def __repr__(self) -> str:
-        return (f"<gpuckpt.Variable {self._name!r} shape={self.shape} "
-                f"dtype={self._dtype.name}, numpy={self._array!r}>")
+        where = ", on GPU" if self._device is not None else f", numpy={self._array!r}"
+        return f"<gpuckpt.Variable {self._name!r} shape={self.shape} dtype={self._dtype.name}{where}>"
 
     # -- trackable protocol -----------------------------------------------------------
 
@@ -135,7 +172,8 @@ class Variable(Trackable):
         return {VARIABLE_VALUE: self.value()}
 
     def _restore_tensors(self, values: Mapping[str, Any]) -> None:
-        self._set_array(_to_array(values[VARIABLE_VALUE], self._dtype))
+        value = values[VARIABLE_VALUE]
+        self._set_array(value if is_device_array(value) else _to_array(value, self._dtype))
 
     def _checkpoint_full_name(self) -> str:
         return self._name

@@ -1,0 +1,68 @@
+"""Which engine saves or restores: the GPU engine for device tensors, the CPU engine otherwise.
+
+``CheckpointOptions(io_device="cpu")`` (TF's ``experimental_io_device="/cpu:0"``) sends device
+tensors through host memory and the CPU engine instead; ``"gpu"`` insists on the GPU engine and
+fails clearly when none is usable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..arrays import DeviceTensor, HostTensor, as_tensor
+from ..errors import InvalidArgumentError
+
+
+def gpu_usable() -> bool:
+    """True when Numba's CUDA (a real device, or the simulator) is importable and available."""
+    try:
+        from numba import cuda
+    except ImportError:
+        return False
+    try:
+        return bool(cuda.is_available())
+    except Exception:
+        return False
+
+
+def wants_gpu(tensors: Sequence[HostTensor | DeviceTensor], io_device: str | None) -> bool:
+    """Whether these tensors go through the GPU engine under ``io_device``."""
+    has_device = any(isinstance(t, DeviceTensor) for t in tensors)
+    if io_device == "cpu" or not has_device:
+        return False
+    if not gpu_usable():
+        if io_device == "gpu":
+            raise InvalidArgumentError("io_device='gpu' was requested but no CUDA device is usable "
+                                       "(install gpuckpt[gpu] and check the driver)")
+        return False
+    return True
+
+
+def to_host(tensor: HostTensor | DeviceTensor, key: str) -> HostTensor:
+    """A device tensor copied to host memory (the CPU engine's input); host tensors unchanged."""
+    if isinstance(tensor, HostTensor):
+        return tensor
+    host = tensor.data.copy_to_host().view(tensor.dtype.numpy).reshape(tensor.shape)
+    return as_tensor(host, key)
+
+
+class EngineCache:
+    """The engines one Checkpoint keeps between saves, so the GPU engine's pinned staging and
+    device arena are allocated once and reused; ``close()`` releases them."""
+
+    def __init__(self, staging_bytes: int | None = None):
+        self.staging_bytes = staging_bytes
+        self._gpu = None
+
+    def gpu(self):
+        """The GPU engine, created on first use."""
+        if self._gpu is None:
+            from .gpu import GpuEngine
+
+            self._gpu = GpuEngine() if self.staging_bytes is None else GpuEngine(self.staging_bytes)
+        return self._gpu
+
+    def close(self) -> None:
+        if self._gpu is not None:
+            self._gpu.close()
+            self._gpu = None
