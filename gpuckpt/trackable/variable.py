@@ -44,6 +44,11 @@ def _fits_int32(array: np.ndarray) -> bool:
     return array.size == 0 or bool(info.min <= array.min() and array.max() <= info.max)
 
 
+def _flat_bytes(array: Any) -> Any:
+    """A flat uint8 view of a contiguous host or Numba device array."""
+    return array.reshape(array.size).view(np.uint8)
+
+
 def _as_bytes(x: Any) -> bytes:
     return x.encode("utf-8") if isinstance(x, str) else bytes(x)
 
@@ -91,12 +96,15 @@ class Variable(Trackable):
         device-to-device.
         """
         if self._device is not None:
-            source = array if is_device_array(array) else np.ascontiguousarray(array, dtype=self._device.dtype)
+            if is_device_array(array):
+                source = as_device_array(array)
+            else:
+                source = np.require(array, dtype=self._device.dtype, requirements="C")  # keeps 0-d shapes
             if tuple(source.shape) != tuple(self._device.shape):
                 raise InvalidArgumentError(f"cannot copy a value of shape {tuple(source.shape)} into device "
                                            f"variable {self._name!r} of shape {tuple(self._device.shape)}")
-            if self._device.size:
-                self._device.copy_to_device(as_device_array(source) if is_device_array(source) else source)
+            if self._device.size:  # raw bytes: dtypes match already, and ml_dtypes need no casting rules
+                _flat_bytes(self._device).copy_to_device(_flat_bytes(source))
         elif self._array.dtype == object:
             self._array[...] = array
         else:
