@@ -1,0 +1,49 @@
+"""``import gpuckpt`` works without the heavy extras, and each absence names the extra to install."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+
+def run(code: str) -> str:
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_import_pulls_in_nothing_heavy() -> None:
+    out = run(
+        """
+        import sys, gpuckpt
+        print(sorted(m for m in ("numba", "cupy", "tensorflow", "torch", "jax", "mpi4py") if m in sys.modules))
+        """
+    )
+    assert out.strip() == "[]"
+
+
+def test_cpu_checkpoints_work_with_numba_and_cupy_blocked(tmp_path) -> None:
+    out = run(
+        f"""
+        import sys
+        sys.modules["numba"] = None
+        sys.modules["cupy"] = None
+        import numpy as np, gpuckpt
+        ck = gpuckpt.Checkpoint(v=gpuckpt.Variable(np.arange(3.0)))
+        path = ck.save({str(tmp_path / "ck")!r})
+        ck.restore(path).assert_consumed()
+        import gpuckpt.kernels
+        try:
+            gpuckpt.kernels.crc_segments
+        except ImportError as exc:
+            print("kernels:", exc)
+        from gpuckpt.engine.gpu import GpuEngine
+        try:
+            GpuEngine()
+        except ImportError as exc:
+            print("engine:", exc)
+        """
+    )
+    assert "kernels:" in out and "engine:" in out
+    assert out.count("pip install 'gpuckpt[gpu]'") == 2
