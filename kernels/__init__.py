@@ -1,21 +1,38 @@
-"""CUDA kernels of gpuckpt, importable as ``gpuckpt.kernels``.
+"""CUDA kernels of gpuckpt, importable as ``gpuckpt.kernels``: CRC-32C of many segments in one launch (save and restore), with an optional fused copy.
 
-Importing this package does not import Numba; each kernel module loads on first use, and a
-missing ``numba``/``numba-cuda`` gives an ImportError naming the ``gpu`` extra.
+Importing this package is cheap and does not import numba; the first use of a function
+below imports the submodule that defines it (and numba with it). Without numba and
+numba-cuda that use raises ImportError naming the ``gpuckpt[gpu]`` extra.
+
+    pack_crc(src, dst, seg_offsets, seg_sizes, stream=None) -> uint32[n]   copy + raw CRC-32C
+    crc_segments(buf, seg_offsets, seg_sizes, stream=None) -> uint32[n]    raw CRC-32C only
+    pack_crc_cpu(src, dst, seg_offsets, seg_sizes) -> uint32[n]            the same, on the CPU
 """
 
 from __future__ import annotations
 
 import importlib
 
-_EXPORTS = {"crc_segments": "segments"}
+_EXPORTS = {
+    "pack_crc": "pack",
+    "crc_segments": "pack",
+    "pack_crc_cpu": "pack",
+}
+
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'gpuckpt.kernels' has no attribute {name!r}")
-    try:
-        module = importlib.import_module(f".{_EXPORTS[name]}", __name__)
-    except ImportError as exc:
-        raise ImportError(f"gpuckpt's CUDA kernels need numba-cuda: pip install 'gpuckpt[gpu]' ({exc})") from exc
-    return getattr(module, name)
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from ._deps import require_numba
+
+    require_numba()
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
