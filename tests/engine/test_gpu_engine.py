@@ -11,14 +11,15 @@ from gpuckpt.engine.select import EngineCache
 from gpuckpt.saver import write_tensors
 
 cuda = pytest.importorskip("numba.cuda")
-segments = pytest.importorskip("gpuckpt.kernels.segments")
+pack = pytest.importorskip("gpuckpt.kernels.pack")
 
 DTYPES = ["float32", "float64", "int8", "uint16", "int64", "bool", "complex64", "float16", "bfloat16", "float8_e4m3fn"]
 
 
 @pytest.fixture(autouse=True)
 def quick_kernels(monkeypatch):
-    monkeypatch.setattr(segments, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(pack, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(pack, "MAX_BLOCKS", 8)
 
 
 def values() -> dict[str, np.ndarray]:
