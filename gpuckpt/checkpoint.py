@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import weakref
 from typing import Any
 
@@ -10,7 +11,7 @@ import numpy as np
 
 from . import saver
 from .engine.select import EngineCache
-from .errors import NotFoundError
+from .errors import CheckpointError, NotFoundError
 from .format import objgraph
 from .format.statefile import CheckpointState
 from .graph import LiveGraph, walk
@@ -38,6 +39,7 @@ class Checkpoint(AutoTrackable):
 
     def __init__(self, root: Any = None, **kwargs: Any):
         self._self_engines = EngineCache()  # GPU staging, sized once, reused by every save
+        self._self_save_lock = threading.RLock()  # one save or write at a time; managers hold it too
         weakref.finalize(self, self._self_engines.close)
         self._self_root = None
         self._self_attached: list[tuple[str, Trackable]] = []
@@ -90,23 +92,30 @@ class Checkpoint(AutoTrackable):
     def write(self, file_prefix: str | os.PathLike, options: CheckpointOptions | None = None) -> str:
         """Write a checkpoint at exactly ``file_prefix``; no counter, no state file. Returns the prefix."""
         options = options or CheckpointOptions()
-        path = self._write(os.fspath(file_prefix), options)
+        with self._self_save_lock:
+            path = self._write(os.fspath(file_prefix), options)
         _run_callbacks(options, path)
         return path
 
     def save(self, file_prefix: str | os.PathLike, options: CheckpointOptions | None = None) -> str:
         """Write ``file_prefix-N`` (N: the incremented ``save_counter``) and name it in the state file."""
         options = options or CheckpointOptions()
-        counter = self.save_counter
-        counter.assign_add(1)
-        try:
-            path = self._write(f"{os.fspath(file_prefix)}-{int(counter.numpy())}", options)
-        except BaseException:
-            counter.assign_sub(1)  # nothing was committed, so the number is free again
-            raise
-        directory = os.path.dirname(path) or os.curdir
-        relative = os.path.relpath(path, directory)
-        filesystem.write_state(directory, CheckpointState(relative, (relative,)), fsync=options.fsync)
+        with self._self_save_lock:
+            counter = self.save_counter
+            counter.assign_add(1)
+            try:
+                path = self._write(f"{os.fspath(file_prefix)}-{int(counter.numpy())}", options)
+            except BaseException:
+                counter.assign_sub(1)  # nothing was committed, so the number is free again
+                raise
+            directory = os.path.dirname(path) or os.curdir
+            relative = os.path.relpath(path, directory)
+            try:
+                filesystem.publish_state(directory, CheckpointState(relative, (relative,)), path, fsync=options.fsync)
+            except CheckpointError as exc:
+                if exc.withdrawn:
+                    counter.assign_sub(1)  # the checkpoint was deleted again, so its number is free
+                raise
         _run_callbacks(options, path)
         return path
 

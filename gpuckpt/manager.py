@@ -3,6 +3,10 @@
 The manager only ever deletes checkpoints it lists as managed, and only after the new
 checkpoint is committed. Like TF it writes the state file twice around the deletions: once
 naming the new checkpoint (so a crash mid-sweep still finds it), once without the deleted ones.
+
+Each save holds the directory's lock (``storage.recovery.DirectoryLock``) from start to end,
+so managers in several processes never interleave their state-file updates and deletions,
+and begins by sweeping away what interrupted saves left behind (docs/durability.md).
 """
 
 from __future__ import annotations
@@ -17,10 +21,11 @@ import numpy as np
 
 from . import retention
 from .checkpoint import Checkpoint
+from .errors import CheckpointError
 from .format.statefile import CheckpointState
 from .options import CheckpointOptions
 from .retention import CheckpointInfo
-from .storage import filesystem
+from .storage import filesystem, recovery
 
 log = logging.getLogger(__name__)
 
@@ -110,16 +115,24 @@ class CheckpointManager:
         """Save a new checkpoint unless the interval says not yet; return its prefix or None."""
         if not self._interval_allows(check_interval):
             return None
-        counter = self._checkpoint.save_counter
-        counter.assign_add(1)
-        number = int(np.asarray(counter if checkpoint_number is None else checkpoint_number))
-        try:
-            path = self._checkpoint.write(f"{self._prefix}-{number}", options=options)
-        except BaseException:
-            counter.assign_sub(1)  # nothing was committed
-            raise
-        self._record_and_sweep(path)
+        options = options or CheckpointOptions()
+        with recovery.DirectoryLock(self._directory), self._checkpoint._self_save_lock:
+            recovery.sweep(os.path.dirname(self._prefix), os.path.basename(self._prefix))
+            self._forget_deleted()
+            counter = self._checkpoint.save_counter
+            counter.assign_add(1)
+            number = int(np.asarray(counter if checkpoint_number is None else checkpoint_number))
+            try:
+                path = self._checkpoint.write(f"{self._prefix}-{number}", options=options)
+            except BaseException:
+                counter.assign_sub(1)  # nothing was committed
+                raise
+            self._record_and_sweep(path, options.fsync, counter)
         return path
+
+    def _forget_deleted(self) -> None:
+        """Stop managing checkpoints whose index is gone (deleted by another manager or by hand)."""
+        self._managed = [info for info in self._managed if os.path.lexists(info.path + ".index")]
 
     def _interval_allows(self, check_interval: bool) -> bool:
         if self._checkpoint_interval is None:
@@ -131,34 +144,46 @@ class CheckpointManager:
         self._last_checkpoint_step = step
         return True
 
-    def _record_and_sweep(self, path: str) -> None:
+    def _record_and_sweep(self, path: str, fsync: bool, counter: Any) -> None:
+        previous = self._managed, self._latest
         self._managed = [info for info in self._managed if info.path != path]
         self._managed.append(CheckpointInfo(path, self._clock()))
         self._latest = path
-        self._write_state()  # first, so that a crash while deleting still finds the new checkpoint
+        try:  # first, so that a crash while deleting still finds the new checkpoint
+            filesystem.publish_state(self._directory, self._state(), path, fsync=fsync)
+        except CheckpointError as exc:
+            if exc.withdrawn:
+                self._managed, self._latest = previous
+                counter.assign_sub(1)  # the checkpoint was deleted again, so its number is free
+            raise
         if self._max_to_keep is None:
             return
         outcome = retention.sweep(self._managed, max_to_keep=self._max_to_keep,
                                   keep_checkpoint_every_n_hours=self._keep_every_n_hours,
                                   last_preserved_timestamp=self._last_preserved)
         for info in outcome.deleted:
-            filesystem.remove_checkpoint(info.path)
+            filesystem.remove_checkpoint(info.path, fsync=fsync)
         self._managed = list(outcome.managed)
         self._last_preserved = outcome.last_preserved_timestamp
-        self._write_state()
+        filesystem.write_state(self._directory, self._state(), fsync=fsync)
 
-    def _write_state(self) -> None:
-        filesystem.write_state(self._directory, CheckpointState(
+    def _state(self) -> CheckpointState:
+        return CheckpointState(
             model_checkpoint_path=self._relative(self._latest),
             all_model_checkpoint_paths=tuple(self._relative(i.path) for i in self._managed),
             all_model_checkpoint_timestamps=tuple(i.timestamp for i in self._managed),
-            last_preserved_timestamp=self._last_preserved))
+            last_preserved_timestamp=self._last_preserved)
 
     # -- restoring --------------------------------------------------------------------
 
     def restore_or_initialize(self) -> str | None:
-        """Restore the latest checkpoint and return its path; else run ``init_fn`` and return None."""
+        """Restore the latest checkpoint and return its path; else run ``init_fn`` and return None.
+
+        First puts back a checkpoint whose overwrite a crash interrupted (best effort: skipped
+        where the directory cannot be locked, e.g. when it is read-only).
+        """
         if self._latest is not None:
+            recovery.try_sweep(os.path.dirname(self._prefix), os.path.basename(self._prefix))
             self._checkpoint.restore(self._latest)
             if self._checkpoint_interval is not None:
                 self._last_checkpoint_step = int(np.asarray(self._step_counter))

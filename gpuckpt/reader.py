@@ -21,7 +21,8 @@ from .errors import DataLossError, InvalidArgumentError, NotFoundError
 from .format import crc, strings
 from .format.bundle import BundleEntry, parse_index
 from .format.slices import slice_key
-from .storage.filesystem import ShardFiles, advance, read_state
+from .storage.filesystem import advance, read_state
+from .storage.snapshot import open_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -59,20 +60,9 @@ class CheckpointReader:
 
     def __init__(self, prefix: str | os.PathLike):
         self.prefix = os.fspath(prefix)
-        index_path = self.prefix + ".index"
-        try:
-            with open(index_path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            raise NotFoundError(
-                f"checkpoint not found: no file {index_path!r} (failed to find any matching files for {self.prefix})",
-                path=index_path,
-            ) from None
-        except IsADirectoryError:
-            raise DataLossError(f"{index_path!r} is a directory, not a checkpoint index", path=index_path) from None
-        self.index_path = index_path
-        self.index = parse_index(data, index_path)
-        self._files = ShardFiles(self.prefix, self.index.num_shards)
+        self.index_path = self.prefix + ".index"
+        # the index and every data file are opened together, so a concurrent overwrite cannot mix versions
+        self.index, self._files = open_snapshot(self.prefix, parse_index)
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 

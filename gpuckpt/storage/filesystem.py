@@ -5,47 +5,42 @@ Commit protocol of :class:`FileSystemWriter` (call order: ``write``* → ``commi
 1. Data shards are written under temporary names ``<final>.tmp-<token>`` beside their final
    names, so the later renames stay within one directory and are atomic.
 2. ``commit``: each data file is fsynced and closed; the files of an older checkpoint at the
-   same prefix are renamed aside, index first (it becomes invisible rather than pointing at
-   new data); data files are renamed to their final names; the index is written to a
-   temporary name, fsynced and renamed; the directory is fsynced so the renames survive a
-   power cut; only then are the old files deleted.
+   same prefix are renamed ``<old>.old-<token>`` (aside), index first, so it becomes invisible
+   rather than pointing at new data, and the directory is fsynced; data files are renamed to
+   their final names and the directory fsynced; the index is written to a temporary name,
+   fsynced, renamed, and the directory fsynced once more; only then are the aside files deleted.
+   Each directory fsync orders the renames before it ahead of those after it on disk, so no
+   power cut can leave an index naming data that is not in place.
 3. ``abort`` (or any failure) deletes the temporary files and puts aside files back; nothing
    visible changes.
 
+A ``<token>`` is ``<pid>-<host tag>-<random>`` (:func:`writer_token`): a later sweep
+(``storage.recovery``) removes such files only once that process is gone.
+
 TensorFlow itself issues no fsync; with ``fsync=False`` gpuckpt skips them too (faster, but a
-power cut may leave an index that names data which never reached the disk).
+power cut may leave an index that names data which never reached the disk). See
+``docs/durability.md``.
 """
 
 from __future__ import annotations
 
 import errno
 import glob
+import hashlib
 import os
 import re
 import secrets
+import socket
 
-from ..errors import CheckpointError, NotFoundError
+from ..errors import CheckpointError
 from ..format import statefile
 from ..format.bundle import data_file_name
 
 STATE_FILE = "checkpoint"
 _PWRITE_MAX = 1 << 30
 _IOV_MAX = 1024
-
-
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory or ".", os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _io_error(action: str, path: str, exc: OSError) -> CheckpointError:
-    what = os.strerror(exc.errno) if exc.errno else str(exc)
-    error = CheckpointError(f"could not {action} {path!r}: {what}", path=path)
-    error.errno = exc.errno
-    return error
+HOST_TAG = hashlib.blake2s(socket.gethostname().encode(), digest_size=4).hexdigest()
+LEFTOVER = re.compile(r"(?P<original>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)-(?P<host>[0-9a-f]{8})-[0-9a-f]{8}")
 
 
 class PosixIO:
@@ -59,6 +54,47 @@ class PosixIO:
     @staticmethod
     def pwrite(fd: int, data, offset: int) -> None:
         pwrite_all(fd, data, offset)
+
+
+DEFAULT_IO: PosixIO = PosixIO()  # what every writer uses unless given one; tests monkeypatch it
+
+
+def _io(io: PosixIO | None) -> PosixIO:
+    return io if io is not None else DEFAULT_IO
+
+
+def writer_token() -> str:
+    """``<pid>-<host tag>-<random>``: names one writer's temporary and aside files."""
+    return f"{os.getpid()}-{HOST_TAG}-{secrets.token_hex(4)}"
+
+
+def owner_alive(pid: int, host: str) -> bool:
+    """Whether the writer that named a file may still be running (other hosts' writers: assume so)."""
+    if host != HOST_TAG or pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fsync_dir(directory: str, io: PosixIO | None = None) -> None:
+    """Make the directory's entries (renames, new and deleted names) durable."""
+    fd = os.open(directory or ".", os.O_RDONLY)
+    try:
+        _io(io).fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _io_error(action: str, path: str, exc: OSError) -> CheckpointError:
+    what = os.strerror(exc.errno) if exc.errno else str(exc)
+    error = CheckpointError(f"could not {action} {path!r}: {what}", path=path)
+    error.errno = exc.errno
+    return error
 
 
 def advance(views: list[memoryview], n: int) -> list[memoryview]:
@@ -84,27 +120,45 @@ def pwrite_all(fd: int, data, offset: int) -> None:
         views, offset = advance(views, n), offset + n
 
 
+def make_dirs(directory: str, *, fsync: bool = True, io: PosixIO | None = None) -> None:
+    """Create ``directory`` and its missing parents, fsyncing each new entry's parent."""
+    missing = []
+    path = os.path.abspath(directory)
+    while not os.path.isdir(path) and path != os.path.dirname(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    for path in reversed(missing):
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise _io_error("create directory", path, exc) from exc
+        if fsync:
+            try:
+                _fsync_dir(os.path.dirname(path), io)
+            except OSError as exc:
+                raise _io_error("sync directory", os.path.dirname(path), exc) from exc
+
+
 class FileSystemWriter:
     """Writes one checkpoint's data shards and commits its index atomically."""
 
-    def __init__(self, prefix: str | os.PathLike, num_shards: int, *, fsync: bool = True, io: PosixIO = PosixIO()):
+    def __init__(self, prefix: str | os.PathLike, num_shards: int, *, fsync: bool = True, io: PosixIO | None = None):
         self.prefix = os.fspath(prefix)
         self.num_shards = num_shards
         self.fsync = fsync
-        self._io = io
-        self._token = secrets.token_hex(8)
-        directory = os.path.dirname(self.prefix)
-        if directory:
-            try:
-                os.makedirs(directory, exist_ok=True)
-            except OSError as exc:
-                raise _io_error("create directory", directory, exc) from exc
+        self._io = _io(io)
+        self._token = writer_token()
+        self._directory = os.path.dirname(self.prefix)
+        if self._directory:
+            make_dirs(self._directory, fsync=fsync, io=self._io)
         self._finals = [data_file_name(self.prefix, s, num_shards) for s in range(num_shards)]
         self._temps = [f"{f}.tmp-{self._token}" for f in self._finals]
         self._fds: list[int] = []
         try:
             for temp in self._temps:
-                self._fds.append(io.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
+                self._fds.append(self._io.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644))
         except OSError as exc:
             self.abort()
             raise _io_error("create data file", temp, exc) from exc
@@ -131,15 +185,20 @@ class FileSystemWriter:
                 for fd in self._fds:
                     self._io.fsync(fd)
             self._close_fds()
-            for old in ([index] if os.path.lexists(index) else []) + _shard_files(self.prefix):
+            for old in ([index] if os.path.lexists(index) else []) + shard_files(self.prefix):
                 self._io.replace(old, f"{old}.old-{self._token}")
                 aside.append((f"{old}.old-{self._token}", old))
+            if aside and self.fsync:
+                _fsync_dir(self._directory, self._io)
             for temp, final in zip(self._temps, self._finals):
                 self._io.replace(temp, final)
                 placed.append(final)
-            atomic_write(index, index_bytes, fsync=self.fsync, io=self._io)
+            if self.fsync:
+                _fsync_dir(self._directory, self._io)
+            placed.append(index)  # no old index is left at this name, so whatever appears there is ours
+            atomic_write(index, index_bytes, fsync=self.fsync, io=self._io, token=self._token)
         except OSError as exc:
-            _undo(placed, aside)
+            _undo(placed[::-1], aside)
             self.abort()
             raise _io_error("commit checkpoint", index, exc) from exc
         for moved, _ in aside:
@@ -164,7 +223,7 @@ def _unlink_quietly(path: str) -> None:
 
 
 def _undo(placed: list[str], aside: list[tuple[str, str]]) -> None:
-    """Roll a failed commit back: remove new files, then return old ones (data first, index last)."""
+    """Roll a failed commit back: remove new files (index first), then return old ones (data first, index last)."""
     for final in placed:
         _unlink_quietly(final)
     for moved, original in sorted(aside, key=lambda pair: pair[1].endswith(".index")):
@@ -174,11 +233,16 @@ def _undo(placed: list[str], aside: list[tuple[str, str]]) -> None:
             pass
 
 
-def atomic_write(path: str, data: bytes, *, fsync: bool = True, io: PosixIO = PosixIO()) -> None:
-    """Write a whole file under a temporary name, then rename it into place (and fsync the dir)."""
-    temp = f"{path}.tmp-{secrets.token_hex(8)}"
+def atomic_write(path: str, data: bytes, *, fsync: bool = True, io: PosixIO | None = None,
+                 token: str | None = None) -> None:
+    """Write a whole file under a temporary name, then rename it into place (and fsync the dir).
+
+    Raises ``OSError``; callers turn it into a ``CheckpointError`` naming what they were writing.
+    """
+    io = _io(io)
+    temp = f"{path}.tmp-{token or writer_token()}"
     try:
-        fd = io.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = io.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
             io.pwrite(fd, data, 0)
             if fsync:
@@ -187,30 +251,53 @@ def atomic_write(path: str, data: bytes, *, fsync: bool = True, io: PosixIO = Po
             io.close(fd)
         io.replace(temp, path)
     except BaseException:
-        try:
-            os.unlink(temp)
-        except OSError:
-            pass
+        _unlink_quietly(temp)
         raise
     if fsync:
-        _fsync_dir(os.path.dirname(path))
+        _fsync_dir(os.path.dirname(path), io)
 
 
-def _shard_files(prefix: str) -> list[str]:
+def shard_files(prefix: str) -> list[str]:
+    """The data files that exist for ``prefix``, whatever their shard count."""
     pattern = re.compile(re.escape(os.path.basename(prefix)) + r"\.data-\d{5,}-of-\d{5,}$")
     candidates = glob.glob(glob.escape(prefix) + ".data-*-of-*")
     return [p for p in candidates if pattern.match(os.path.basename(p))]
 
 
-def remove_checkpoint(prefix: str | os.PathLike) -> None:
-    """Delete a checkpoint: its index first (so it is invisible at once), then its data shards."""
+def remove_checkpoint(prefix: str | os.PathLike, *, fsync: bool = True, io: PosixIO | None = None) -> None:
+    """Delete a checkpoint: its index first, durably (so it is invisible at once), then its data shards.
+
+    A crash in between leaves only data files without an index, which the next sweep removes.
+    If the directory fsync fails, the data files are still deleted before the error is raised.
+    """
     prefix = os.fspath(prefix)
+    index = prefix + ".index"
+    failure: CheckpointError | None = None
     try:
-        os.unlink(prefix + ".index")
-    except FileNotFoundError:
-        pass
-    for path in _shard_files(prefix):
+        existed = _unlink_missing_ok(index)
+    except OSError as exc:
+        raise _io_error("delete checkpoint", index, exc) from exc  # its data must stay while it is visible
+    try:
+        if existed and fsync:
+            _fsync_dir(os.path.dirname(prefix), io)
+    except OSError as exc:
+        failure = _io_error("sync directory after deleting", index, exc)
+    for path in shard_files(prefix):
+        try:
+            _unlink_missing_ok(path)
+        except OSError as exc:
+            failure = failure or _io_error("delete data file", path, exc)
+    if failure is not None:
+        raise failure
+
+
+def _unlink_missing_ok(path: str) -> bool:
+    """Unlink ``path``; False if it did not exist."""
+    try:
         os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def read_state(directory: str | os.PathLike) -> statefile.CheckpointState | None:
@@ -223,37 +310,40 @@ def read_state(directory: str | os.PathLike) -> statefile.CheckpointState | None
         return None
 
 
-def write_state(directory: str | os.PathLike, state: statefile.CheckpointState, *, fsync: bool = True) -> None:
-    """Atomically replace the directory's ``checkpoint`` state file."""
+def write_state(directory: str | os.PathLike, state: statefile.CheckpointState, *, fsync: bool = True,
+                io: PosixIO | None = None) -> None:
+    """Atomically replace the directory's ``checkpoint`` state file (CheckpointError on failure)."""
     path = os.path.join(os.fspath(directory), STATE_FILE)
-    atomic_write(path, statefile.format(state).encode("utf-8"), fsync=fsync)
+    try:
+        atomic_write(path, statefile.format(state).encode("utf-8"), fsync=fsync, io=io)
+    except OSError as exc:
+        raise _io_error("write state file", path, exc) from exc
 
 
-class ShardFiles:
-    """Read-only file descriptors of one checkpoint's data shards, opened on first use."""
+def publish_state(directory: str | os.PathLike, state: statefile.CheckpointState, new_prefix: str, *,
+                  fsync: bool = True) -> None:
+    """Write the state file that names the just-committed ``new_prefix``.
 
-    def __init__(self, prefix: str, num_shards: int):
-        self.prefix = prefix
-        self.num_shards = num_shards
-        self._fds: dict[int, tuple[int, int]] = {}
-
-    def path(self, shard: int) -> str:
-        return data_file_name(self.prefix, shard, self.num_shards)
-
-    def open(self, shard: int) -> tuple[int, int]:
-        """(fd, file size) of a shard; NotFoundError naming the file when it is missing."""
-        if shard not in self._fds:
-            path = self.path(shard)
+    If that fails while the state file on disk does not name ``new_prefix`` yet, the new
+    checkpoint is deleted again, so a failed save leaves nothing behind. The CheckpointError
+    raised says which happened in ``.withdrawn``.
+    """
+    try:
+        write_state(directory, state, fsync=fsync)
+    except CheckpointError as exc:
+        exc.withdrawn = not _state_names(directory, new_prefix)
+        if exc.withdrawn:
             try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
-                raise NotFoundError(f"data file {path!r} of checkpoint {self.prefix!r} is missing", path=path) from None
-            except OSError as exc:
-                raise _io_error("open data file", path, exc) from exc
-            self._fds[shard] = (fd, os.fstat(fd).st_size)
-        return self._fds[shard]
+                remove_checkpoint(new_prefix, fsync=fsync)
+            except CheckpointError:
+                pass  # it stays unlisted; the disk is failing and the error raised below says so
+        raise
 
-    def close(self) -> None:
-        for fd, _ in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
+
+def _state_names(directory: str | os.PathLike, prefix: str) -> bool:
+    state = read_state(directory)
+    if state is None:
+        return False
+    named = (state.model_checkpoint_path, *state.all_model_checkpoint_paths)
+    return os.path.abspath(prefix) in {os.path.abspath(os.path.join(directory, p)) for p in named}
+
