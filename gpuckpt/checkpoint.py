@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from . import saver
+from .engine.capture import CapturePool
 from .engine.select import EngineCache
 from .errors import CheckpointError, NotFoundError
 from .format import objgraph
 from .format.statefile import CheckpointState
+from .futures import AsyncSaver, SaveHandle
 from .graph import LiveGraph, walk
 from .options import CheckpointOptions, callback_arity
 from .reader import latest_checkpoint
@@ -40,6 +44,9 @@ class Checkpoint(AutoTrackable):
     def __init__(self, root: Any = None, **kwargs: Any):
         self._self_engines = EngineCache()  # GPU staging, sized once, reused by every save
         self._self_save_lock = threading.RLock()  # one save or write at a time; managers hold it too
+        self._self_async: AsyncSaver | None = None  # the background writer, created by the first async save
+        self._self_captures = CapturePool()  # host snapshots of async saves, reused
+        self._self_last_save: SaveHandle | None = None
         weakref.finalize(self, self._self_engines.close)
         self._self_root = None
         self._self_attached: list[tuple[str, Trackable]] = []
@@ -90,59 +97,138 @@ class Checkpoint(AutoTrackable):
     # -- saving -----------------------------------------------------------------------
 
     def write(self, file_prefix: str | os.PathLike, options: CheckpointOptions | None = None) -> str:
-        """Write a checkpoint at exactly ``file_prefix``; no counter, no state file. Returns the prefix."""
+        """Write a checkpoint at exactly ``file_prefix``; no counter, no state file. Returns the prefix.
+
+        With ``options.enable_async`` it returns once the values are captured; ``last_save``
+        then tells when the files are committed.
+        """
         options = options or CheckpointOptions()
+        path = os.fspath(file_prefix)
         with self._self_save_lock:
-            path = self._write(os.fspath(file_prefix), options)
-        _run_callbacks(options, path)
+            self._make_room(options)
+            self._run_save(path, options, functools.partial(self._write, path, options=options), _nothing)
         return path
 
     def save(self, file_prefix: str | os.PathLike, options: CheckpointOptions | None = None) -> str:
-        """Write ``file_prefix-N`` (N: the incremented ``save_counter``) and name it in the state file."""
+        """Write ``file_prefix-N`` (N: the incremented ``save_counter``) and name it in the state file.
+
+        With ``options.enable_async`` it returns once the values are captured (``save_counter``
+        already reads N); the state file names the checkpoint only once it is committed.
+        """
         options = options or CheckpointOptions()
         with self._self_save_lock:
+            self._make_room(options)
             counter = self.save_counter
             counter.assign_add(1)
-            try:
-                path = self._write(f"{os.fspath(file_prefix)}-{int(counter.numpy())}", options)
-            except BaseException:
-                counter.assign_sub(1)  # nothing was committed, so the number is free again
-                raise
-            directory = os.path.dirname(path) or os.curdir
-            relative = os.path.relpath(path, directory)
-            try:
-                filesystem.publish_state(directory, CheckpointState(relative, (relative,)), path, fsync=options.fsync)
-            except CheckpointError as exc:
-                if exc.withdrawn:
-                    counter.assign_sub(1)  # the checkpoint was deleted again, so its number is free
-                raise
-        _run_callbacks(options, path)
+            path = f"{os.fspath(file_prefix)}-{int(counter.numpy())}"
+
+            def persist(tensors: dict[str, Any]) -> None:
+                self._write(path, tensors, options)
+                self._publish(path, options)
+
+            self._run_save(path, options, persist, undo=functools.partial(counter.assign_sub, 1))
         return path
 
-    def _write(self, prefix: str, options: CheckpointOptions) -> str:
+    def _make_room(self, options: CheckpointOptions) -> None:
+        """Before a save: an async one reserves a place in flight; a synchronous one waits for them all.
+
+        Either raises the error of an earlier background save first.
+        """
+        if options.enable_async:
+            self._background().reserve(options.max_in_flight)
+        elif self._self_async is not None:
+            self._self_async.sync()
+
+    def _run_save(self, path: str, options: CheckpointOptions, persist: Callable[[dict[str, Any]], None],
+                  undo: Callable[[], None]) -> None:
+        """``persist`` the current values now, or capture them and persist them in the background.
+
+        Called with the save lock held, after ``_make_room``. ``undo`` (give the checkpoint number
+        back) runs when a synchronous save commits nothing; an asynchronous one that fails later
+        leaves its number unused, since later saves may already have taken the next ones.
+        """
+        if options.enable_async:
+            self._stage(path, options, persist, undo)
+            return
+        try:
+            persist(self._tensors())
+        except BaseException as exc:
+            if getattr(exc, "withdrawn", True):  # False only when a state-file error left it listed
+                undo()
+            raise
+        _run_callbacks(options, path)
+
+    def _publish(self, path: str, options: CheckpointOptions) -> None:
+        """Name the committed checkpoint at ``path`` in its directory's state file."""
+        directory = os.path.dirname(path) or os.curdir
+        relative = os.path.relpath(path, directory)
+        filesystem.publish_state(directory, CheckpointState(relative, (relative,)), path, fsync=options.fsync)
+
+    def _tensors(self) -> dict[str, Any]:
+        """Every value to save under its checkpoint key, the object graph last."""
         live = self._graph()
         tensors = live.tensors_by_key()
         tensors[objgraph.OBJECT_GRAPH_KEY] = objgraph.encode(live.graph)
-        return saver.write_tensors(prefix, tensors, options=options, max_shard_size=options.max_shard_size,
-                                   engines=self._self_engines)
+        return tensors
+
+    def _write(self, prefix: str, tensors: dict[str, Any], options: CheckpointOptions) -> None:
+        saver.write_tensors(prefix, tensors, options=options, max_shard_size=options.max_shard_size,
+                            engines=self._self_engines)
+
+    def _stage(self, path: str, options: CheckpointOptions, persist: Callable[[dict[str, Any]], None],
+               undo: Callable[[], None]) -> None:
+        """Capture the values now (a place in flight is reserved); ``persist`` them in the background."""
+        background = self._background()
+        try:
+            captured = self._self_captures.capture(self._tensors())
+        except BaseException:
+            undo()
+            background.cancel()
+            raise
+        handle = SaveHandle(path)
+        handle._set_staged()
+
+        def job() -> None:
+            try:
+                persist(captured.tensors)
+            finally:
+                self._self_captures.release(captured)
+            _run_callbacks(options, path)
+
+        self._self_last_save = background.submit(handle, job)
+
+    def _background(self) -> AsyncSaver:
+        if self._self_async is None:
+            self._self_async = AsyncSaver()
+        return self._self_async
+
+    @property
+    def last_save(self) -> SaveHandle | None:
+        """The most recent asynchronous save (``wait_committed()``, ``result()``), or None."""
+        return self._self_last_save
 
     def close(self) -> None:
-        """Release the GPU engine's pinned staging and device arena (also done when collected)."""
+        """Wait for saves in flight, then release staging memory (also done when collected)."""
+        if self._self_async is not None:
+            self._self_async.wait()
         self._self_engines.close()
+        self._self_captures.close()
 
     def sync(self) -> None:
-        """Wait until every save started by this object is committed.
+        """Wait until every save started by this object is committed; raise a background save's error.
 
-        This version writes synchronously (``enable_async`` saves complete before returning),
-        so there is never anything left to wait for.
+        TensorFlow's ``sync`` also waits; it raises a background error only on its next save.
         """
+        if self._self_async is not None:
+            self._self_async.sync()
 
     # -- restoring --------------------------------------------------------------------
 
     def read(self, save_path: str | os.PathLike, options: CheckpointOptions | None = None) -> CheckpointLoadStatus:
         """Restore from the checkpoint at prefix ``save_path``; values of objects created later wait for them."""
         options = options or CheckpointOptions()
-        self.sync()
+        if self._self_async is not None:
+            self._self_async.wait()  # restore what is committed; a background error stays for sync()
         session = RestoreSession(os.fspath(save_path), skip_slots=options.experimental_skip_slot_variables,
                                  engines=self._self_engines, io_device=options.io_device)
         root = self._self_root if self._self_root is not None else self
@@ -188,6 +274,10 @@ def _assert_trackable(value: Any, name: str) -> None:
         raise ValueError(
             f"`Checkpoint` was expecting {name} to be a trackable object (a gpuckpt Variable, Module, "
             f"list, dict or tuple of them, or any gpuckpt.trackable.Trackable), got {value!r}.")
+
+
+def _nothing() -> None:
+    """``write`` has no checkpoint number to give back."""
 
 
 def _run_callbacks(options: CheckpointOptions, path: str) -> None:

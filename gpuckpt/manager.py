@@ -11,6 +11,7 @@ and begins by sweeping away what interrupted saves left behind (docs/durability.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -112,22 +113,31 @@ class CheckpointManager:
 
     def save(self, checkpoint_number: Any = None, check_interval: bool = True,
              options: CheckpointOptions | None = None) -> str | None:
-        """Save a new checkpoint unless the interval says not yet; return its prefix or None."""
+        """Save a new checkpoint unless the interval says not yet; return its prefix or None.
+
+        With ``options.enable_async`` it returns once the values are captured; the checkpoint
+        joins ``checkpoints`` and ``latest_checkpoint``, and older ones are deleted, once it
+        is committed. Each save holds the directory lock while it writes and commits.
+        """
         if not self._interval_allows(check_interval):
             return None
         options = options or CheckpointOptions()
-        with recovery.DirectoryLock(self._directory), self._checkpoint._self_save_lock:
-            recovery.sweep(os.path.dirname(self._prefix), os.path.basename(self._prefix))
-            self._forget_deleted()
-            counter = self._checkpoint.save_counter
+        checkpoint = self._checkpoint
+        with checkpoint._self_save_lock:
+            checkpoint._make_room(options)
+            counter = checkpoint.save_counter
             counter.assign_add(1)
             number = int(np.asarray(counter if checkpoint_number is None else checkpoint_number))
-            try:
-                path = self._checkpoint.write(f"{self._prefix}-{number}", options=options)
-            except BaseException:
-                counter.assign_sub(1)  # nothing was committed
-                raise
-            self._record_and_sweep(path, options.fsync, counter)
+            path = f"{self._prefix}-{number}"
+
+            def persist(tensors: dict[str, Any]) -> None:
+                with recovery.DirectoryLock(self._directory):
+                    recovery.sweep(os.path.dirname(self._prefix), os.path.basename(self._prefix))
+                    self._forget_deleted()
+                    checkpoint._write(path, tensors, options)
+                    self._record_and_sweep(path, options.fsync)
+
+            checkpoint._run_save(path, options, persist, undo=functools.partial(counter.assign_sub, 1))
         return path
 
     def _forget_deleted(self) -> None:
@@ -144,7 +154,7 @@ class CheckpointManager:
         self._last_checkpoint_step = step
         return True
 
-    def _record_and_sweep(self, path: str, fsync: bool, counter: Any) -> None:
+    def _record_and_sweep(self, path: str, fsync: bool) -> None:
         previous = self._managed, self._latest
         self._managed = [info for info in self._managed if info.path != path]
         self._managed.append(CheckpointInfo(path, self._clock()))
@@ -152,12 +162,19 @@ class CheckpointManager:
         try:  # first, so that a crash while deleting still finds the new checkpoint
             filesystem.publish_state(self._directory, self._state(), path, fsync=fsync)
         except CheckpointError as exc:
-            if exc.withdrawn:
+            if exc.withdrawn:  # the checkpoint was deleted again
                 self._managed, self._latest = previous
-                counter.assign_sub(1)  # the checkpoint was deleted again, so its number is free
             raise
         if self._max_to_keep is None:
             return
+        try:
+            self._delete_old(fsync)
+        except CheckpointError as exc:
+            exc.withdrawn = False  # the new checkpoint is committed and listed; only the cleanup failed
+            raise
+
+    def _delete_old(self, fsync: bool) -> None:
+        """Delete what the retention policy no longer keeps, then list only what is left."""
         outcome = retention.sweep(self._managed, max_to_keep=self._max_to_keep,
                                   keep_checkpoint_every_n_hours=self._keep_every_n_hours,
                                   last_preserved_timestamp=self._last_preserved)

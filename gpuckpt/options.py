@@ -45,7 +45,9 @@ class CheckpointOptions:
 
     ``io_device``: None (choose automatically), ``"cpu"`` or ``"gpu"``; ``experimental_io_device``
     is TF's spelling and takes device strings such as ``"/job:localhost/device:CPU:0"``.
-    ``enable_async`` (alias ``experimental_enable_async_checkpoint``): write in the background.
+    ``enable_async`` (alias ``experimental_enable_async_checkpoint``): take a snapshot, return,
+    and write in the background (docs/async.md); ``max_in_flight``: how many such saves may be
+    pending at once before the next one waits (each holds one snapshot in host memory).
     ``experimental_write_callbacks``: callables of 0 or 1 argument (the saved path), run in
     order once the checkpoint is committed. ``experimental_skip_slot_variables``: restore
     ignores optimizer slots. ``experimental_sharding_callback``: None or a gpuckpt sharding
@@ -54,6 +56,7 @@ class CheckpointOptions:
 
     io_device: str | None = None
     enable_async: bool = False
+    max_in_flight: int = 1
     fsync: bool = True
     experimental_io_device: str | None = None
     experimental_enable_async_checkpoint: bool = False
@@ -65,6 +68,9 @@ class CheckpointOptions:
         for name in ("enable_async", "fsync", "experimental_enable_async_checkpoint",
                      "experimental_skip_slot_variables"):
             _check_bool(name, getattr(self, name))
+        if isinstance(self.max_in_flight, bool) or not isinstance(self.max_in_flight, int) or self.max_in_flight < 1:
+            raise InvalidArgumentError(f"CheckpointOptions.max_in_flight must be an int of at least 1, "
+                                       f"got {self.max_in_flight!r}")
         enable_async = self.enable_async or self.experimental_enable_async_checkpoint
         object.__setattr__(self, "enable_async", enable_async)
         object.__setattr__(self, "experimental_enable_async_checkpoint", enable_async)
