@@ -1,4 +1,4 @@
-"""The ``gpuckpt`` command: ``inspect`` and ``verify`` a checkpoint.
+"""The ``gpuckpt`` command: ``inspect`` and ``verify`` a checkpoint, or run the ``demo``.
 
 ``rich`` draws the tables when it is installed (the ``cli`` extra); plain text otherwise.
 """
@@ -89,7 +89,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, func in (("inspect", inspect), ("verify", verify)):
         p = sub.add_parser(name, help=func.__doc__.splitlines()[0])
         p.add_argument("path", help="checkpoint prefix, or a directory holding a 'checkpoint' state file")
-    args = parser.parse_args(argv)
+    sub.add_parser("demo", help="train, save asynchronously, get killed, restart and verify", add_help=False)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "demo":
+        from .demo import main as demo
+
+        return demo(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return {"inspect": inspect, "verify": verify}[args.command](args.path)
     except CheckpointError as exc:

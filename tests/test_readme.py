@@ -13,3 +13,4 @@ def test_readme_python_blocks_run(tmp_path) -> None:
     assert "gpuckpt.Checkpoint" in code
     exec(compile(code.replace("/tmp/run", str(tmp_path / "run")), str(README), "exec"), {})
     assert (tmp_path / "run" / "checkpoint").exists()
+    assert (tmp_path / "run" / "ckpt-2.index").exists()  # the asynchronous save, committed by sync()

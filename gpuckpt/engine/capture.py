@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..arrays import aligned_empty, as_device_array, is_device_array
+from ..arrays import as_device_array, is_device_array, prefaulted_bytes
 
 ALIGN = 64  # each value starts on a cache line of the buffer
 
@@ -81,7 +81,7 @@ class CapturePool:
             self._free.clear()  # too small, or pageable where pinned is needed: let them go
         if pinned:
             return _cuda().pinned_array(nbytes, np.uint8)
-        return aligned_empty((nbytes,), np.uint8)
+        return prefaulted_bytes(nbytes)
 
 
 def _layout(tensors: Mapping[str, object]) -> tuple[dict[str, tuple[int, object]], int, bool]:

@@ -1,0 +1,228 @@
+"""Overlap benchmark: how much do checkpoints slow a training loop, synchronous and asynchronous?
+
+    .venv/bin/python bench/bench_overlap.py [--state-mib 256] [--steps 60] [--every 10] [--no-tf]
+
+The loop holds ``--state-mib`` of float32 matrices and updates every one of them each step
+with a matmul (NumPy on the CPU; CuPy on a GPU when usable). It runs with no checkpoints,
+with gpuckpt saving every ``--every`` steps synchronously, and asynchronously; then
+TensorFlow's own loop (tf.Variables, tf.matmul) without checkpoints and with TF's async
+checkpoint (``experimental_enable_async_checkpoint``). For each it prints the time each save
+blocked the loop, the mean and worst slowdown of steps that ran while a save was in flight
+(against the median step of the same framework's run without checkpoints), and the total.
+A save is in flight from its call until its index file exists (gpuckpt: until its commit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+import gpuckpt
+
+SIDE = 512  # each matrix is SIDE x SIDE float32: 1 MiB
+INNER = 32
+
+
+@dataclass
+class Run:
+    """What one configuration measured."""
+
+    name: str
+    step_s: list[float] = field(default_factory=list)
+    step_spans: list[tuple[float, float]] = field(default_factory=list)
+    save_block_s: list[float] = field(default_factory=list)
+    in_flight: list[tuple[float, float]] = field(default_factory=list)
+    total_s: float = 0.0
+
+    def overlapped_steps(self) -> list[float]:
+        """Durations of the steps that ran, at least partly, while a save was in flight."""
+        return [d for d, (a, b) in zip(self.step_s, self.step_spans)
+                if any(a < end and b > start for start, end in self.in_flight)]
+
+
+class IndexWatcher:
+    """Records when each checkpoint's ``.index`` appears: the moment it becomes visible."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, float] = {}
+        self.done: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def watch(self, prefix: str, started: float) -> None:
+        self.pending[prefix] = started
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            for prefix, started in list(self.pending.items()):
+                if os.path.exists(prefix + ".index"):
+                    self.done.append((started, time.perf_counter()))
+                    del self.pending[prefix]
+            time.sleep(0.0005)
+
+    def close(self) -> list[tuple[float, float]]:
+        while self.pending:
+            time.sleep(0.001)
+        self._stop.set()
+        self._thread.join()
+        return self.done
+
+
+def array_module():
+    """CuPy when a GPU is usable, else NumPy."""
+    try:
+        import cupy
+
+        if cupy.cuda.runtime.getDeviceCount() > 0:
+            return cupy, "CuPy on the GPU"
+    except Exception:
+        pass
+    return np, "NumPy on the CPU"
+
+
+def make_state(xp, mib: int) -> list:
+    rng = np.random.default_rng(0)
+    return [xp.asarray(rng.standard_normal((SIDE, SIDE), dtype=np.float32)) for _ in range(mib)]
+
+
+def numpy_step(xp, weights: list, a, b) -> None:
+    """One training step: a matmul, then every matrix of the state updated in place."""
+    update = a @ b
+    for w in weights:
+        w *= np.float32(0.9999)
+        w -= np.float32(1e-6) * update
+    synchronize(xp)
+
+
+def synchronize(xp) -> None:
+    if xp is not np:
+        xp.cuda.runtime.deviceSynchronize()
+
+
+def run_gpuckpt(name: str, xp, mib: int, steps: int, every: int | None, options, directory: str) -> Run:
+    weights = make_state(xp, mib)
+    a = xp.ones((SIDE, INNER), np.float32)
+    b = xp.ones((INNER, SIDE), np.float32)
+    variables = [gpuckpt.Variable(w) for w in weights]
+    checkpoint = gpuckpt.Checkpoint(weights=variables)
+    manager = gpuckpt.CheckpointManager(checkpoint, directory, max_to_keep=2)
+    watcher = IndexWatcher()
+    run = Run(name)
+    start = time.perf_counter()
+    for step in range(steps):
+        t0 = time.perf_counter()
+        numpy_step(xp, weights, a, b)
+        t1 = time.perf_counter()
+        run.step_s.append(t1 - t0)
+        run.step_spans.append((t0, t1))
+        if every and (step + 1) % every == 0:
+            path = manager.save(options=options)
+            run.save_block_s.append(time.perf_counter() - t1)
+            if options.enable_async:
+                watcher.watch(path, t1)
+    checkpoint.sync()
+    run.total_s = time.perf_counter() - start
+    run.in_flight = watcher.close()
+    checkpoint.close()
+    return run
+
+
+def run_tensorflow(name: str, mib: int, steps: int, every: int | None, directory: str) -> Run:
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    weights = [tf.Variable(rng.standard_normal((SIDE, SIDE), dtype=np.float32)) for _ in range(mib)]
+    a = tf.ones((SIDE, INNER))
+    b = tf.ones((INNER, SIDE))
+
+    @tf.function
+    def step_fn():
+        update = tf.matmul(a, b)
+        for w in weights:
+            w.assign(w * 0.9999 - 1e-6 * update)
+
+    checkpoint = tf.train.Checkpoint(weights=weights)
+    manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=2)
+    options = tf.train.CheckpointOptions(experimental_enable_async_checkpoint=True)
+    step_fn()  # trace outside the timed loop
+    watcher = IndexWatcher()
+    run = Run(name)
+    start = time.perf_counter()
+    for step in range(steps):
+        t0 = time.perf_counter()
+        step_fn()
+        t1 = time.perf_counter()
+        run.step_s.append(t1 - t0)
+        run.step_spans.append((t0, t1))
+        if every and (step + 1) % every == 0:
+            path = manager.save(options=options)
+            run.save_block_s.append(time.perf_counter() - t1)
+            watcher.watch(path, t1)
+    checkpoint.sync()
+    run.total_s = time.perf_counter() - start
+    run.in_flight = watcher.close()
+    return run
+
+
+def report(runs: list[Run], baselines: dict[str, float], state_bytes: int) -> None:
+    print(f"{'configuration':38s} {'block mean':>10s} {'block max':>10s} {'slow mean':>10s} "
+          f"{'slow worst':>10s} {'in-flight s':>11s} {'total s':>8s}")
+    for run in runs:
+        base = baselines[run.name.split(":")[0]]
+        over = run.overlapped_steps()
+        block = np.array(run.save_block_s) * 1e3
+        flight = np.mean([b - a for a, b in run.in_flight]) if run.in_flight else 0.0
+        print(f"{run.name:38s} "
+              f"{(f'{block.mean():8.1f}ms' if block.size else '-'):>10s} "
+              f"{(f'{block.max():8.1f}ms' if block.size else '-'):>10s} "
+              f"{(f'{(np.mean(over) / base - 1) * 100:+8.1f}%' if over else '-'):>10s} "
+              f"{(f'{(max(over) / base - 1) * 100:+8.1f}%' if over else '-'):>10s} "
+              f"{(f'{flight:9.2f}' if run.in_flight else '-'):>11s} {run.total_s:8.2f}")
+    print(f"state: {state_bytes / 2**20:.0f} MiB; slowdowns are of steps overlapping a save in flight, against "
+          "the median step of the same framework without checkpoints; a synchronous save blocks for its whole "
+          "duration, so it has no steps in flight.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--state-mib", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--every", type=int, default=10)
+    ap.add_argument("--no-tf", action="store_true", help="skip TensorFlow's loop")
+    ap.add_argument("--dir", default=None, help="where to write (default: a temporary directory)")
+    args = ap.parse_args(argv)
+    xp, where = array_module()
+    root = tempfile.mkdtemp(prefix="gpuckpt-overlap-", dir=args.dir)
+    print(f"overlap benchmark: {args.state_mib} MiB of state, {args.steps} steps, a save every {args.every}; "
+          f"loop: {where}; files in {root}; {os.cpu_count()} CPUs")
+    try:
+        def fresh(name: str) -> str:
+            return tempfile.mkdtemp(prefix=name, dir=root)
+
+        runs = [run_gpuckpt("gpuckpt: no checkpoints", xp, args.state_mib, args.steps, None, None, fresh("none")),
+                run_gpuckpt("gpuckpt: sync saves", xp, args.state_mib, args.steps, args.every,
+                            gpuckpt.CheckpointOptions(), fresh("sync")),
+                run_gpuckpt("gpuckpt: async saves", xp, args.state_mib, args.steps, args.every,
+                            gpuckpt.CheckpointOptions(enable_async=True), fresh("async"))]
+        if not args.no_tf:
+            runs += [run_tensorflow("tensorflow: no checkpoints", args.state_mib, args.steps, None, fresh("tfnone")),
+                     run_tensorflow("tensorflow: async saves", args.state_mib, args.steps, args.every, fresh("tfasync"))]
+        baselines = {run.name.split(":")[0]: statistics.median(run.step_s)
+                     for run in runs if run.name.endswith("no checkpoints")}
+        report(runs, baselines, args.state_mib << 20)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
