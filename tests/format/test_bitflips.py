@@ -116,3 +116,39 @@ def test_truncation_at_every_block_boundary(original) -> None:
         with pytest.raises(gpuckpt.DataLossError):
             _read_everything(prefix)
     data_path.write_bytes(data)
+
+
+def _block_boundaries(index: bytes) -> set[int]:
+    """Every offset where a block or its 5-byte trailer starts or ends, and the footer's start."""
+    table = memoryview(index)
+    footer = len(index) - sstable.FOOTER_SIZE
+    meta_offset, meta_size, pos = sstable._read_handle(table, footer, len(index) - 8, None)
+    index_offset, index_size, _ = sstable._read_handle(table, pos, len(index) - 8, None)
+    handles = [(meta_offset, meta_size), (index_offset, index_size)]
+    for _, value in sstable._iter_block(sstable._read_block(table, index_offset, index_size, None), None):
+        handles.append(sstable._read_handle(value, 0, len(value), None)[:2])
+    cuts = {footer}
+    for offset, size in handles:
+        cuts |= {offset, offset + size, offset + size + sstable.TRAILER_SIZE}
+    return cuts
+
+
+def test_truncation_at_every_block_boundary_of_a_multi_block_checkpoint(tmp_path) -> None:
+    values = {f"layer_{i:04d}/kernel/.ATTRIBUTES/VARIABLE_VALUE": np.full((i % 7 + 1,), i, np.float32)
+              for i in range(12_000)}  # an index of ~700 KB: several of TF's 256 KiB blocks
+    prefix = tmp_path / "big"
+    write_tensors(prefix, values)
+    index_path, data_path = tmp_path / "big.index", tmp_path / "big.data-00000-of-00001"
+    index, data = index_path.read_bytes(), data_path.read_bytes()
+    cuts = _block_boundaries(index)
+    assert len(cuts) >= 10, "the index should span several blocks"
+    for cut in sorted(c for c in cuts if c < len(index)):
+        index_path.write_bytes(index[:cut])
+        with pytest.raises(gpuckpt.DataLossError):
+            _read_everything(prefix)
+    index_path.write_bytes(index)
+    ends = np.cumsum([v.nbytes for v in values.values()])
+    for cut in [0, *ends[:-1:1999], int(ends[-1]) - 1]:  # at tensor boundaries across the file
+        data_path.write_bytes(data[:cut])
+        with pytest.raises(gpuckpt.DataLossError):
+            _read_everything(prefix)
