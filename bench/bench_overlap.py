@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import gpuckpt
+from gpuckpt.demo import array_module
 
 SIDE = 512  # each matrix is SIDE x SIDE float32: 1 MiB
 INNER = 32
@@ -77,18 +78,6 @@ class IndexWatcher:
         return self.done
 
 
-def array_module():
-    """CuPy when a GPU is usable, else NumPy."""
-    try:
-        import cupy
-
-        if cupy.cuda.runtime.getDeviceCount() > 0:
-            return cupy, "CuPy on the GPU"
-    except Exception:
-        pass
-    return np, "NumPy on the CPU"
-
-
 def make_state(xp, mib: int) -> list:
     rng = np.random.default_rng(0)
     return [xp.asarray(rng.standard_normal((SIDE, SIDE), dtype=np.float32)) for _ in range(mib)]
@@ -115,24 +104,32 @@ def run_gpuckpt(name: str, xp, mib: int, steps: int, every: int | None, options,
     variables = [gpuckpt.Variable(w) for w in weights]
     checkpoint = gpuckpt.Checkpoint(weights=variables)
     manager = gpuckpt.CheckpointManager(checkpoint, directory, max_to_keep=2)
+    run = timed_loop(name, lambda: numpy_step(xp, weights, a, b), steps, every,
+                     save=lambda: manager.save(options=options), sync=checkpoint.sync,
+                     in_background=bool(options and options.enable_async))
+    checkpoint.close()
+    return run
+
+
+def timed_loop(name: str, step_fn, steps: int, every: int | None, save, sync, in_background: bool) -> Run:
+    """Run ``steps`` steps, saving every ``every``; time each step and how long each save blocked."""
     watcher = IndexWatcher()
     run = Run(name)
     start = time.perf_counter()
     for step in range(steps):
         t0 = time.perf_counter()
-        numpy_step(xp, weights, a, b)
+        step_fn()
         t1 = time.perf_counter()
         run.step_s.append(t1 - t0)
         run.step_spans.append((t0, t1))
         if every and (step + 1) % every == 0:
-            path = manager.save(options=options)
+            path = save()
             run.save_block_s.append(time.perf_counter() - t1)
-            if options.enable_async:
+            if in_background:
                 watcher.watch(path, t1)
-    checkpoint.sync()
+    sync()
     run.total_s = time.perf_counter() - start
     run.in_flight = watcher.close()
-    checkpoint.close()
     return run
 
 
@@ -154,23 +151,8 @@ def run_tensorflow(name: str, mib: int, steps: int, every: int | None, directory
     manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=2)
     options = tf.train.CheckpointOptions(experimental_enable_async_checkpoint=True)
     step_fn()  # trace outside the timed loop
-    watcher = IndexWatcher()
-    run = Run(name)
-    start = time.perf_counter()
-    for step in range(steps):
-        t0 = time.perf_counter()
-        step_fn()
-        t1 = time.perf_counter()
-        run.step_s.append(t1 - t0)
-        run.step_spans.append((t0, t1))
-        if every and (step + 1) % every == 0:
-            path = manager.save(options=options)
-            run.save_block_s.append(time.perf_counter() - t1)
-            watcher.watch(path, t1)
-    checkpoint.sync()
-    run.total_s = time.perf_counter() - start
-    run.in_flight = watcher.close()
-    return run
+    return timed_loop(name, step_fn, steps, every, save=lambda: manager.save(options=options),
+                      sync=checkpoint.sync, in_background=True)
 
 
 def report(runs: list[Run], baselines: dict[str, float], state_bytes: int) -> None:

@@ -101,7 +101,8 @@ def run(directory: str | None, steps: int, save_every: int, xp, kill_at: int | N
     return stats
 
 
-def _array_module():
+def array_module():
+    """CuPy when a GPU is usable, else NumPy; and a phrase saying which."""
     try:
         import cupy
 
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dir", default=None, help="checkpoint directory (default: a new temporary one)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    xp, where = _array_module()
+    xp, where = array_module()
     if args.child:
         run(args.dir, args.steps, args.save_every, xp, kill_at=args.kill_at)
         return 0
