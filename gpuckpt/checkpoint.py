@@ -20,7 +20,7 @@ from .reader import latest_checkpoint
 from .restorer import open_session
 from .status import CheckpointLoadStatus, InitializationOnlyStatus, NameBasedSaverStatus, load_status
 from .storage import filesystem
-from .trackable.base import Trackable, is_trackable
+from .trackable.base import Trackable, as_trackable, is_trackable
 from .trackable.module import AutoTrackable
 from .trackable.variable import Variable
 
@@ -46,6 +46,7 @@ class Checkpoint(AutoTrackable):
         self._self_save_counter = None
         if root is not None:
             _assert_trackable(root, "root")
+            root = as_trackable(root)  # a framework object (torch nn.Module) becomes its adapter
             self._self_root = root
             kwargs["root"] = root
         for name, value in sorted(kwargs.items()):
@@ -53,7 +54,7 @@ class Checkpoint(AutoTrackable):
             converted = getattr(self, name)
             _assert_trackable(converted, name)
             if root is not None:
-                self._attach(root, name, converted)
+                self._attach(root, name, as_trackable(converted))
         if root is not None:
             self._self_save_counter = root._lookup_dependency("save_counter")
 

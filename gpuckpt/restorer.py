@@ -282,6 +282,12 @@ class _Deferred:
     def apply(self, obj: Trackable) -> None:
         self.session.resume(self.node_id, obj)
 
+    def saved_specs(self) -> dict[str, tuple[Any, tuple[int, ...]]]:
+        """The saved dtype and shape of each of the node's attributes, from the checkpoint's index."""
+        entries = {a.name: self.session.reader.entry(a.checkpoint_key)
+                   for a in self.session.saved.nodes[self.node_id].attributes}
+        return {name: (entry.dtype, tuple(entry.shape)) for name, entry in entries.items()}
+
 
 def _read_graph(reader: CheckpointReader) -> ObjectGraph:
     if not reader.has_tensor(OBJECT_GRAPH_KEY):
