@@ -200,3 +200,20 @@ def test_tensorflow_reads_a_pytorch_checkpoint(tmp_path: Path) -> None:
         np.testing.assert_array_equal(reader.get_tensor(key), value, err_msg=key)
     assert reader.get_tensor("optimizer/param_groups/0/.ATTRIBUTES/lr") == 0.01
     assert path.endswith("ckpt-1")
+
+
+def test_an_optimizer_attached_after_restore_gets_its_state(tmp_path: Path) -> None:
+    """Restore-on-create: the optimizer's saved node waits on the checkpoint until one is attached."""
+    model, optimizer = fresh(0)
+    train(model, optimizer, batches(2))
+    path = gpuckpt.Checkpoint(model=model, optimizer=optimizer).save(tmp_path / "ckpt")
+    other, _ = fresh(1)
+    checkpoint = gpuckpt.Checkpoint(model=other)
+    status = checkpoint.restore(path)
+    later = torch.optim.Adam(other.parameters(), lr=0.3)
+    checkpoint.optimizer = later
+    status.assert_consumed()
+    assert later.param_groups[0]["lr"] == 0.01
+    assert torch.equal(later.state[other.head.weight]["exp_avg_sq"],
+                       optimizer.state[model.head.weight]["exp_avg_sq"])
+    assert later.state[other.head.weight]["step"].item() == 2.0
