@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .arrays import describe
+from .format.objgraph import OBJECT_GRAPH_KEY
 from .graph import LiveGraph, pretty_path, walk
 from .reader import CheckpointReader
 from .restorer import Assignment, RestoreSession, slot_node_ids
@@ -29,8 +30,6 @@ from .trackable.variable import VARIABLE_VALUE
 
 def is_name_based(reader: CheckpointReader) -> bool:
     """True for a checkpoint without an object graph (TF1 ``Saver``): it can only be matched by name."""
-    from .format.objgraph import OBJECT_GRAPH_KEY
-
     return not reader.has_tensor(OBJECT_GRAPH_KEY)
 
 
@@ -55,7 +54,8 @@ class NameBasedRestoreSession(RestoreSession):
     """
 
     def __init__(self, reader: CheckpointReader, *, skip_slots: bool = False, engines=None):
-        # RestoreSession.__init__ would decode the object graph, which this checkpoint lacks
+        # RestoreSession.__init__ would decode the object graph, which this checkpoint lacks; these
+        # are the attributes its _read_all/_mismatch use
         self.engines = engines
         self.reader = reader
         self.prefix = reader.prefix
@@ -95,8 +95,10 @@ class NameBasedRestoreSession(RestoreSession):
                 missing.append((self.names[node_id], key))
         return assignments, missing
 
-    def resume(self, node_id: int, obj: Trackable) -> None:  # pragma: no cover - nothing is ever deferred
-        raise AssertionError("name-based restores defer nothing")
+    def resume(self, node_id: int, obj: Trackable) -> None:
+        """Never called: a name-based restore defers nothing (there are no saved nodes to wait for)."""
+        raise NotImplementedError("name-based restores defer nothing")
 
     def unresolved_nodes(self) -> list[int]:
+        """No saved nodes, so none unresolved; ``result.missing`` has what did not match."""
         return []
