@@ -217,3 +217,33 @@ def test_an_optimizer_attached_after_restore_gets_its_state(tmp_path: Path) -> N
     assert torch.equal(later.state[other.head.weight]["exp_avg_sq"],
                        optimizer.state[model.head.weight]["exp_avg_sq"])
     assert later.state[other.head.weight]["step"].item() == 2.0
+
+
+def test_a_module_as_the_root_and_sgd_momentum(tmp_path: Path) -> None:
+    """``Checkpoint(root=module)``; SGD's ``momentum_buffer`` is a slot like Adam's state."""
+    x, y = batches(1)[0]
+    x = x[:, :3]
+
+    def sgd(seed: int) -> tuple["torch.nn.Linear", "torch.optim.SGD"]:
+        torch.manual_seed(seed)
+        model = torch.nn.Linear(3, 2)
+        return model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+    def step(model: "torch.nn.Linear", optimizer: "torch.optim.SGD") -> float:
+        optimizer.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    reference = sgd(0)
+    expected = [step(*reference) for _ in range(4)]
+    model, optimizer = sgd(0)
+    losses = [step(model, optimizer) for _ in range(2)]
+    path = gpuckpt.Checkpoint(model, optimizer=optimizer).write(tmp_path / "c")
+    assert "weight/.OPTIMIZER_SLOT/optimizer/momentum_buffer/.ATTRIBUTES/VARIABLE_VALUE" in dict(
+        gpuckpt.list_variables(path))
+    model, optimizer = sgd(7)
+    gpuckpt.Checkpoint(model, optimizer=optimizer).read(path).assert_consumed()
+    losses += [step(model, optimizer) for _ in range(2)]
+    assert losses == expected
