@@ -15,7 +15,8 @@ leaf's sharding (its device). Template leaves with no value in the checkpoint ar
 they are and reported by the status, like any unmatched object (``(root).params.dense.b``).
 
 Saving takes no copies of arrays on the CPU (NumPy views of their buffers); arrays on a GPU
-go through gpuckpt's device path (``__cuda_array_interface__``). Restored values are read
+go through gpuckpt's device path (``__cuda_array_interface__``), except those of dtypes NumPy
+lacks (bfloat16, float8), which that interface cannot describe and which are copied to the host. Restored values are read
 into host memory, CRC-verified, then placed on the device.
 
     >>> gpuckpt.jax.save("/tmp/run/params", params)                     # doctest: +SKIP
@@ -109,9 +110,12 @@ class _Leaf(Trackable):
 
     def _serialize_tensors(self) -> Mapping[str, Any]:
         value = self.value
-        if isinstance(value, jax.Array) and any(d.platform != "cpu" for d in value.devices()):
-            return {VARIABLE_VALUE: value}  # on a GPU: saved through __cuda_array_interface__
-        return {VARIABLE_VALUE: np.asarray(value)}  # a view of a CPU array's buffer, no copy
+        on_gpu = isinstance(value, jax.Array) and any(d.platform != "cpu" for d in value.devices())
+        if on_gpu and np.dtype(value.dtype).isbuiltin == 1:
+            return {VARIABLE_VALUE: value}  # saved through __cuda_array_interface__, no copy
+        # a view of a CPU array's buffer (no copy); GPU arrays of dtypes NumPy lacks (bfloat16,
+        # float8), which the CUDA array interface cannot describe, come to the host first
+        return {VARIABLE_VALUE: np.asarray(value)}
 
     def _restore_tensors(self, values: Mapping[str, Any]) -> None:
         restored = values[VARIABLE_VALUE]

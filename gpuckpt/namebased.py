@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .arrays import describe
+from .engine.select import EngineCache
 from .format.objgraph import OBJECT_GRAPH_KEY
 from .graph import LiveGraph, pretty_path, walk
 from .reader import CheckpointReader
@@ -53,7 +54,7 @@ class NameBasedRestoreSession(RestoreSession):
     through the GPU engine) but has no saved object graph and no deferred values.
     """
 
-    def __init__(self, reader: CheckpointReader, *, skip_slots: bool = False, engines=None):
+    def __init__(self, reader: CheckpointReader, *, skip_slots: bool = False, engines: EngineCache | None = None):
         # RestoreSession.__init__ would decode the object graph, which this checkpoint lacks; these
         # are the attributes its _read_all/_mismatch use
         self.engines = engines

@@ -24,6 +24,10 @@ Restore-on-create: a restore keeps the values of dependencies that do not exist 
 construction calls :meth:`Trackable._dependencies_changed` (``Module`` and the tracked
 containers do this for you; an optimizer calls it after creating slots), and any value
 waiting for the new dependency is assigned at once.
+
+Objects of other frameworks take part through adapters: once PyTorch is imported, an
+``nn.Module`` or optimizer found where a dependency may be is replaced, in the object
+graph only, by its adapter from ``gpuckpt.torch`` (see :func:`as_trackable`).
 """
 
 from __future__ import annotations

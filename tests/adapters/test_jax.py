@@ -109,3 +109,17 @@ def test_unsupported_leaves_and_keys_are_named() -> None:
         gpuckpt_jax.PyTree({"name": "x"})
     with pytest.raises(gpuckpt.InvalidArgumentError, match="has the key"):
         gpuckpt_jax.PyTree({(1, 2): jnp.ones(1)})
+
+
+@pytest.mark.gpu
+def test_round_trip_on_a_gpu(tmp_path: Path) -> None:
+    gpus = [d for d in jax.devices() if d.platform == "gpu"] if jax.default_backend() == "gpu" else []
+    if not gpus:
+        pytest.skip("no GPU device for jax")
+    saved = jax.device_put({"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones(3, jnp.bfloat16)}, gpus[0])
+    path = gpuckpt_jax.save(tmp_path / "p", saved)
+    template = jax.device_put({"w": jnp.zeros((2, 3)), "b": jnp.zeros(3, jnp.bfloat16)}, gpus[0])
+    restored, status = gpuckpt_jax.restore(path, template)
+    status.assert_consumed()
+    assert_trees_equal(restored, saved)
+    assert restored["w"].devices() == {gpus[0]}
