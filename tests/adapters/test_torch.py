@@ -247,3 +247,15 @@ def test_a_module_as_the_root_and_sgd_momentum(tmp_path: Path) -> None:
     gpuckpt.Checkpoint(model, optimizer=optimizer).read(path).assert_consumed()
     losses += [step(model, optimizer) for _ in range(2)]
     assert losses == expected
+
+
+def test_name_based_restore_matches_state_dict_keys(tmp_path: Path) -> None:
+    """A checkpoint without an object graph is matched by full name, a tensor's state_dict key."""
+    model, _ = fresh(0)
+    values = {name: torch.rand_like(t.float()).to(t.dtype).numpy() for name, t in model.state_dict().items()}
+    path = gpuckpt.saver.write_tensors(tmp_path / "names", values)
+    status = gpuckpt.Checkpoint(model=model).read(path)
+    assert isinstance(status, gpuckpt.NameBasedSaverStatus)
+    status.assert_consumed()
+    for name, tensor in model.state_dict().items():
+        np.testing.assert_array_equal(tensor.numpy(), values[name], err_msg=name)
