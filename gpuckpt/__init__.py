@@ -5,7 +5,7 @@ from .reader import CheckpointReader, latest_checkpoint, list_variables, load_ch
 from .checkpoint import Checkpoint
 from .manager import CheckpointManager
 from .options import CheckpointOptions, MaxShardSizePolicy, ShardByTaskPolicy
-from .status import CheckpointLoadStatus, InitializationOnlyStatus
+from .status import CheckpointLoadStatus, InitializationOnlyStatus, NameBasedSaverStatus
 from .trackable import Module, Trackable, Variable
 
 __version__ = "0.1.0"
@@ -17,6 +17,7 @@ __all__ = [
     "CheckpointOptions",
     "InitializationOnlyStatus",
     "MaxShardSizePolicy",
+    "NameBasedSaverStatus",
     "Module",
     "ShardByTaskPolicy",
     "Trackable",

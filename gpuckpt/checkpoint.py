@@ -21,10 +21,10 @@ from .futures import AsyncSaver, SaveHandle
 from .graph import LiveGraph, walk
 from .options import CheckpointOptions, callback_arity
 from .reader import latest_checkpoint
-from .restorer import RestoreSession
-from .status import CheckpointLoadStatus, InitializationOnlyStatus
+from .restorer import open_session
+from .status import CheckpointLoadStatus, InitializationOnlyStatus, NameBasedSaverStatus, load_status
 from .storage import filesystem
-from .trackable.base import Trackable, is_trackable
+from .trackable.base import Trackable, as_trackable, is_trackable
 from .trackable.module import AutoTrackable
 from .trackable.variable import Variable
 
@@ -53,6 +53,7 @@ class Checkpoint(AutoTrackable):
         self._self_save_counter = None
         if root is not None:
             _assert_trackable(root, "root")
+            root = as_trackable(root)  # a framework object (torch nn.Module) becomes its adapter
             self._self_root = root
             kwargs["root"] = root
         for name, value in sorted(kwargs.items()):
@@ -60,7 +61,7 @@ class Checkpoint(AutoTrackable):
             converted = getattr(self, name)
             _assert_trackable(converted, name)
             if root is not None:
-                self._attach(root, name, converted)
+                self._attach(root, name, as_trackable(converted))
         if root is not None:
             self._self_save_counter = root._lookup_dependency("save_counter")
 
@@ -224,19 +225,22 @@ class Checkpoint(AutoTrackable):
 
     # -- restoring --------------------------------------------------------------------
 
-    def read(self, save_path: str | os.PathLike, options: CheckpointOptions | None = None) -> CheckpointLoadStatus:
-        """Restore from the checkpoint at prefix ``save_path``; values of objects created later wait for them."""
+    def read(self, save_path: str | os.PathLike,
+             options: CheckpointOptions | None = None) -> CheckpointLoadStatus | NameBasedSaverStatus:
+        """Restore from the checkpoint at prefix ``save_path``; values of objects created later wait for them.
+        A TF1 checkpoint (no object graph) is restored by variable name (``gpuckpt.namebased``)."""
         options = options or CheckpointOptions()
         if self._self_async is not None:
             self._self_async.wait()  # restore what is committed; a background error stays for sync()
-        session = RestoreSession(os.fspath(save_path), skip_slots=options.experimental_skip_slot_variables,
-                                 engines=self._self_engines, io_device=options.io_device)
+        session = open_session(os.fspath(save_path), skip_slots=options.experimental_skip_slot_variables,
+                               engines=self._self_engines, io_device=options.io_device)
         root = self._self_root if self._self_root is not None else self
         session.start(root, self._self_attached)
-        return CheckpointLoadStatus(session, self._graph)
+        return load_status(session, self._graph)
 
     def restore(self, save_path: str | os.PathLike | None,
-                options: CheckpointOptions | None = None) -> CheckpointLoadStatus | InitializationOnlyStatus:
+                options: CheckpointOptions | None = None
+                ) -> CheckpointLoadStatus | NameBasedSaverStatus | InitializationOnlyStatus:
         """``read`` plus ``save_counter``; ``save_path`` may also be a directory or a SavedModel.
 
         A directory resolves to its SavedModel variables (``D/variables/variables``) or to the

@@ -151,9 +151,9 @@ class RestoreSession:
     """One ``read()`` of one checkpoint into one object graph, deferred values included."""
 
     def __init__(self, prefix: str, *, skip_slots: bool = False, engines: EngineCache | None = None,
-                 io_device: str | None = None):
+                 io_device: str | None = None, reader: CheckpointReader | None = None):
         self.engines = engines if io_device != "cpu" and gpu_usable() else None  # for device destinations
-        self.reader = CheckpointReader(prefix)
+        self.reader = reader if reader is not None else CheckpointReader(prefix)
         self.prefix = self.reader.prefix
         self.saved = _read_graph(self.reader)
         self.names = pretty_names(self.saved)
@@ -259,6 +259,19 @@ class RestoreSession:
         return _unresolved(self.saved, self.state, self.skip_slots)
 
 
+def open_session(prefix: str, *, skip_slots: bool = False, engines: EngineCache | None = None,
+                 io_device: str | None = None) -> RestoreSession:
+    """A restore session for the checkpoint at ``prefix``: object-based when it has an object
+    graph, name-based (``gpuckpt.namebased``) when it was written by TF1's ``Saver``."""
+    from .namebased import NameBasedRestoreSession, is_name_based
+
+    reader = CheckpointReader(prefix)
+    if is_name_based(reader):
+        return NameBasedRestoreSession(reader, skip_slots=skip_slots,
+                                       engines=engines if io_device != "cpu" and gpu_usable() else None)
+    return RestoreSession(prefix, skip_slots=skip_slots, engines=engines, io_device=io_device, reader=reader)
+
+
 @dataclass(frozen=True)
 class _Deferred:
     """A deferred restoration kept on a live parent; ``apply`` restores into the new child."""
@@ -269,12 +282,19 @@ class _Deferred:
     def apply(self, obj: Trackable) -> None:
         self.session.resume(self.node_id, obj)
 
+    def saved_specs(self) -> dict[str, tuple[Any, tuple[int, ...]]]:
+        """The saved dtype and shape of each of the node's attributes, from the checkpoint's index."""
+        entries = {a.name: self.session.reader.entry(a.checkpoint_key)
+                   for a in self.session.saved.nodes[self.node_id].attributes}
+        return {name: (entry.dtype, tuple(entry.shape)) for name, entry in entries.items()}
+
 
 def _read_graph(reader: CheckpointReader) -> ObjectGraph:
     if not reader.has_tensor(OBJECT_GRAPH_KEY):
         raise InvalidArgumentError(
             f"checkpoint {reader.prefix} has no {OBJECT_GRAPH_KEY} entry: it is a TF1 name-based "
-            "checkpoint, which gpuckpt cannot restore into objects", path=reader.prefix, key=OBJECT_GRAPH_KEY)
+            "checkpoint; open it with restorer.open_session, which matches it by name",
+            path=reader.prefix, key=OBJECT_GRAPH_KEY)
     graph = decode(reader.get_tensor(OBJECT_GRAPH_KEY), path=reader.prefix)
     for node_id, node in enumerate(graph.nodes):
         if node.registered_saver is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .graph import LiveGraph, pretty_path
+from .namebased import NameBasedRestoreSession, NameBasedResult
 from .restorer import RestoreSession, slot_node_ids
 
 _MAX_SHOWN = 10
@@ -91,6 +92,49 @@ def _describe_node(session: RestoreSession, node_id: int) -> str:
     node = session.saved.nodes[node_id]
     keys = ", ".join(repr(a.checkpoint_key) for a in node.attributes)
     return f"attributes {[a.name for a in node.attributes]} (keys {keys})"
+
+
+def load_status(session: RestoreSession, live_graph: Callable[[], LiveGraph]
+                ) -> "CheckpointLoadStatus | NameBasedSaverStatus":
+    """The status of a started session: name-based sessions get :class:`NameBasedSaverStatus`."""
+    if isinstance(session, NameBasedRestoreSession):
+        return NameBasedSaverStatus(session.result)
+    return CheckpointLoadStatus(session, live_graph)
+
+
+class NameBasedSaverStatus:
+    """Returned when a checkpoint without an object graph (TF1 ``Saver``) was restored by name.
+
+    As in TensorFlow, the three assertions are the same check (there is no saved object
+    structure to compare against): every live variable that existed at restore time found a
+    value under its name. ``result`` lists what was restored, what was missing and which
+    checkpoint keys no live variable named. Every method returns ``self`` or raises.
+    """
+
+    def __init__(self, result: NameBasedResult):
+        self.result = result
+
+    def assert_consumed(self) -> "NameBasedSaverStatus":
+        """Every live variable found its name in the checkpoint (values no variable named are ignored, as in TF)."""
+        missing = self.result.missing
+        if missing:
+            shown = ", ".join(f"{path} (name {name!r})" for path, name in missing[:_MAX_SHOWN])
+            raise AssertionError(
+                f"Name-based restore: {len(missing)} objects found no value under their name in the "
+                f"checkpoint: {shown}" + (", ..." if len(missing) > _MAX_SHOWN else ""))
+        return self
+
+    def assert_existing_objects_matched(self) -> "NameBasedSaverStatus":
+        """The same check as ``assert_consumed`` (TF: name-based restores cannot tell them apart)."""
+        return self.assert_consumed()
+
+    def assert_nontrivial_match(self) -> "NameBasedSaverStatus":
+        """The same check as ``assert_consumed`` (TF: name-based restores cannot tell them apart)."""
+        return self.assert_consumed()
+
+    def expect_partial(self) -> "NameBasedSaverStatus":
+        """Nothing to silence: name-based restores do not warn about unused values."""
+        return self
 
 
 class InitializationOnlyStatus:

@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 
 def run(code: str) -> str:
     result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120)
@@ -47,3 +49,37 @@ def test_cpu_checkpoints_work_with_numba_and_cupy_blocked(tmp_path) -> None:
     )
     assert "kernels:" in out and "engine:" in out
     assert out.count("pip install 'gpuckpt[gpu]'") == 2
+
+
+def test_adapters_name_their_extra_when_the_framework_is_missing() -> None:
+    out = run(
+        """
+        import sys
+        sys.modules["torch"] = None
+        sys.modules["jax"] = None
+        import gpuckpt
+        for adapter in ("gpuckpt.torch", "gpuckpt.jax"):
+            try:
+                __import__(adapter)
+            except ImportError as exc:
+                print(adapter, "->", exc)
+        """
+    )
+    assert "gpuckpt.torch -> torch is needed for this and is not installed: pip install 'gpuckpt[torch]'" in out
+    assert "gpuckpt.jax -> jax is needed for this and is not installed: pip install 'gpuckpt[jax]'" in out
+
+
+def test_torch_objects_are_adapted_only_once_torch_is_imported() -> None:
+    pytest.importorskip("torch", reason="needs torch: pip install 'gpuckpt[torch]'")
+    out = run(
+        """
+        import sys, numpy as np, gpuckpt
+        gpuckpt.Checkpoint(v=gpuckpt.Variable(np.zeros(2)))._graph()
+        print("before:", "gpuckpt.torch" in sys.modules)
+        import torch
+        ck = gpuckpt.Checkpoint(model=torch.nn.Linear(2, 1))
+        print("after:", "gpuckpt.torch" in sys.modules, [k for k, _ in ck._graph().tensors_by_key().items()])
+        """
+    )
+    assert "before: False" in out
+    assert "after: True ['model/weight/.ATTRIBUTES/VARIABLE_VALUE', 'model/bias/.ATTRIBUTES/VARIABLE_VALUE']" in out

@@ -24,10 +24,16 @@ Restore-on-create: a restore keeps the values of dependencies that do not exist 
 construction calls :meth:`Trackable._dependencies_changed` (``Module`` and the tracked
 containers do this for you; an optimizer calls it after creating slots), and any value
 waiting for the new dependency is assigned at once.
+
+Objects of other frameworks take part through adapters: once PyTorch is imported, an
+``nn.Module`` or optimizer found where a dependency may be is replaced, in the object
+graph only, by its adapter from ``gpuckpt.torch`` (see :func:`as_trackable`).
 """
 
 from __future__ import annotations
 
+import importlib
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -43,9 +49,16 @@ class SlotVariable:
 
 
 class DeferredRestoration(Protocol):
-    """A value waiting for a dependency to appear; ``apply`` binds and restores it."""
+    """A value waiting for a dependency to appear; ``apply`` binds and restores it.
+
+    ``saved_specs`` gives the saved dtype (a ``gpuckpt.format.dtypes.DType``) and shape of
+    each attribute, so that an object that creates state on demand (the PyTorch optimizer
+    adapter) can create it to fit the checkpoint, as ``Optimizer.load_state_dict`` does.
+    """
 
     def apply(self, obj: "Trackable") -> None: ...
+
+    def saved_specs(self) -> Mapping[str, tuple[Any, tuple[int, ...]]]: ...
 
 
 @dataclass
@@ -138,6 +151,29 @@ class Trackable:
                 raise
 
 
+# Frameworks whose objects become trackable through an adapter module: (top-level package,
+# adapter module). An adapter is imported only once its framework has been imported (a
+# framework's objects cannot exist before), so ``import gpuckpt`` never imports torch.
+_ADAPTERS = (("torch", "gpuckpt.torch"),)
+
+
+def as_trackable(value: object) -> "Trackable | None":
+    """``value`` if it is trackable, the adapter's trackable for a framework object
+    (a PyTorch ``nn.Module`` or optimizer), else None.
+
+    Adapters return the same trackable for the same object every time, so aliases,
+    optimizer slots and deferred restorations refer to one node.
+    """
+    if isinstance(value, Trackable):
+        return value
+    for framework, adapter in _ADAPTERS:
+        if framework in sys.modules:
+            adapted = importlib.import_module(adapter).adapt(value)
+            if adapted is not None:
+                return adapted
+    return None
+
+
 def is_trackable(value: object) -> bool:
-    """True for objects that take part in checkpoints."""
-    return isinstance(value, Trackable)
+    """True for objects that take part in checkpoints (adapted framework objects included)."""
+    return as_trackable(value) is not None

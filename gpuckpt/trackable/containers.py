@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ..errors import InvalidArgumentError
-from .base import Trackable, is_trackable
+from .base import Trackable, as_trackable, is_trackable
 
 
 def wrap(value: Any) -> Any:
@@ -32,16 +32,14 @@ def wrap(value: Any) -> Any:
 
 
 def _positional_children(items: Iterable[Any]) -> list[tuple[str, Trackable]]:
-    return [(str(i), v) for i, v in enumerate(items) if is_trackable(v)]
+    return [(str(i), t) for i, v in enumerate(items) if (t := as_trackable(v)) is not None]
 
 
 def _positional_lookup(items: Sequence[Any], name: str) -> Trackable | None:
     if not name.isdigit() or (len(name) > 1 and name[0] == "0"):
         return None
     index = int(name)
-    if index < len(items) and is_trackable(items[index]):
-        return items[index]
-    return None
+    return as_trackable(items[index]) if index < len(items) else None
 
 
 class TrackedList(list, Trackable):
@@ -101,12 +99,11 @@ class TrackedDict(dict, Trackable):
                 raise InvalidArgumentError(
                     f"cannot checkpoint a dict with the non-string key {key!r} mapping to a trackable "
                     f"object; use string keys (TensorFlow requires them too)")
-            children.append((key, value))
+            children.append((key, as_trackable(value)))
         return children
 
     def _lookup_dependency(self, name: str) -> Trackable | None:
-        value = self.get(name)
-        return value if is_trackable(value) else None
+        return as_trackable(self.get(name))
 
     def __setitem__(self, key: Any, value: Any) -> None:
         super().__setitem__(key, wrap(value))

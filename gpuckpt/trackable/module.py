@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .base import Trackable, is_trackable
+from .base import Trackable, as_trackable, is_trackable
 from .containers import wrap
 from .variable import Variable
 
@@ -44,10 +44,11 @@ class AutoTrackable(Trackable):
         self._dependencies().pop(name, None)
 
     def _trackable_children(self) -> list[tuple[str, Trackable]]:
-        return list(self._dependencies().items())
+        # framework objects (a torch nn.Module) stay as they are on the attribute; their adapter is the child
+        return [(name, as_trackable(value)) for name, value in self._dependencies().items()]
 
     def _lookup_dependency(self, name: str) -> Trackable | None:
-        return self._dependencies().get(name)
+        return as_trackable(self._dependencies().get(name))
 
 
 def _is_data_descriptor(cls: type, name: str) -> bool:

@@ -244,10 +244,12 @@ class TestRestorePaths:
         fresh.restore(tmp_path / "model").assert_nontrivial_match()
         np.testing.assert_array_equal(fresh.v.numpy(), [1.0, 2.0])
 
-    def test_name_based_checkpoint_is_refused(self, tmp_path: Path) -> None:
-        gpuckpt.saver.write_tensors(tmp_path / "tf1", {"scope/w": np.zeros(2, np.float32)})
-        with pytest.raises(gpuckpt.InvalidArgumentError, match="name-based"):
-            gpuckpt.Checkpoint().read(tmp_path / "tf1")
+    def test_name_based_checkpoint_is_restored_by_name(self, tmp_path: Path) -> None:
+        gpuckpt.saver.write_tensors(tmp_path / "tf1", {"scope/w": np.ones(2, np.float32)})
+        w = gpuckpt.Variable(np.zeros(2, np.float32), name="scope/w")
+        status = gpuckpt.Checkpoint(w=w).read(tmp_path / "tf1")
+        assert isinstance(status, gpuckpt.NameBasedSaverStatus)
+        np.testing.assert_array_equal(w.numpy(), [1, 1])
 
     def test_skip_slot_variables(self, tmp_path: Path) -> None:
         model, opt = trained(1)

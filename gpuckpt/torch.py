@@ -1,0 +1,356 @@
+"""PyTorch adapter: checkpoint ``nn.Module`` and ``torch.optim.Optimizer`` state where it lives.
+
+Install with ``pip install 'gpuckpt[torch]'``. Importing this module imports torch; nothing
+else in gpuckpt does, and the adapter is loaded only once torch has been imported.
+
+``gpuckpt.Checkpoint(model=torch_model, optimizer=torch_optimizer)`` works as it does for
+gpuckpt objects: modules and optimizers passed to a Checkpoint, assigned to a
+``gpuckpt.Module`` or put in tracked containers become trackable through :func:`adapt`.
+
+* A module's dependencies are its parameters, then its persistent buffers, then its
+  sub-modules, each named by its attribute (the ``state_dict`` order). Keys read
+  ``model/encoder/0/weight/.ATTRIBUTES/VARIABLE_VALUE``; each tensor's ``full_name`` is its
+  ``state_dict`` key (``encoder.0.weight``). Shared parameters and modules are aliases.
+* Tensors are saved without copies: CPU tensors as NumPy views of their memory, CUDA tensors
+  through ``__cuda_array_interface__`` by the GPU engine. They are restored in place
+  (``Tensor.copy_``), on the device they are on. bfloat16 and float8 tensors, which NumPy
+  lacks, are viewed as integers of their width and reinterpreted as ``ml_dtypes`` types
+  (on CUDA they are staged through a host copy, since the CUDA array interface cannot
+  describe them).
+* An optimizer's per-parameter state (Adam: ``step``, ``exp_avg``, ``exp_avg_sq``) is saved
+  as slot variables of the parameter it belongs to, as TensorFlow saves optimizer slots:
+  ``model/w/.OPTIMIZER_SLOT/optimizer/exp_avg/.ATTRIBUTES/VARIABLE_VALUE``. Each param
+  group's numeric hyperparameters (``lr``, ``betas``, ...) are saved under
+  ``optimizer/param_groups/<i>/.ATTRIBUTES/<name>``, so learning-rate schedules resume.
+* State the optimizer has not created yet (a fresh optimizer has none before its first
+  ``step()``) is created from the checkpoint when it is restored, with the saved dtype and
+  shape on the parameter's device (``step`` on the CPU unless the group is ``capturable``
+  or ``fused``), the placement ``Optimizer.load_state_dict`` gives it.
+
+Slots are saved only for parameters reachable from the checkpoint (checkpoint the model
+with its optimizer), and only tensor state is supported.
+"""
+
+from __future__ import annotations
+
+import numbers
+import weakref
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+from ._deps import import_optional
+from .arrays import as_device_array, is_device_array
+from .errors import InvalidArgumentError
+from .format import dtypes
+from .trackable.base import DeferredRestoration, SlotVariable, Trackable
+from .trackable.variable import VARIABLE_VALUE
+
+torch = import_optional("torch", extra="torch")
+
+__all__ = ["TorchModule", "TorchOptimizer", "TorchTensor", "adapt", "trackable"]
+
+# dtypes NumPy lacks: (integer dtype of the same width to view through, ml_dtypes type)
+_VIEWED = {
+    torch.bfloat16: (torch.int16, ml_dtypes.bfloat16),
+    torch.float8_e4m3fn: (torch.uint8, ml_dtypes.float8_e4m3fn),
+    torch.float8_e5m2: (torch.uint8, ml_dtypes.float8_e5m2),
+}
+_VIEWED_BY_NUMPY = {np.dtype(ml): (through, dtype) for dtype, (through, ml) in _VIEWED.items()}
+
+# One adapter per torch object, for as long as the object lives, keyed by id(): identity is
+# what makes shared parameters aliases and lets optimizer slots name their parameter. Entries
+# leave with their object (weakref.finalize); adapters hold only weak references, so the
+# cache keeps nothing alive, and nothing is stored on the user's objects (torch.save of a
+# state_dict would pickle it).
+_ADAPTERS: dict[int, "_Adapter"] = {}
+
+
+def adapt(value: object) -> "Trackable | None":
+    """The trackable for a torch ``nn.Module`` or ``Optimizer`` (the same one each time), else None.
+
+    Called by gpuckpt for every candidate dependency once torch is imported; plain tensors
+    are not adapted implicitly (use :func:`trackable` for a tensor to save as a variable).
+    """
+    if isinstance(value, (torch.nn.Module, torch.optim.Optimizer)):
+        return trackable(value)
+    return None
+
+
+def trackable(obj: Any, full_name: str = "") -> "TorchModule | TorchOptimizer | TorchTensor":
+    """The adapter of a module, optimizer or tensor; ``full_name`` names a tensor's values
+    (its first adapter's name is kept)."""
+    cached = _ADAPTERS.get(id(obj))
+    if cached is not None and cached._ref() is obj:
+        return cached
+    if isinstance(obj, torch.nn.Module):
+        adapter: _Adapter = TorchModule(obj, full_name)
+    elif isinstance(obj, torch.optim.Optimizer):
+        adapter = TorchOptimizer(obj)
+    elif isinstance(obj, torch.Tensor):
+        adapter = TorchTensor(obj, full_name)
+    else:
+        raise InvalidArgumentError(f"gpuckpt.torch adapts nn.Module, Optimizer and Tensor objects, not "
+                                   f"{type(obj).__name__}")
+    _ADAPTERS[id(obj)] = adapter
+    weakref.finalize(obj, _ADAPTERS.pop, id(obj), None)
+    return adapter
+
+
+class _Adapter(Trackable):
+    """A trackable standing for one torch object, which it references weakly."""
+
+    def __init__(self, obj: Any):
+        self._ref = weakref.ref(obj)
+
+    @property
+    def obj(self) -> Any:
+        obj = self._ref()
+        if obj is None:
+            raise InvalidArgumentError(f"the torch object behind {type(self).__name__} no longer exists")
+        return obj
+
+
+# -- tensors ----------------------------------------------------------------------------
+
+
+class TorchTensor(_Adapter):
+    """One tensor (a parameter, buffer or optimizer state) saved as a variable (``VARIABLE_VALUE``)."""
+
+    def __init__(self, tensor: "torch.Tensor", full_name: str = ""):
+        super().__init__(tensor)
+        self._full_name = full_name
+
+    @property
+    def tensor(self) -> "torch.Tensor":
+        return self.obj
+
+    def _serialize_tensors(self) -> Mapping[str, Any]:
+        return {VARIABLE_VALUE: tensor_view(self.tensor)}
+
+    def _restore_tensors(self, values: Mapping[str, Any]) -> None:
+        copy_into(self.tensor, values[VARIABLE_VALUE])
+
+    def _checkpoint_full_name(self) -> str:
+        return self._full_name
+
+    def __repr__(self) -> str:
+        t = self.tensor
+        return f"<gpuckpt.torch.TorchTensor {self._full_name!r} shape={tuple(t.shape)} dtype={t.dtype} device={t.device}>"
+
+
+def tensor_view(tensor: "torch.Tensor") -> Any:
+    """What gpuckpt saves for ``tensor``: a NumPy view of a CPU tensor, the tensor itself on CUDA.
+
+    No copy is made, except for a non-contiguous CPU tensor (which the saver packs) and for
+    CUDA tensors of a dtype the CUDA array interface cannot describe (bfloat16, float8).
+    """
+    t = tensor.detach()
+    if t.device.type == "cuda" and t.dtype not in _VIEWED:
+        return t
+    if t.device.type not in ("cpu", "cuda"):
+        raise InvalidArgumentError(f"cannot checkpoint a tensor on device {t.device}: gpuckpt saves CPU and "
+                                   "CUDA tensors")
+    if t.device.type == "cuda":
+        t = t.cpu()
+    if t.dtype in _VIEWED:
+        through, ml = _VIEWED[t.dtype]
+        return t.view(through).numpy().view(ml)
+    return t.numpy()
+
+
+def copy_into(tensor: "torch.Tensor", value: Any) -> None:
+    """Overwrite ``tensor`` in place with a restored value: a NumPy array, or a device array
+    that the GPU engine filled (it has the tensor's dtype and shape already)."""
+    destination = tensor.detach()
+    if is_device_array(value):
+        source = torch.as_tensor(as_device_array(value), device=destination.device)
+    else:
+        source = _from_numpy(np.asarray(value))
+    destination.copy_(source)
+
+
+def _from_numpy(array: np.ndarray) -> "torch.Tensor":
+    """A CPU tensor sharing ``array``'s memory (a copy only when the array is read-only)."""
+    if not array.flags.writeable:
+        array = array.copy()
+    viewed = _VIEWED_BY_NUMPY.get(array.dtype)
+    if viewed is None:
+        return torch.from_numpy(array)
+    through, dtype = viewed
+    integer = array.view(np.int16 if through == torch.int16 else np.uint8)
+    return torch.from_numpy(integer).view(dtype)
+
+
+def _torch_dtype(dtype: dtypes.DType) -> "torch.dtype":
+    """The torch dtype of a checkpoint dtype, through NumPy (and ``ml_dtypes`` for the viewed ones)."""
+    viewed = _VIEWED_BY_NUMPY.get(np.dtype(dtype.numpy))
+    if viewed is not None:
+        return viewed[1]
+    try:
+        return torch.from_numpy(np.empty(0, dtype.numpy)).dtype
+    except TypeError as exc:
+        raise InvalidArgumentError(f"PyTorch has no dtype for the checkpoint's {dtype.name}") from exc
+
+
+# -- modules ----------------------------------------------------------------------------
+
+
+class TorchModule(_Adapter):
+    """An ``nn.Module``: parameters, persistent buffers and sub-modules as named dependencies."""
+
+    def __init__(self, module: "torch.nn.Module", prefix: str = ""):
+        super().__init__(module)
+        self._prefix = f"{prefix}." if prefix else ""  # state_dict key prefix of this module's tensors
+
+    @property
+    def module(self) -> "torch.nn.Module":
+        return self.obj
+
+    def _trackable_children(self) -> list[tuple[str, Trackable]]:
+        # torch's registration dicts, in state_dict order; unlike named_children() they keep a
+        # module registered under two names twice, which the graph records as an alias
+        module = self.module
+        skipped = module._non_persistent_buffers_set
+        tensors = [*module._parameters.items(), *((n, b) for n, b in module._buffers.items() if n not in skipped)]
+        children: list[tuple[str, Trackable]] = [(name, trackable(t, self._prefix + name))
+                                                  for name, t in tensors if t is not None]
+        children += [(name, trackable(m, self._prefix + name)) for name, m in module._modules.items() if m is not None]
+        return children
+
+    def __repr__(self) -> str:
+        return f"<gpuckpt.torch.TorchModule of {type(self.module).__name__}>"
+
+
+# -- optimizers -------------------------------------------------------------------------
+
+
+class TorchOptimizer(_Adapter):
+    """A ``torch.optim.Optimizer``: per-parameter state as slot variables, param groups as children."""
+
+    @property
+    def optimizer(self) -> "torch.optim.Optimizer":
+        return self.obj
+
+    def _trackable_children(self) -> list[tuple[str, Trackable]]:
+        groups = self.__dict__.get("_param_groups")
+        if groups is None:
+            groups = self.__dict__["_param_groups"] = _ParamGroups(self.optimizer)
+        return [("param_groups", groups)]
+
+    def _params(self) -> list["torch.Tensor"]:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    def _slot_variables(self) -> Sequence[SlotVariable]:
+        slots = []
+        state = self.optimizer.state
+        for param in self._params():
+            original = trackable(param)
+            for name, value in state.get(param, {}).items():
+                if not isinstance(value, torch.Tensor):
+                    raise InvalidArgumentError(
+                        f"optimizer {type(self.optimizer).__name__} keeps {name!r} of parameter "
+                        f"{original._checkpoint_full_name() or tuple(param.shape)} as a {type(value).__name__}; "
+                        "gpuckpt.torch saves only tensor state")
+                slots.append(SlotVariable(name, original, trackable(value, f"{original._checkpoint_full_name()}/{name}")))
+        return slots
+
+    def _lookup_slot(self, original: Trackable, slot_name: str) -> Trackable | None:
+        if not isinstance(original, TorchTensor):
+            return None
+        value = self.optimizer.state.get(original.tensor, {}).get(slot_name)
+        if not isinstance(value, torch.Tensor):
+            return None
+        return trackable(value, f"{original._checkpoint_full_name()}/{slot_name}")
+
+    def _defer_slot(self, slot_name: str, original: Trackable, restoration: DeferredRestoration) -> None:
+        """Create state the optimizer has not made yet from the checkpoint, then restore it at once."""
+        param = original.tensor if isinstance(original, TorchTensor) else None
+        spec = restoration.saved_specs().get(VARIABLE_VALUE)
+        if param is None or spec is None or not any(p is param for p in self._params()):
+            super()._defer_slot(slot_name, original, restoration)
+            return
+        state = self.optimizer.state[param]
+        state[slot_name] = self._new_state(param, slot_name, *spec)
+        try:
+            restoration.apply(self._lookup_slot(original, slot_name))
+        except BaseException:
+            del state[slot_name]
+            raise
+
+    def _new_state(self, param: "torch.Tensor", slot_name: str, dtype: dtypes.DType,
+                   shape: tuple[int, ...]) -> "torch.Tensor":
+        """Zeros of the saved dtype and shape where ``Optimizer.load_state_dict`` would put them."""
+        group = next(g for g in self.optimizer.param_groups if any(p is param for p in g["params"]))
+        on_param_device = slot_name != "step" or group.get("capturable") or group.get("fused")
+        device = param.device if on_param_device else torch.device("cpu")
+        return torch.zeros(shape, dtype=_torch_dtype(dtype), device=device)
+
+    def __repr__(self) -> str:
+        return f"<gpuckpt.torch.TorchOptimizer of {type(self.optimizer).__name__}>"
+
+
+class _ParamGroups(Trackable):
+    """The optimizer's param groups, children ``"0"``, ``"1"``, ... by position."""
+
+    def __init__(self, optimizer: "torch.optim.Optimizer"):
+        self._optimizer = weakref.ref(optimizer)
+        self._groups: list[_ParamGroup] = []
+
+    def _trackable_children(self) -> list[tuple[str, Trackable]]:
+        groups = self._optimizer().param_groups
+        while len(self._groups) < len(groups):
+            self._groups.append(_ParamGroup(self._optimizer, len(self._groups)))
+        return [(str(i), g) for i, g in enumerate(self._groups[:len(groups)])]
+
+
+class _ParamGroup(Trackable):
+    """One param group's numeric hyperparameters (numbers, bools, tuples of numbers, 0-d tensors).
+
+    Each is saved as an attribute (float64, int64 or bool) and restored with its current
+    Python type, so ``lr`` stays a float and ``betas`` a tuple.
+    """
+
+    def __init__(self, optimizer_ref: "weakref.ref", index: int):
+        self._optimizer = optimizer_ref
+        self._index = index
+
+    def _group(self) -> dict:
+        return self._optimizer().param_groups[self._index]
+
+    def _serialize_tensors(self) -> Mapping[str, Any]:
+        out = {}
+        for name, value in self._group().items():
+            array = _hyperparameter_array(value)
+            if array is not None:
+                out[name] = array
+        return out
+
+    def _restore_tensors(self, values: Mapping[str, Any]) -> None:
+        group = self._group()
+        for name, array in values.items():
+            current = group[name]
+            if isinstance(current, torch.Tensor):
+                current.detach().copy_(torch.as_tensor(np.asarray(array)))
+            elif isinstance(current, tuple):
+                group[name] = tuple(type(c)(a) for c, a in zip(current, np.asarray(array).tolist()))
+            else:
+                group[name] = type(current)(np.asarray(array).item())
+
+
+def _hyperparameter_array(value: Any) -> np.ndarray | None:
+    """A hyperparameter as a NumPy value, or None for what is not numeric (``params``, None, strings)."""
+    if isinstance(value, torch.Tensor):
+        return tensor_view(value) if value.dim() == 0 else None
+    if isinstance(value, bool):
+        return np.bool_(value)
+    if isinstance(value, numbers.Integral):
+        return np.int64(value)
+    if isinstance(value, numbers.Real):
+        return np.float64(value)
+    if isinstance(value, tuple) and value and all(isinstance(v, numbers.Real) and not isinstance(v, bool)
+                                                  for v in value):
+        return np.array(value, np.float64)
+    return None
