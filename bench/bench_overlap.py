@@ -9,7 +9,7 @@ TensorFlow's own loop (tf.Variables, tf.matmul) without checkpoints and with TF'
 checkpoint (``experimental_enable_async_checkpoint``). For each it prints the time each save
 blocked the loop, the mean and worst slowdown of steps that ran while a save was in flight
 (against the median step of the same framework's run without checkpoints), and the total.
-A save is in flight from its call until its index file exists (gpuckpt: until its commit).
+A save is in flight from its call until its write callback runs, after the commit.
 """
 
 from __future__ import annotations
@@ -40,42 +40,23 @@ class Run:
     step_s: list[float] = field(default_factory=list)
     step_spans: list[tuple[float, float]] = field(default_factory=list)
     save_block_s: list[float] = field(default_factory=list)
-    in_flight: list[tuple[float, float]] = field(default_factory=list)
+    save_starts: list[float] = field(default_factory=list)
+    commits: list[float] = field(default_factory=list)  # appended by the write callback
     total_s: float = 0.0
+
+    @property
+    def in_flight(self) -> list[tuple[float, float]]:
+        """(call, commit) of each background save; saves commit in order, one at a time."""
+        return list(zip(self.save_starts, self.commits))
 
     def overlapped_steps(self) -> list[float]:
         """Durations of the steps that ran, at least partly, while a save was in flight."""
         return [d for d, (a, b) in zip(self.step_s, self.step_spans)
                 if any(a < end and b > start for start, end in self.in_flight)]
 
-
-class IndexWatcher:
-    """Records when each checkpoint's ``.index`` appears: the moment it becomes visible."""
-
-    def __init__(self) -> None:
-        self.pending: dict[str, float] = {}
-        self.done: list[tuple[float, float]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
-
-    def watch(self, prefix: str, started: float) -> None:
-        self.pending[prefix] = started
-
-    def _poll(self) -> None:
-        while not self._stop.is_set():
-            for prefix, started in list(self.pending.items()):
-                if os.path.exists(prefix + ".index"):
-                    self.done.append((started, time.perf_counter()))
-                    del self.pending[prefix]
-            time.sleep(0.0005)
-
-    def close(self) -> list[tuple[float, float]]:
-        while self.pending:
-            time.sleep(0.001)
-        self._stop.set()
-        self._thread.join()
-        return self.done
+    def committed(self) -> None:
+        """Write callback: the save just committed."""
+        self.commits.append(time.perf_counter())
 
 
 def make_state(xp, mib: int) -> list:
@@ -97,24 +78,27 @@ def synchronize(xp) -> None:
         xp.cuda.runtime.deviceSynchronize()
 
 
-def run_gpuckpt(name: str, xp, mib: int, steps: int, every: int | None, options, directory: str) -> Run:
+def run_gpuckpt(name: str, xp, mib: int, steps: int, every: int | None, enable_async: bool,
+                directory: str) -> Run:
     weights = make_state(xp, mib)
     a = xp.ones((SIDE, INNER), np.float32)
     b = xp.ones((INNER, SIDE), np.float32)
     variables = [gpuckpt.Variable(w) for w in weights]
     checkpoint = gpuckpt.Checkpoint(weights=variables)
     manager = gpuckpt.CheckpointManager(checkpoint, directory, max_to_keep=2)
-    run = timed_loop(name, lambda: numpy_step(xp, weights, a, b), steps, every,
-                     save=lambda: manager.save(options=options), sync=checkpoint.sync,
-                     in_background=bool(options and options.enable_async))
+    run = Run(name)
+    options = gpuckpt.CheckpointOptions(enable_async=enable_async, experimental_write_callbacks=[run.committed])
+    timed_loop(run, lambda: numpy_step(xp, weights, a, b), steps, every,
+               save=lambda: manager.save(options=options), sync=checkpoint.sync, in_background=enable_async)
     checkpoint.close()
     return run
 
 
-def timed_loop(name: str, step_fn, steps: int, every: int | None, save, sync, in_background: bool) -> Run:
-    """Run ``steps`` steps, saving every ``every``; time each step and how long each save blocked."""
-    watcher = IndexWatcher()
-    run = Run(name)
+def timed_loop(run: Run, step_fn, steps: int, every: int | None, save, sync, in_background: bool) -> None:
+    """Run ``steps`` steps, saving every ``every``; time each step and how long each save blocked.
+
+    Commit times come from the saves' write callbacks, so no thread polls the disk meanwhile.
+    """
     start = time.perf_counter()
     for step in range(steps):
         t0 = time.perf_counter()
@@ -123,14 +107,14 @@ def timed_loop(name: str, step_fn, steps: int, every: int | None, save, sync, in
         run.step_s.append(t1 - t0)
         run.step_spans.append((t0, t1))
         if every and (step + 1) % every == 0:
-            path = save()
+            save()
             run.save_block_s.append(time.perf_counter() - t1)
             if in_background:
-                watcher.watch(path, t1)
+                run.save_starts.append(t1)
     sync()
     run.total_s = time.perf_counter() - start
-    run.in_flight = watcher.close()
-    return run
+    if not in_background:
+        run.commits.clear()
 
 
 def run_tensorflow(name: str, mib: int, steps: int, every: int | None, directory: str) -> Run:
@@ -149,10 +133,13 @@ def run_tensorflow(name: str, mib: int, steps: int, every: int | None, directory
 
     checkpoint = tf.train.Checkpoint(weights=weights)
     manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=2)
-    options = tf.train.CheckpointOptions(experimental_enable_async_checkpoint=True)
+    run = Run(name)
+    options = tf.train.CheckpointOptions(experimental_enable_async_checkpoint=True,
+                                         experimental_write_callbacks=[run.committed])
     step_fn()  # trace outside the timed loop
-    return timed_loop(name, step_fn, steps, every, save=lambda: manager.save(options=options),
-                      sync=checkpoint.sync, in_background=True)
+    timed_loop(run, step_fn, steps, every, save=lambda: manager.save(options=options),
+               sync=checkpoint.sync, in_background=True)
+    return run
 
 
 def report(runs: list[Run], baselines: dict[str, float], state_bytes: int) -> None:
@@ -190,11 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         def fresh(name: str) -> str:
             return tempfile.mkdtemp(prefix=name, dir=root)
 
-        runs = [run_gpuckpt("gpuckpt: no checkpoints", xp, args.state_mib, args.steps, None, None, fresh("none")),
-                run_gpuckpt("gpuckpt: sync saves", xp, args.state_mib, args.steps, args.every,
-                            gpuckpt.CheckpointOptions(), fresh("sync")),
-                run_gpuckpt("gpuckpt: async saves", xp, args.state_mib, args.steps, args.every,
-                            gpuckpt.CheckpointOptions(enable_async=True), fresh("async"))]
+        runs = [run_gpuckpt("gpuckpt: no checkpoints", xp, args.state_mib, args.steps, None, False, fresh("none")),
+                run_gpuckpt("gpuckpt: sync saves", xp, args.state_mib, args.steps, args.every, False, fresh("sync")),
+                run_gpuckpt("gpuckpt: async saves", xp, args.state_mib, args.steps, args.every, True, fresh("async"))]
         if not args.no_tf:
             runs += [run_tensorflow("tensorflow: no checkpoints", args.state_mib, args.steps, None, fresh("tfnone")),
                      run_tensorflow("tensorflow: async saves", args.state_mib, args.steps, args.every, fresh("tfasync"))]
