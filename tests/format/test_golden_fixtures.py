@@ -1,4 +1,4 @@
-"""Every checkpoint TensorFlow wrote under shared/fixtures/tf is read bit-exactly, and rewritten byte-identically."""
+"""Every checkpoint TensorFlow wrote (tests/fixtures/tf, a copy of shared/fixtures/tf) is read bit-exactly, and rewritten byte-identically."""
 
 from __future__ import annotations
 
