@@ -142,8 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     child = [sys.executable, "-m", "gpuckpt.demo", "--child", "--dir", directory, "--steps", str(args.steps),
              "--save-every", str(args.save_every), "--kill-at", str(args.kill_at)]
     code = subprocess.run(child).returncode
-    print(f"1. training process killed at step {args.kill_at} (exit status {code}); "
-          f"latest checkpoint: {gpuckpt.latest_checkpoint(directory)}")
+    last_save = args.kill_at // args.save_every * args.save_every
+    print(f"1. training process killed at step {args.kill_at} (exit status {code}), its last save "
+          f"(step {last_save}) possibly still in flight; latest committed checkpoint: "
+          f"{gpuckpt.latest_checkpoint(directory)}")
     bar, progress = _progress(args.steps, "resumed training")
     try:
         resumed = run(directory, args.steps, args.save_every, xp, progress=progress)
