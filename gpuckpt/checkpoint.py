@@ -131,13 +131,13 @@ class Checkpoint(AutoTrackable):
         return path
 
     def _make_room(self, options: CheckpointOptions) -> None:
-        """Before a save: an async one reserves a place in flight; a synchronous one waits for them all.
-
-        Either raises the error of an earlier background save first.
-        """
+        """Before a save, the error of an earlier background save is raised; a synchronous save
+        also waits for the asynchronous ones in flight (an async one waits in ``_stage``)."""
+        if self._self_async is None:
+            return
         if options.enable_async:
-            self._background().reserve(options.max_in_flight)
-        elif self._self_async is not None:
+            self._self_async.raise_pending_error()
+        else:
             self._self_async.sync()
 
     def _run_save(self, path: str, options: CheckpointOptions, persist: Callable[[dict[str, Any]], None],
@@ -178,8 +178,13 @@ class Checkpoint(AutoTrackable):
 
     def _stage(self, path: str, options: CheckpointOptions, persist: Callable[[dict[str, Any]], None],
                undo: Callable[[], None]) -> None:
-        """Capture the values now (a place in flight is reserved); ``persist`` them in the background."""
+        """Wait for a place in flight, capture the values, and ``persist`` them in the background."""
         background = self._background()
+        try:
+            background.reserve(options.max_in_flight)  # waits while the bound is reached
+        except BaseException:
+            undo()
+            raise
         try:
             captured = self._self_captures.capture(self._tensors())
         except BaseException:

@@ -22,7 +22,7 @@ import numpy as np
 
 from . import retention
 from .checkpoint import Checkpoint
-from .errors import CheckpointError
+from .errors import CheckpointError, InvalidArgumentError
 from .format.statefile import CheckpointState
 from .options import CheckpointOptions
 from .retention import CheckpointInfo
@@ -126,8 +126,8 @@ class CheckpointManager:
         with checkpoint._self_save_lock:
             checkpoint._make_room(options)
             counter = checkpoint.save_counter
+            number = int(counter.numpy()) + 1 if checkpoint_number is None else _checked_number(checkpoint_number)
             counter.assign_add(1)
-            number = int(np.asarray(counter if checkpoint_number is None else checkpoint_number))
             path = f"{self._prefix}-{number}"
 
             def persist(tensors: dict[str, Any]) -> None:
@@ -212,3 +212,11 @@ class CheckpointManager:
     def sync(self) -> None:
         """Wait for the checkpoint's pending saves (see ``Checkpoint.sync``)."""
         self._checkpoint.sync()
+
+
+def _checked_number(value: Any) -> int:
+    """A ``checkpoint_number`` (int, NumPy or gpuckpt integer scalar) as an int; else InvalidArgumentError."""
+    array = np.asarray(value.numpy() if hasattr(value, "numpy") else value)
+    if array.shape != () or array.dtype.kind not in "iu":
+        raise InvalidArgumentError(f"checkpoint_number must be an integer scalar, got {value!r}")
+    return int(array)

@@ -260,3 +260,17 @@ def test_an_error_nobody_collected_is_reported_at_exit(tmp_path: Path) -> None:
 def test_max_in_flight_is_validated(bad) -> None:
     with pytest.raises(gpuckpt.InvalidArgumentError, match="max_in_flight"):
         gpuckpt.CheckpointOptions(enable_async=True, max_in_flight=bad)
+
+
+@pytest.mark.parametrize("bad", ["seven", 1.5, np.arange(2)])
+def test_a_refused_save_keeps_the_counter_and_frees_its_place(tmp_path: Path, bad) -> None:
+    checkpoint, _ = state()
+    manager = gpuckpt.CheckpointManager(checkpoint, tmp_path, max_to_keep=2)
+    with pytest.raises(gpuckpt.InvalidArgumentError, match="checkpoint_number"):
+        manager.save(checkpoint_number=bad, options=ASYNC)
+    assert int(checkpoint.save_counter.numpy()) == 0
+    done = threading.Event()
+    threading.Thread(target=lambda: (manager.save(options=ASYNC), done.set()), daemon=True).start()
+    assert done.wait(10), "the next save waited for a place the refused one never took back"
+    checkpoint.sync()
+    assert manager.latest_checkpoint.endswith("ckpt-1")
