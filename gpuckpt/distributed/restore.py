@@ -109,9 +109,6 @@ def stored_blocks(reader: CheckpointReader, key: str) -> list[tuple[Box, BundleE
 def plan_target(reader: CheckpointReader, target: Target) -> list[Read]:
     """The stored blocks to read for one target, checked against the stored dtype and shape."""
     entry = reader.entry(target.key)
-    if entry.dtype.is_string:
-        raise InvalidArgumentError(f"key {target.key!r} is a string tensor; restore it with Checkpoint.restore",
-                                   key=target.key)
     if entry.shape != target.global_shape or entry.dtype.numpy != target.dtype:
         raise InvalidArgumentError(
             f"key {target.key!r} is stored as {entry.dtype.name} {list(entry.shape)} but the live variable is "
@@ -127,7 +124,14 @@ def read_targets(reader: CheckpointReader, targets: Sequence[Target]) -> tuple[l
     filled arrays (in target order) and the number of bytes read.
     """
     outs, jobs, cuts = [], [], []
+    strings = 0
     for target in targets:
+        if target.dtype == object:  # string tensors: replicated only, read whole with their own CRC check
+            if not target.replicated:
+                raise InvalidArgumentError(f"key {target.key!r}: string tensors cannot be Sharded", key=target.key)
+            outs.append(_read_string(reader, target))
+            strings += reader.entry(target.key).size
+            continue
         out = aligned_empty(target.box.lengths, target.dtype)
         outs.append(out)
         reads = plan_target(reader, target)
@@ -141,7 +145,17 @@ def read_targets(reader: CheckpointReader, targets: Sequence[Target]) -> tuple[l
     reader.read_entries(jobs)
     for out, box, buf, read in cuts:
         out[read.common.region(box.offsets)] = buf[read.common.region(read.stored.offsets)]
-    return outs, sum(job[1].size for job in jobs)
+    return outs, strings + sum(job[1].size for job in jobs)
+
+
+def _read_string(reader: CheckpointReader, target: Target) -> np.ndarray:
+    entry = reader.entry(target.key)
+    if not entry.dtype.is_string or entry.shape != target.global_shape:
+        raise InvalidArgumentError(
+            f"key {target.key!r} is stored as {entry.dtype.name} {list(entry.shape)} but the live variable is a "
+            f"string tensor of shape {list(target.global_shape)}", key=target.key, path=reader.index_path)
+    value = reader.get_tensor(target.key)
+    return np.array(value, dtype=object) if isinstance(value, bytes) else value
 
 
 def _checked(group: Group, report: str | None, what: str, started: float) -> None:
@@ -200,7 +214,8 @@ def _read_local(reader: CheckpointReader, checkpoint, group: Group, replicated: 
     if any(k.startswith("save_counter/") for k in reader.keys()):
         checkpoint._maybe_create_save_counter()
     targets = live_targets(checkpoint)
-    broadcast = [t for t in targets if t.replicated] if replicated == "broadcast" and group.size > 1 else []
+    broadcast = [t for t in targets if t.replicated and t.dtype != object] \
+        if replicated == "broadcast" and group.size > 1 else []
     skipped = {t.key for t in broadcast} if group.rank != ROOT else set()
     local = [t for t in targets if t.key not in skipped]
     values, nbytes = read_targets(reader, local)

@@ -28,7 +28,16 @@ def truth() -> dict[str, np.ndarray]:
         "grid": rng.integers(-1000, 1000, (8, 10), dtype=np.int32),  # sharded on a 2-D grid when size is 4
         "bias": rng.standard_normal(7).astype(np.float32),  # replicated
         "step": np.array(123456789, np.int64),  # replicated scalar
+        "names": np.array([b"alpha", b"", b"\x00\xff"], dtype=object),  # replicated strings
     }
+
+
+def same(a, b) -> bool:
+    """Bit-identical: the same bytes for numbers, the same byte strings for strings."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.dtype == object or b.dtype == object:
+        return a.shape == b.shape and a.tolist() == b.tolist()
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
 
 
 def layouts(rank: int, size: int) -> dict[str, Sharded]:
@@ -49,7 +58,7 @@ def build(rank: int, size: int, *, fill: bool) -> tuple[gpuckpt.Module, dict]:
     for name, value in whole.items():
         if name in lay:
             value = value[lay[name].box.region()]
-        var = gpuckpt.Variable(value if fill else np.zeros_like(value), name=name)
+        var = gpuckpt.Variable(value if fill else np.full_like(value, b"" if value.dtype == object else 0), name=name)
         if name in lay:
             set_layout(var, lay[name])
         setattr(model, name, var)
@@ -101,7 +110,7 @@ def main(mode: str, directory: str) -> int:
         result = dist.restore(directory)
         for name in truth():
             got = getattr(model, name).numpy()
-            if got.tobytes() != expected(name, lay).tobytes():
+            if not same(got, expected(name, lay)):
                 say(rank, f"MISMATCH {name}")
                 return 1
         say(rank, f"ok restored {len(result.restored_keys)} keys, {result.bytes_read} bytes, counter "

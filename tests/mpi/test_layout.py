@@ -101,3 +101,27 @@ def test_owners_are_balanced_deterministic_and_pinned():
     assert owners["g"] == 0 and owners["a"] != owners["b"]
     load = [sum(n for k, n in sizes if owners[k] == r) for r in range(2)]
     assert abs(load[0] - load[1]) <= 100
+
+
+def test_distributed_imports_without_mpi4py_and_names_the_extra_when_used() -> None:
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["mpi4py"] = None
+        import numpy as np, gpuckpt
+        from gpuckpt.distributed import DistributedCheckpoint, Sharded
+        print("imported", "mpi4py" in sys.modules and sys.modules["mpi4py"] is not None)
+        try:
+            DistributedCheckpoint(gpuckpt.Checkpoint(v=gpuckpt.Variable(np.zeros(2))))
+        except ImportError as exc:
+            print("error:", exc)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "imported False" in result.stdout
+    assert "pip install 'gpuckpt[mpi]'" in result.stdout
