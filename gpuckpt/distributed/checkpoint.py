@@ -25,11 +25,11 @@ class DistributedCheckpoint:
 
     ``comm``: an mpi4py communicator (default ``MPI.COMM_WORLD``; it is duplicated).
     ``timeout``: seconds a rank waits for the others before giving up with ``DistributedError``.
-    ``replicated``: ``"read"`` (every rank reads replicated tensors) or ``"broadcast"`` (rank 0
-    reads, then broadcasts); see ``restore.py``.
+    ``replicated``: ``"broadcast"`` (rank 0 reads replicated tensors and broadcasts them; the
+    faster in ``bench/bench_mpi.py``) or ``"read"`` (every rank reads them); see ``restore.py``.
     """
 
-    def __init__(self, checkpoint: Any, comm: Any = None, *, timeout: float = 300.0, replicated: str = "read"):
+    def __init__(self, checkpoint: Any, comm: Any = None, *, timeout: float = 300.0, replicated: str = "broadcast"):
         self.checkpoint = checkpoint
         self.group = Group(comm, timeout=timeout)
         self.replicated = replicated

@@ -90,8 +90,8 @@ class Group:
         Deadlines count from ``started`` (``time.monotonic()``; default now): the root stops
         waiting at ``started + timeout`` and passes the ranks still silent to ``decide``; the
         other ranks raise :class:`DistributedError` if no verdict came by ``started + timeout + grace``.
-        An exception raised by ``decide`` is sent to every rank as a :class:`Failure` and
-        re-raised on the root.
+        An exception raised by ``decide`` is sent to every rank as a :class:`Failure`, and raised
+        on the root as a :class:`DistributedError` (chained to it).
         """
         started = time.monotonic() if started is None else started
         report_tag, verdict_tag = self._tags()
@@ -109,7 +109,7 @@ class Group:
         for rank in range(1, self.size):
             self._send(verdict, rank, verdict_tag)
         if error is not None:
-            raise error
+            raise DistributedError(f"rank {ROOT}: the {what} failed: {verdict.message}", ranks=(ROOT,)) from error
         return verdict
 
     def _collect(self, reports: dict[int, Any], tag: int, deadline: float) -> dict[int, str]:

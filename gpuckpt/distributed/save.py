@@ -29,10 +29,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ..arrays import is_device_array
+from ..arrays import as_tensor, is_device_array
 from ..engine.select import EngineCache
 from ..errors import CheckpointError, InvalidArgumentError
-from ..format import crc, objgraph
+from ..format import crc, dtypes, objgraph
 from ..format.bundle import BundleEntry, Extent, build_index
 from ..format.slices import slice_key
 from ..format.statefile import CheckpointState
@@ -136,13 +136,18 @@ def local_tensors(tensors: Sequence[Tensor], rank: int, num_ranks: int) -> list[
     return mine
 
 
+def _signature(t: Tensor) -> tuple[str, str, tuple[int, ...]]:
+    """``(key, TF dtype name, shape)`` of a value, host or device array alike (nothing is copied)."""
+    described = as_tensor(t.value, t.key)
+    return t.key, described.dtype.name, tuple(described.shape)
+
+
 def _check_block(t: Tensor) -> None:
-    shape = tuple(getattr(t.value, "shape", np.shape(t.value)))
+    _, dtype, shape = _signature(t)
     if shape != t.layout.lengths:
         raise InvalidArgumentError(f"key {t.key!r}: this rank's value has shape {list(shape)} but its Sharded layout "
                                    f"declares a block of {list(t.layout.lengths)}", key=t.key)
-    dtype = getattr(t.value, "dtype", None)
-    if dtype is not None and np.dtype(dtype).kind in "OSU":
+    if dtype == "string":
         raise InvalidArgumentError(f"key {t.key!r}: string tensors cannot be Sharded", key=t.key)
 
 
@@ -161,20 +166,12 @@ def write_shard(prefix: str, tensors: Sequence[Tensor], rank: int, num_ranks: in
         writer.abort()
         raise
     pieces = tuple(Stored(t.key, replace(entries[str(i)], shard_id=rank), box) for i, (t, box) in enumerate(mine))
-    summary = [(t.key, np.dtype(getattr(t.value, "dtype", object)).str, _shape(t)) for t in tensors]
     return Report(
         rank, pieces, tuple(files),
-        replicated=tuple(s for s, t in zip(summary, tensors) if isinstance(t.layout, Replicated)
-                         and t.key != objgraph.OBJECT_GRAPH_KEY),
-        sharded=tuple((s[0], s[1], t.layout.global_shape) for s, t in zip(summary, tensors)
-                      if isinstance(t.layout, Sharded)),
+        replicated=tuple(_signature(t) for t in tensors
+                         if isinstance(t.layout, Replicated) and t.key != objgraph.OBJECT_GRAPH_KEY),
+        sharded=tuple((t.key, _signature(t)[1], t.layout.global_shape) for t in tensors if isinstance(t.layout, Sharded)),
     )
-
-
-def _shape(t: Tensor) -> tuple[int, ...]:
-    if isinstance(t.value, (bytes, str)):
-        return ()
-    return tuple(getattr(t.value, "shape", np.shape(t.value)))
 
 
 # -- rank 0: merge and commit ---------------------------------------------------------------------
@@ -192,13 +189,13 @@ def merge_index(reports: Sequence[Report], num_ranks: int) -> bytes:
                 entries[piece.key] = piece.entry
             else:
                 blocks.setdefault(piece.key, []).append((piece.box, piece.entry))
-    for key, dtype_str, global_shape in reports[0].sharded:
+    for key, dtype_name, global_shape in reports[0].sharded:
         found = sorted(blocks.get(key, []), key=lambda b: b[0].offsets)
         problem = check_tiling(global_shape, [box for box, _ in found])
         if problem is not None:
             raise CheckpointError(f"the blocks of sharded key {key!r} do not tile its global shape: {problem}", key=key)
         if not found:  # a tensor with no elements: a plain empty entry
-            entries[key] = BundleEntry(_dtype_of(dtype_str), tuple(global_shape), crc32c=crc.masked_crc32c(b""))
+            entries[key] = BundleEntry(dtypes.as_dtype(dtype_name), tuple(global_shape), crc32c=crc.masked_crc32c(b""))
             continue
         slices = []
         for box, entry in found:
@@ -207,12 +204,6 @@ def merge_index(reports: Sequence[Report], num_ranks: int) -> bytes:
             slices.append(extents)
         entries[key] = BundleEntry(found[0][1].dtype, tuple(global_shape), slices=tuple(slices))
     return build_index(num_ranks, entries)
-
-
-def _dtype_of(numpy_str: str):
-    from ..format import dtypes
-
-    return dtypes.from_numpy(np.dtype(numpy_str))
 
 
 def _check_agreement(reports: Sequence[Report]) -> None:

@@ -105,8 +105,9 @@ def main(mode: str, directory: str) -> int:
         path = dist.save(prefix, options)
         dist.sync()
         say(rank, f"ok saved {path}")
-    elif mode in ("restore", "restore-broadcast"):
-        dist.replicated = "broadcast" if mode == "restore-broadcast" else "read"
+    elif mode in ("restore", "restore-read"):
+        if mode == "restore-read":
+            dist.replicated = "read"  # every rank reads replicated tensors (the default broadcasts them)
         result = dist.restore(directory)
         for name in truth():
             got = getattr(model, name).numpy()
@@ -115,6 +116,15 @@ def main(mode: str, directory: str) -> int:
                 return 1
         say(rank, f"ok restored {len(result.restored_keys)} keys, {result.bytes_read} bytes, counter "
                   f"{int(dist.checkpoint.save_counter.numpy())}")
+    elif mode == "restore-corrupt":
+        try:
+            dist.restore(directory)
+        except DistributedError as exc:
+            untouched = all(not np.asarray(getattr(model, name).numpy()).astype(bool).any() for name in truth())
+            say(rank, f"{'ok' if untouched else 'CHANGED'} DistributedError ranks={list(exc.ranks)}: {exc}")
+            return 0 if untouched else 1
+        say(rank, "UNEXPECTED: the restore of a corrupt checkpoint returned")
+        return 1
     elif mode.startswith("fail-"):
         fault = mode[len("fail-"):]
         dist.save(prefix)  # a good checkpoint first: ckpt-1
