@@ -14,6 +14,10 @@ Commit protocol of :class:`FileSystemWriter` (call order: ``write``* → ``commi
 3. ``abort`` (or any failure) deletes the temporary files and puts aside files back; nothing
    visible changes.
 
+A distributed save (``gpuckpt.distributed``) splits this: each process writes one shard with
+``FileSystemWriter(..., shard_ids=[r])`` and ``finish()``-es it (fsync, close, temporary name
+kept); one process then runs step 2 over every process's files with :func:`commit_files`.
+
 A ``<token>`` is ``<pid>-<host tag>-<random>`` (:func:`writer_token`): a later sweep
 (``storage.recovery``) removes such files only once that process is gone.
 

@@ -99,3 +99,40 @@ def test_blocks_that_do_not_tile_are_refused(tmp_path):
         merge_index([reports[0], reports[1], reports[1]], 3)  # rank 2's blocks missing, rank 1's twice
     with pytest.raises(CheckpointError, match="blocks cover 125 of the 185 elements"):
         merge_index([reports[0], reports[1]], 3)
+
+
+def test_device_variables_are_saved_by_the_gpu_engine_and_restored_in_place(tmp_path):
+    """Sharded device arrays (Numba's simulator on CI) go through the GPU engine, as in one process."""
+    cuda = pytest.importorskip("numba.cuda")
+    from gpuckpt.distributed import Sharded, set_layout
+    from gpuckpt.distributed.restore import _assign
+
+    whole = np.arange(40 * 3, dtype=np.float32).reshape(40, 3)
+    prefix = str(tmp_path / "ckpt-1")
+
+    def model_of(rank: int, size: int, fill: bool) -> gpuckpt.Module:
+        layout = Sharded.split(whole.shape, rank, size)
+        block = whole[layout.box.region()] if fill else np.zeros(layout.lengths, np.float32)
+        model = gpuckpt.Module()
+        model.w = set_layout(gpuckpt.Variable(cuda.to_device(np.ascontiguousarray(block))), layout)
+        return model
+
+    from gpuckpt.saver import describe_tensors
+
+    assert describe_tensors({"w": model_of(0, 2, True).w.value()})[2], "the GPU engine should save device arrays"
+    engines = EngineCache()
+    try:
+        reports = {r: write_shard(prefix, collect(gpuckpt.Checkpoint(model=model_of(r, 2, True))), r, 2, engines=engines)
+                   for r in range(2)}
+    finally:
+        engines.close()
+    assert commit(prefix, reports, {}, 2, fsync=False, state=False) == Committed(prefix)
+    with gpuckpt.CheckpointReader(prefix) as reader:
+        np.testing.assert_array_equal(reader.get_tensor("model/w/.ATTRIBUTES/VARIABLE_VALUE"), whole)
+        for rank in range(3):
+            model = model_of(rank, 3, False)
+            targets = live_targets(gpuckpt.Checkpoint(model=model))
+            values, _ = read_targets(reader, targets)
+            _assign(targets, dict(zip((t.key for t in targets), values)))
+            assert model.w.on_device
+            np.testing.assert_array_equal(model.w.numpy(), whole[Sharded.split(whole.shape, rank, 3).box.region()])
