@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ..arrays import as_tensor, is_device_array
+from ..arrays import as_device_array, as_tensor, is_device_array
 from ..engine.select import EngineCache
 from ..errors import CheckpointError, InvalidArgumentError
 from ..format import crc, dtypes, objgraph
@@ -90,20 +90,19 @@ def collect(checkpoint, *, copy: bool = False) -> list[Tensor]:
 
 
 def _snapshot(value: object) -> object:
-    """A private copy of a value (device arrays are copied to the host)."""
+    """A private host copy of a value (device arrays are copied to the host)."""
     if is_device_array(value):
-        from ..arrays import as_device_array
-
         return as_device_array(value).copy_to_host()
-    return np.array(value, copy=True) if isinstance(value, np.ndarray) else value
+    return value if isinstance(value, (bytes, str)) else np.array(value, copy=True)
 
 
-def assign_owners(sizes: Sequence[tuple[str, int]], num_ranks: int, pinned: Mapping[str, int] = {}) -> dict[str, int]:
+def assign_owners(sizes: Sequence[tuple[str, int]], num_ranks: int,
+                  pinned: Mapping[str, int] | None = None) -> dict[str, int]:
     """Which rank writes each replicated tensor: ``pinned`` ones as given, the rest largest first
     to the rank with the fewest bytes so far (ties: lower rank, then key order). Deterministic,
     so every rank computes the same answer from the same sizes."""
     load = [0] * num_ranks
-    owners = dict(pinned)
+    owners = dict(pinned or {})
     for key, nbytes in sizes:
         if key in owners:
             load[owners[key]] += nbytes
@@ -122,7 +121,8 @@ def _nbytes(value: object) -> int:
 
 
 def local_tensors(tensors: Sequence[Tensor], rank: int, num_ranks: int) -> list[tuple[Tensor, Box | None]]:
-    """What this rank writes: its non-empty blocks, and the replicated tensors it owns, in key order."""
+    """What this rank writes: its non-empty blocks, and the replicated tensors it owns, in the
+    checkpoint's payload order (object graph node order, as a single process writes)."""
     replicated = [(t.key, _nbytes(t.value)) for t in tensors if isinstance(t.layout, Replicated)]
     owners = assign_owners(replicated, num_ranks, {objgraph.OBJECT_GRAPH_KEY: ROOT})
     mine = []

@@ -136,3 +136,27 @@ def test_device_variables_are_saved_by_the_gpu_engine_and_restored_in_place(tmp_
             _assign(targets, dict(zip((t.key for t in targets), values)))
             assert model.w.on_device
             np.testing.assert_array_equal(model.w.numpy(), whole[Sharded.split(whole.shape, rank, 3).box.region()])
+
+
+def test_blocks_of_zero_elements_are_skipped_and_an_empty_tensor_gets_a_plain_entry(tmp_path):
+    from gpuckpt.distributed import Sharded, set_layout
+
+    prefix = str(tmp_path / "ckpt-1")
+    engines = EngineCache()
+    try:
+        reports = {}
+        for rank in range(3):  # 2 rows over 3 ranks: rank 2 holds none; the (0, 4) tensor has no elements at all
+            model = gpuckpt.Module()
+            small, empty = Sharded.split((2, 4), rank, 3), Sharded.split((0, 4), rank, 3)
+            model.small = set_layout(gpuckpt.Variable(np.full(small.lengths, rank, np.int16)), small)
+            model.empty = set_layout(gpuckpt.Variable(np.zeros(empty.lengths, np.int16)), empty)
+            reports[rank] = write_shard(prefix, collect(gpuckpt.Checkpoint(model=model)), rank, 3, engines=engines)
+    finally:
+        engines.close()
+    assert commit(prefix, reports, {}, 3, fsync=False, state=False) == Committed(prefix)
+    with gpuckpt.CheckpointReader(prefix) as reader:
+        assert len(reader.entry("model/small/.ATTRIBUTES/VARIABLE_VALUE").slices) == 2
+        np.testing.assert_array_equal(reader.get_tensor("model/small/.ATTRIBUTES/VARIABLE_VALUE"),
+                                      np.array([[0] * 4, [1] * 4], np.int16))
+        empty = reader.get_tensor("model/empty/.ATTRIBUTES/VARIABLE_VALUE")
+        assert empty.shape == (0, 4) and empty.dtype == np.int16
