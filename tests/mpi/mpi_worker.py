@@ -126,15 +126,22 @@ def main(mode: str, directory: str) -> int:
         say(rank, "UNEXPECTED: the restore of a corrupt checkpoint returned")
         return 1
     elif mode.startswith("fail-"):
-        fault = mode[len("fail-"):]
+        # fail-FAULT[-RANK][-async]: FAULT is raise, hang or kill; RANK the culprit (default 1; 2 for kill)
+        parts = mode.split("-")[1:]
+        fault, asynchronous = parts[0], parts[-1] == "async"
+        culprit = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else (2 if fault == "kill" else 1)
         dist.save(prefix)  # a good checkpoint first: ckpt-1
-        culprit = 2 if fault == "kill" else 1
         io = Faulty(fault) if rank == culprit else None
         started = time.monotonic()
         try:
-            dist.save(prefix, io=io)
+            path = dist.save(prefix, gpuckpt.CheckpointOptions(enable_async=asynchronous), io=io)
+            if asynchronous:
+                say(rank, f"async save of {path} returned")
+                dist.sync()  # the background save's error surfaces here
         except DistributedError as exc:
-            say(rank, f"ok DistributedError ranks={list(exc.ranks)} after {time.monotonic() - started:.1f}s: {exc}")
+            counter = int(dist.checkpoint.save_counter.numpy())
+            say(rank, f"ok DistributedError ranks={list(exc.ranks)} after {time.monotonic() - started:.1f}s, "
+                      f"counter {counter}: {exc}")
             return 0
         say(rank, "UNEXPECTED: the failed save returned")
         return 1

@@ -140,6 +140,13 @@ def test_a_rank_that_fails_its_writes_fails_the_save_everywhere(tmp_path):
     _assert_previous_checkpoint_is_latest(tmp_path)
 
 
+def test_a_failed_async_save_raises_at_sync_and_frees_the_number(tmp_path):
+    done, _ = mpirun(2, "fail-raise-async", tmp_path)
+    assert done.stdout.count("async save of") == 2
+    assert done.stdout.count("DistributedError ranks=[1]") == 2 and done.stdout.count("counter 1:") == 2
+    _assert_previous_checkpoint_is_latest(tmp_path)
+
+
 def test_a_rank_that_hangs_is_given_up_on_within_the_timeout(tmp_path):
     done, _ = mpirun(2, "fail-hang", tmp_path)
     waited = [float(s) for s in re.findall(r"rank 0: ok DistributedError ranks=\[1\] after ([\d.]+)s", done.stdout)]
@@ -163,12 +170,14 @@ def test_a_killed_rank_ends_the_job_without_a_commit_or_a_hang(tmp_path):
     assert not [n for n in os.listdir(tmp_path) if n.startswith("ckpt-2")]
 
 
-def test_with_ulfm_the_survivors_of_a_killed_rank_raise(tmp_path):
-    """With fault tolerance on (``--with-ft ulfm``) the job goes on: every survivor raises, naming the dead rank."""
-    done, elapsed = mpirun(4, "fail-kill", tmp_path, flags=("--with-ft", "ulfm"), check=False, timeout=60)
+@pytest.mark.parametrize("dead", [2, 0])
+def test_with_ulfm_the_survivors_of_a_killed_rank_raise(tmp_path, dead):
+    """With fault tolerance on (``--with-ft ulfm``) the job goes on: every survivor raises, naming the
+    dead rank, whether it is a writer (2) or rank 0, which decides."""
+    done, elapsed = mpirun(4, f"fail-kill-{dead}", tmp_path, flags=("--with-ft", "ulfm"), check=False, timeout=60)
     if "ulfm" in done.stderr.lower() and "DistributedError" not in done.stdout:
         pytest.skip(f"this mpirun has no ULFM support: {done.stderr[:200]}")
-    survivors = sorted(re.findall(r"^rank (\d+): ok DistributedError ranks=\[2\]", done.stdout, re.M))
-    assert survivors == ["0", "1", "3"], done.stdout + done.stderr
-    assert "process failed" in done.stdout
+    survivors = sorted(re.findall(rf"^rank (\d+): ok DistributedError ranks=\[{dead}\]", done.stdout, re.M))
+    assert survivors == [str(r) for r in range(4) if r != dead], done.stdout + done.stderr
+    assert "MPI_ERR_PROC_FAILED" in done.stdout
     _assert_previous_checkpoint_is_latest(tmp_path)
