@@ -24,7 +24,10 @@ class DistributedCheckpoint:
     Every rank calls the same methods in the same order (they are collective).
 
     ``comm``: an mpi4py communicator (default ``MPI.COMM_WORLD``; it is duplicated).
-    ``timeout``: seconds a rank waits for the others before giving up with ``DistributedError``.
+    ``timeout``: seconds, from the call, within which every rank must have written its shard (or
+    read its part); a rank silent past it fails the operation on every rank with
+    ``DistributedError``, and rank 0 commits nothing if its own writing overran it. Set it well
+    above the slowest rank's write time.
     ``replicated``: ``"broadcast"`` (rank 0 reads replicated tensors and broadcasts them; the
     faster in ``bench/bench_mpi.py``) or ``"read"`` (every rank reads them); see ``restore.py``.
     """

@@ -24,6 +24,8 @@ from .errors import DistributedError
 ROOT = 0
 _TAG_SPACE = 8000  # tags wrap: two per agreement, well under MPI's guaranteed upper bound of 32767
 _POLL_MIN, _POLL_MAX = 50e-6, 5e-3
+_LAST_CHANCE = 1.0  # seconds a wait polls even when its deadline has passed: a message already sent
+# may need a few calls into MPI's progress engine before ``iprobe`` sees it
 
 
 def mpi():
@@ -40,7 +42,9 @@ class Failure:
 
 
 def _poll(done: Callable[[], bool], deadline: float) -> bool:
-    """Call ``done()`` with a short, growing sleep between calls until it is true or ``deadline`` passes."""
+    """Call ``done()`` with a short, growing sleep between calls until it is true or ``deadline`` passes
+    (but for at least ``_LAST_CHANCE`` seconds)."""
+    deadline = max(deadline, time.monotonic() + _LAST_CHANCE)
     pause = _POLL_MIN
     while not done():
         if time.monotonic() >= deadline:

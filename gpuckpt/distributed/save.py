@@ -231,7 +231,7 @@ def commit(prefix: str, reports: dict[int, Report], missing: dict[int, str], num
     """Step 4 on rank 0: all reports in and clean → merged index, commit, state file; else a Failure."""
     failed = sorted({r.rank for r in reports.values() if r.error is not None} | set(missing))
     if failed:
-        reasons = [f"rank {r}: {reports[r].error}" if r in reports else f"rank {r}: {missing[r]}" for r in failed]
+        reasons = [f"rank {r}: {missing[r] if r in missing else reports[r].error}" for r in failed]
         return Failure(tuple(failed), "; ".join(reasons))
     ordered = [reports[r] for r in range(num_ranks)]
     index = merge_index(ordered, num_ranks)
@@ -251,11 +251,16 @@ def save_distributed(prefix: str, tensors: Sequence[Tensor], group: Group, *, op
     started = time.monotonic()
     prefix = os.path.abspath(os.fspath(prefix))
     report, local_error = _write_or_report(prefix, tensors, group, options, engines, io)
+    written = time.monotonic() - started
     fsync = getattr(options, "fsync", True)
+
+    def decide(reports: dict[int, Report], missing: dict[int, str]) -> Committed | Failure:
+        if written > group.timeout:  # the others stop waiting at timeout + grace: too late to start a commit
+            missing = {**missing, ROOT: f"finished writing after {written:.1f} s, past the {group.timeout:.0f} s timeout"}
+        return commit(prefix, reports, missing, group.size, fsync=fsync, state=state)
+
     try:
-        verdict = group.agree(
-            report, lambda reports, missing: commit(prefix, reports, missing, group.size, fsync=fsync, state=state),
-            started=started, what=f"save of {prefix!r}")
+        verdict = group.agree(report, decide, started=started, what=f"save of {prefix!r}")
     except BaseException:
         _abort(report)
         raise

@@ -155,6 +155,13 @@ def test_a_rank_that_hangs_is_given_up_on_within_the_timeout(tmp_path):
     _assert_previous_checkpoint_is_latest(tmp_path)
 
 
+def test_rank_0_past_the_timeout_commits_nothing_as_the_others_may_have_given_up(tmp_path):
+    done, _ = mpirun(2, "fail-hang-0", tmp_path)
+    assert done.stdout.count("DistributedError ranks=[0]") == 2
+    assert "past the 3 s timeout" in done.stdout
+    _assert_previous_checkpoint_is_latest(tmp_path)
+
+
 def test_a_killed_rank_ends_the_job_without_a_commit_or_a_hang(tmp_path):
     """Open MPI's default: a rank killed by a signal makes mpirun end the whole job."""
     done, elapsed = mpirun(4, "fail-kill", tmp_path, check=False, timeout=60)
