@@ -1,10 +1,11 @@
 """Aggregate save and restore throughput of distributed checkpoints on 1, 2 and 4 MPI ranks,
 beside the single-process figure for the same state, in one run.
 
-    python bench/bench_mpi.py [--size-mib 1024] [--ranks 1 2 4] [--rounds 3] [--no-fsync] [--dir DIR]
+    python bench/bench_mpi.py [--size-mib 1024] [--ranks 1 2 4] [--rounds 3] [--no-fsync]
+                              [--replicated-fraction 0.25] [--dir DIR]
 
 The state: four float32 matrices sharded by rows across the ranks (3/4 of the bytes) and
-sixteen replicated float32 tensors (1/4). Aggregate throughput is the global checkpoint size
+sixteen replicated float32 tensors (1/4; ``--replicated-fraction``). Aggregate throughput is the global checkpoint size
 divided by the wall time of the slowest rank, best of ``--rounds``. Saves are durable (fsync)
 unless ``--no-fsync``. Restores are "cold": every data file is dropped from the page cache
 (fdatasync, then posix_fadvise DONTNEED) before each one. The distributed restore is timed for
@@ -35,11 +36,20 @@ from gpuckpt.distributed import DistributedCheckpoint, Sharded, set_layout  # no
 LARGE, REPLICATED = 4, 16
 
 
+REPLICATED_FRACTION = 0.25  # --replicated-fraction
+
+
+def set_replicated_fraction(fraction: float) -> None:
+    global REPLICATED_FRACTION
+    REPLICATED_FRACTION = fraction
+
+
 def shapes(total: int) -> tuple[tuple[int, int], tuple[int]]:
     """Global shape of each sharded matrix and of each replicated vector (float32)."""
     cols = 1024
-    rows = total * 3 // 4 // LARGE // 4 // cols
-    return (rows, cols), (total // 4 // REPLICATED // 4,)
+    replicated = int(total * REPLICATED_FRACTION)
+    rows = (total - replicated) // LARGE // 4 // cols
+    return (rows, cols), (replicated // REPLICATED // 4,)
 
 
 def build(total: int, rank: int, size: int) -> gpuckpt.Module:
@@ -154,7 +164,8 @@ def mpirun() -> list[str]:
 
 def distributed(args, ranks: int) -> dict:
     command = [*mpirun(), "-n", str(ranks), sys.executable, __file__, "--worker", "--size-mib", str(args.size_mib),
-               "--rounds", str(args.rounds), "--dir", args.dir, *(["--no-fsync"] if args.no_fsync else [])]
+               "--rounds", str(args.rounds), "--dir", args.dir, "--replicated-fraction", str(args.replicated_fraction),
+               *(["--no-fsync"] if args.no_fsync else [])]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{done.stdout}\n{done.stderr}")
@@ -167,16 +178,20 @@ def main() -> None:
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-fsync", action="store_true")
+    parser.add_argument("--replicated-fraction", type=float, default=REPLICATED_FRACTION,
+                        help="share of the bytes in replicated tensors (the rest is sharded)")
     parser.add_argument("--dir", default=None)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    set_replicated_fraction(args.replicated_fraction)
     if args.worker:
         return worker(args)
     own_dir = args.dir is None
     args.dir = args.dir or tempfile.mkdtemp(prefix="gpuckpt-bench-mpi-")
     try:
         gib = global_bytes(args.size_mib << 20) / (1 << 30)
-        print(f"state {gib:.3f} GiB (3/4 sharded by rows, 1/4 replicated), fsync {'off' if args.no_fsync else 'on'}, "
+        print(f"state {gib:.3f} GiB ({1 - args.replicated_fraction:.0%} sharded by rows, "
+              f"{args.replicated_fraction:.0%} replicated), fsync {'off' if args.no_fsync else 'on'}, "
               f"cold restores, best of {args.rounds}, {os.cpu_count()} CPUs")
         print(f"{'':24}{'save GiB/s':>12}{'restore GiB/s':>15}{'restore, bcast':>16}")
         one = single_process(args)

@@ -28,11 +28,11 @@ class DistributedCheckpoint:
     read its part); a rank silent past it fails the operation on every rank with
     ``DistributedError``, and rank 0 commits nothing if its own writing overran it. Set it well
     above the slowest rank's write time.
-    ``replicated``: ``"broadcast"`` (rank 0 reads replicated tensors and broadcasts them; the
-    faster in ``bench/bench_mpi.py``) or ``"read"`` (every rank reads them); see ``restore.py``.
+    ``replicated``: ``"read"`` (every rank reads replicated tensors; the faster in
+    ``bench/bench_mpi.py``) or ``"broadcast"`` (rank 0 reads them and broadcasts); see ``restore.py``.
     """
 
-    def __init__(self, checkpoint: Any, comm: Any = None, *, timeout: float = 300.0, replicated: str = "broadcast"):
+    def __init__(self, checkpoint: Any, comm: Any = None, *, timeout: float = 300.0, replicated: str = "read"):
         self.checkpoint = checkpoint
         self.group = Group(comm, timeout=timeout)
         self.replicated = replicated

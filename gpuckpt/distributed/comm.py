@@ -41,7 +41,7 @@ class Failure:
     message: str
 
 
-def _poll(done: Callable[[], bool], deadline: float) -> bool:
+def _poll(done: Callable[[], bool], deadline: float, max_pause: float = _POLL_MAX) -> bool:
     """Call ``done()`` with a short, growing sleep between calls until it is true or ``deadline`` passes
     (but for at least ``_LAST_CHANCE`` seconds)."""
     deadline = max(deadline, time.monotonic() + _LAST_CHANCE)
@@ -50,7 +50,7 @@ def _poll(done: Callable[[], bool], deadline: float) -> bool:
         if time.monotonic() >= deadline:
             return False
         time.sleep(pause)
-        pause = min(pause * 2, _POLL_MAX)
+        pause = min(pause * 2, max_pause)
     return True
 
 
@@ -147,10 +147,16 @@ class Group:
             f"rank {self.rank}: rank {source}, which decides the {what}, {why} (if it was committing, the "
             "checkpoint may or may not have been committed: check the state file)", ranks=(source,))
 
-    def bcast_array(self, array: Any, *, what: str) -> None:
-        """Broadcast a contiguous NumPy array in place from the root, giving up after ``timeout``."""
-        request = self.comm.Ibcast(array, root=ROOT)
-        if not _poll(request.Test, time.monotonic() + self.timeout):
+    def bcast_arrays(self, arrays: list, *, what: str) -> None:
+        """Broadcast contiguous NumPy arrays in place from the root, all at once, giving up after ``timeout``.
+
+        Non-blocking broadcasts only advance inside MPI calls, so this polls with pauses of at
+        most 100 µs (a coarser poll would throttle the transfer itself).
+        """
+        if not arrays:
+            return
+        requests = [self.comm.Ibcast(array, root=ROOT) for array in arrays]
+        if not _poll(lambda: mpi().Request.Testall(requests), time.monotonic() + self.timeout, max_pause=1e-4):
             raise DistributedError(f"rank {self.rank}: broadcast of {what} did not finish within "
                                    f"{self.timeout:.0f} s", ranks=())
 

@@ -11,10 +11,13 @@ read *whole* even when only part of it is needed; bytes are never used unverifie
 restore layout equal to (or coarser than, along the split axis) the save layout nothing extra
 is read; a finer one reads up to one stored block per boundary more than it needs.
 
-Replicated tensors are read by rank 0 and broadcast (``replicated="broadcast"``, the default:
-as fast or faster than every rank reading them in ``bench/bench_mpi.py``, 1.04 against 0.91
-GiB/s aggregate on 4 ranks) or read by every rank (``"read"``, for file systems that serve
-many readers better than the interconnect does).
+Replicated tensors are read by every rank (``replicated="read"``, the default) or read by
+rank 0 and broadcast (``"broadcast"``). In ``bench/bench_mpi.py`` on one host, reading was
+faster: 1.35 against 0.83 GiB/s aggregate on 2 ranks with all of the state replicated
+(every rank reads and checksums in parallel, and the page cache serves the repeats; a
+broadcast starts only once rank 0 has read everything); other cases were within the
+run-to-run noise, none in favour of broadcasting beyond it. ``"broadcast"`` is for file systems
+where reads are the scarce resource.
 
 All ranks read first; then they agree (``comm.Group.agree``); only if every rank succeeded does
 any rank assign values, so a failure anywhere leaves every variable untouched.
@@ -179,7 +182,7 @@ def _checked(group: Group, report: str | None, what: str, started: float) -> Non
                                ranks=verdict.ranks)
 
 
-def restore_distributed(prefix: str, checkpoint, group: Group, *, replicated: str = "broadcast") -> RestoreResult:
+def restore_distributed(prefix: str, checkpoint, group: Group, *, replicated: str = "read") -> RestoreResult:
     """Restore ``checkpoint``'s variables on this rank from ``prefix``, whatever number of ranks saved it.
 
     Every rank must call it; DistributedError on every rank when any rank fails, and then no
@@ -202,10 +205,9 @@ def restore_distributed(prefix: str, checkpoint, group: Group, *, replicated: st
         except DistributedError as exc:
             raise exc from error
         for t in broadcast:
-            buf = got.get(t.key)
-            if buf is None:
-                buf = got[t.key] = aligned_empty(t.box.lengths, t.dtype)
-            group.bcast_array(buf, what=f"key {t.key!r}")
+            if t.key not in got:
+                got[t.key] = aligned_empty(t.box.lengths, t.dtype)
+        group.bcast_arrays([got[t.key] for t in broadcast], what=f"{len(broadcast)} replicated tensors")
         _assign(targets, got)
         stored = set(reader.keys()) - {objgraph.OBJECT_GRAPH_KEY}
         return RestoreResult(prefix, tuple(t.key for t in targets), tuple(sorted(stored - set(got))), nbytes)

@@ -105,9 +105,9 @@ def main(mode: str, directory: str) -> int:
         path = dist.save(prefix, options)
         dist.sync()
         say(rank, f"ok saved {path}")
-    elif mode in ("restore", "restore-read"):
-        if mode == "restore-read":
-            dist.replicated = "read"  # every rank reads replicated tensors (the default broadcasts them)
+    elif mode in ("restore", "restore-broadcast"):
+        if mode == "restore-broadcast":
+            dist.replicated = "broadcast"  # rank 0 reads replicated tensors and broadcasts them
         result = dist.restore(directory)
         for name in truth():
             got = getattr(model, name).numpy()

@@ -80,7 +80,8 @@ def test_save_on_4_writes_one_shard_per_rank_and_one_index(saved_on_4):
                      "ckpt-1.data-00002-of-00004", "ckpt-1.data-00003-of-00004", "ckpt-1.index"]
 
 
-@pytest.mark.parametrize("n, mode", [(1, "restore"), (2, "restore"), (3, "restore"), (3, "restore-read")])
+@pytest.mark.parametrize("n, mode", [(1, "restore"), (2, "restore"), (3, "restore"),
+                                     (3, "restore-broadcast"), (4, "restore-broadcast")])
 def test_restore_on_other_rank_counts_is_bit_identical(saved_on_4, n, mode):
     done, _ = mpirun(n, mode, saved_on_4)
     assert "counter 1" in done.stdout
