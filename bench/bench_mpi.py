@@ -5,13 +5,13 @@ beside the single-process figure for the same state, in one run.
                               [--replicated-fraction 0.25] [--dir DIR]
 
 The state: four float32 matrices sharded by rows across the ranks (3/4 of the bytes) and
-sixteen replicated float32 tensors (1/4; ``--replicated-fraction``). Aggregate throughput is the global checkpoint size
-divided by the wall time of the slowest rank, best of ``--rounds``. Saves are durable (fsync)
+sixteen replicated float32 tensors (1/4; ``--replicated-fraction``). Aggregate throughput is
+the global checkpoint size divided by the wall time of the slowest rank, best of ``--rounds``. Saves are durable (fsync)
 unless ``--no-fsync``. Restores are "cold": every data file is dropped from the page cache
 (fdatasync, then posix_fadvise DONTNEED) before each one. The distributed restore is timed for
 both ways of loading replicated tensors, alternating which goes first: every rank reads them
-(``read``) or rank 0 reads and broadcasts (``broadcast``). Runs ``mpirun`` (Open MPI flags: --oversubscribe --allow-run-as-root)
-from the same virtual environment; each rank count is one ``mpirun``.
+(``read``) or rank 0 reads and broadcasts (``broadcast``). Runs ``mpirun`` from the same virtual
+environment (Open MPI flags: --oversubscribe --allow-run-as-root); each rank count is one ``mpirun``.
 """
 
 from __future__ import annotations

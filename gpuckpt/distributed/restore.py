@@ -39,7 +39,7 @@ from ..format.slices import slice_key
 from ..reader import CheckpointReader
 from .comm import ROOT, Failure, Group
 from .errors import DistributedError
-from .layout import Box, Replicated, Sharded, layout_of, overlaps
+from .layout import Box, Sharded, layout_of, overlaps
 
 REPLICATED_STRATEGIES = ("read", "broadcast")
 
@@ -87,7 +87,8 @@ def live_targets(checkpoint) -> list[Target]:
             if isinstance(layout, Sharded):
                 out.append(Target(attr.checkpoint_key, obj, attr.name, layout.box, layout.global_shape, dtype, False))
             else:
-                out.append(Target(attr.checkpoint_key, obj, attr.name, Box((0,) * len(shape), shape), shape, dtype, True))
+                whole = Box((0,) * len(shape), shape)
+                out.append(Target(attr.checkpoint_key, obj, attr.name, whole, shape, dtype, True))
     return out
 
 

@@ -170,7 +170,8 @@ def write_shard(prefix: str, tensors: Sequence[Tensor], rank: int, num_ranks: in
         rank, pieces, tuple(files),
         replicated=tuple(_signature(t) for t in tensors
                          if isinstance(t.layout, Replicated) and t.key != objgraph.OBJECT_GRAPH_KEY),
-        sharded=tuple((t.key, _signature(t)[1], t.layout.global_shape) for t in tensors if isinstance(t.layout, Sharded)),
+        sharded=tuple((t.key, _signature(t)[1], t.layout.global_shape)
+                      for t in tensors if isinstance(t.layout, Sharded)),
     )
 
 
@@ -256,7 +257,8 @@ def save_distributed(prefix: str, tensors: Sequence[Tensor], group: Group, *, op
 
     def decide(reports: dict[int, Report], missing: dict[int, str]) -> Committed | Failure:
         if written > group.timeout:  # the others stop waiting at timeout + grace: too late to start a commit
-            missing = {**missing, ROOT: f"finished writing after {written:.1f} s, past the {group.timeout:.0f} s timeout"}
+            late = f"finished writing after {written:.1f} s, past the {group.timeout:.0f} s timeout"
+            missing = {**missing, ROOT: late}
         return commit(prefix, reports, missing, group.size, fsync=fsync, state=state)
 
     try:

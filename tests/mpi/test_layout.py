@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpuckpt.distributed.layout import Box, Replicated, Sharded, check_tiling, even_run, intersect, layout_of, overlaps, set_layout
+from gpuckpt.distributed.layout import (Box, Replicated, Sharded, check_tiling, even_run, intersect, layout_of,
+                                        overlaps, set_layout)
 from gpuckpt.distributed.save import assign_owners
 from gpuckpt.errors import InvalidArgumentError
 from gpuckpt.trackable import Variable

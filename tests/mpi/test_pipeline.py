@@ -95,7 +95,8 @@ def test_ranks_that_disagree_on_the_model_are_refused(tmp_path):
 def test_blocks_that_do_not_tile_are_refused(tmp_path):
     prefix = str(tmp_path / "ckpt-1")
     reports = write_all(prefix, 3)
-    with pytest.raises(CheckpointError, match=r"do not tile its global shape: blocks \[13:25, 0:5\] and \[13:25, 0:5\] overlap"):
+    overlap = r"do not tile its global shape: blocks \[13:25, 0:5\] and \[13:25, 0:5\] overlap"
+    with pytest.raises(CheckpointError, match=overlap):
         merge_index([reports[0], reports[1], reports[1]], 3)  # rank 2's blocks missing, rank 1's twice
     with pytest.raises(CheckpointError, match="blocks cover 125 of the 185 elements"):
         merge_index([reports[0], reports[1]], 3)
@@ -122,8 +123,8 @@ def test_device_variables_are_saved_by_the_gpu_engine_and_restored_in_place(tmp_
     assert describe_tensors({"w": model_of(0, 2, True).w.value()})[2], "the GPU engine should save device arrays"
     engines = EngineCache()
     try:
-        reports = {r: write_shard(prefix, collect(gpuckpt.Checkpoint(model=model_of(r, 2, True))), r, 2, engines=engines)
-                   for r in range(2)}
+        reports = {r: write_shard(prefix, collect(gpuckpt.Checkpoint(model=model_of(r, 2, True))), r, 2,
+                                  engines=engines) for r in range(2)}
     finally:
         engines.close()
     assert commit(prefix, reports, {}, 2, fsync=False, state=False) == Committed(prefix)
