@@ -124,6 +124,19 @@ class CheckpointReader:
                 numeric.append((key, entry, out.reshape(-1).view(np.uint8)))
         self._read_verified(numeric)
 
+    def read_entries(self, items: Sequence[tuple[str, BundleEntry, np.ndarray]]) -> None:
+        """Fill one C-contiguous buffer per stored entry (a whole tensor or one slice entry) and verify
+        every CRC; ``key`` names the tensor in errors. For readers of single slices (resharding)."""
+        flat = []
+        for key, entry, out in items:
+            if entry.is_sliced or entry.dtype.is_string:
+                raise InvalidArgumentError(f"read_entries reads stored numeric entries, not {key!r}", key=key)
+            if out.nbytes != entry.size or not out.flags.c_contiguous:
+                raise InvalidArgumentError(f"buffer of {out.nbytes} bytes for an entry of {entry.size} bytes "
+                                           f"of key {key!r}", key=key)
+            flat.append((key, entry, out.reshape(-1).view(np.uint8)))
+        self._read_verified(flat)
+
     def read_unverified(self, key: str, entry: BundleEntry, start: int, out) -> None:
         """Raw bytes ``[start, start + len(out))`` of an entry, bounds-checked but not CRC-checked:
         for engines that verify elsewhere (the GPU engine checks CRCs on the device)."""

@@ -3,14 +3,43 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from .arrays import as_tensor
 from .engine.cpu import CpuEngine
 from .engine.select import EngineCache, to_host, wants_gpu
 from .format.bundle import BundleEntry, build_index
-from .plan import TensorSpec, build_save_plan
+from .plan import SavePlan, TensorSpec, build_save_plan
 from .storage.filesystem import FileSystemWriter, PosixIO
+
+
+def describe_tensors(tensors: Mapping[str, object], options=None) -> tuple[list[str], list, bool]:
+    """Keys, described tensors and whether the GPU engine saves them (``options.io_device`` decides;
+    device tensors bound for the CPU engine are copied to the host here)."""
+    keys = list(tensors)
+    described = [as_tensor(value, key) for key, value in tensors.items()]
+    use_gpu = wants_gpu(described, getattr(options, "io_device", None))
+    if not use_gpu:
+        described = [to_host(t, k) for t, k in zip(described, keys)]
+    return keys, described, use_gpu
+
+
+def write_planned(plan: SavePlan, described: Sequence, writer, *, use_gpu: bool,
+                  engines: EngineCache) -> dict[str, BundleEntry]:
+    """Write a plan's tensors through ``writer`` with the chosen engine; return their index entries
+    (``shard_id`` is the plan's shard, local to ``writer``)."""
+    crcs = (engines.gpu() if use_gpu else CpuEngine()).write(plan, described, writer)
+    return {
+        item.key: BundleEntry(item.dtype, item.shape, item.shard, item.offset, item.nbytes, value)
+        for item, value in zip(plan.items, crcs)
+    }
+
+
+def plan_for(keys: Sequence[str], described: Sequence, max_shard_size: int | None = None) -> SavePlan:
+    """The save plan of described tensors, in the given order."""
+    return build_save_plan(
+        [TensorSpec(k, t.dtype, t.shape, t.nbytes) for k, t in zip(keys, described)], max_shard_size=max_shard_size
+    )
 
 
 def write_tensors(
@@ -30,23 +59,13 @@ def write_tensors(
     ``options.io_device == "cpu"``. ``io`` substitutes the system calls (fault injection in tests).
     """
     prefix = os.fspath(prefix)
-    keys = list(tensors)
-    described = [as_tensor(value, key) for key, value in tensors.items()]
-    use_gpu = wants_gpu(described, getattr(options, "io_device", None))
-    if not use_gpu:
-        described = [to_host(t, k) for t, k in zip(described, keys)]
-    plan = build_save_plan(
-        [TensorSpec(k, t.dtype, t.shape, t.nbytes) for k, t in zip(keys, described)], max_shard_size=max_shard_size
-    )
+    keys, described, use_gpu = describe_tensors(tensors, options)
+    plan = plan_for(keys, described, max_shard_size)
     fsync = getattr(options, "fsync", True)
     writer = FileSystemWriter(prefix, plan.num_shards, fsync=fsync, **({"io": io} if io else {}))
     cache = engines if engines is not None else EngineCache()
     try:
-        crcs = (cache.gpu() if use_gpu else CpuEngine()).write(plan, described, writer)
-        entries = {
-            item.key: BundleEntry(item.dtype, item.shape, item.shard, item.offset, item.nbytes, value)
-            for item, value in zip(plan.items, crcs)
-        }
+        entries = write_planned(plan, described, writer, use_gpu=use_gpu, engines=cache)
         writer.commit(build_index(plan.num_shards, entries))
     except BaseException:
         writer.abort()

@@ -14,6 +14,10 @@ Commit protocol of :class:`FileSystemWriter` (call order: ``write``* → ``commi
 3. ``abort`` (or any failure) deletes the temporary files and puts aside files back; nothing
    visible changes.
 
+A distributed save (``gpuckpt.distributed``) splits this: each process writes one shard with
+``FileSystemWriter(..., shard_ids=[r])`` and ``finish()``-es it (fsync, close, temporary name
+kept); one process then runs step 2 over every process's files with :func:`commit_files`.
+
 A ``<token>`` is ``<pid>-<host tag>-<random>`` (:func:`writer_token`): a later sweep
 (``storage.recovery``) removes such files only once that process is gone.
 
@@ -31,6 +35,7 @@ import os
 import re
 import secrets
 import socket
+from collections.abc import Sequence
 
 from ..errors import CheckpointError
 from ..format import statefile
@@ -142,9 +147,16 @@ def make_dirs(directory: str, *, fsync: bool = True, io: PosixIO | None = None) 
 
 
 class FileSystemWriter:
-    """Writes one checkpoint's data shards and commits its index atomically."""
+    """Writes one checkpoint's data shards and commits its index atomically.
 
-    def __init__(self, prefix: str | os.PathLike, num_shards: int, *, fsync: bool = True, io: PosixIO | None = None):
+    ``shard_ids`` makes it write only some of the ``num_shards`` data files: local shard ``i``
+    (what ``write`` takes) is the file of shard ``shard_ids[i]``. One process of a distributed
+    save writes its own shard this way, ``finish``-es it, and one process commits them all
+    with :func:`commit_files`.
+    """
+
+    def __init__(self, prefix: str | os.PathLike, num_shards: int, *, fsync: bool = True, io: PosixIO | None = None,
+                 shard_ids: Sequence[int] | None = None):
         self.prefix = os.fspath(prefix)
         self.num_shards = num_shards
         self.fsync = fsync
@@ -153,7 +165,8 @@ class FileSystemWriter:
         self._directory = os.path.dirname(self.prefix)
         if self._directory:
             make_dirs(self._directory, fsync=fsync, io=self._io)
-        self._finals = [data_file_name(self.prefix, s, num_shards) for s in range(num_shards)]
+        shard_ids = range(num_shards) if shard_ids is None else shard_ids
+        self._finals = [data_file_name(self.prefix, s, num_shards) for s in shard_ids]
         self._temps = [f"{f}.tmp-{self._token}" for f in self._finals]
         self._fds: list[int] = []
         try:
@@ -163,12 +176,33 @@ class FileSystemWriter:
             self.abort()
             raise _io_error("create data file", temp, exc) from exc
 
+    @property
+    def token(self) -> str:
+        """The token in this writer's temporary names (see :func:`writer_token`)."""
+        return self._token
+
     def write(self, shard: int, offset: int, data) -> None:
         """Write ``data`` (a buffer or a list of buffers) at ``offset`` of shard ``shard``; thread-safe."""
         try:
             self._io.pwrite(self._fds[shard], data, offset)
         except OSError as exc:
             raise _io_error("write data file", self._temps[shard], exc) from exc
+
+    def finish(self) -> list[tuple[str, str]]:
+        """Make the written data durable (fsync) and close it; return ``(temporary, final)`` name pairs.
+
+        The files keep their temporary names: nothing is visible until :func:`commit_files`.
+        """
+        try:
+            if self.fsync:
+                for fd, temp in zip(self._fds, self._temps):
+                    try:
+                        self._io.fsync(fd)
+                    except OSError as exc:
+                        raise _io_error("sync data file", temp, exc) from exc
+        finally:
+            self._close_fds()
+        return list(zip(self._temps, self._finals))
 
     def commit(self, index_bytes: bytes) -> None:
         """Make the checkpoint visible: data durable and in place, then the index, atomically.
@@ -177,32 +211,16 @@ class FileSystemWriter:
         before its data) and deleted only once the new index is in place; if any step fails
         they are put back, so a failed overwrite leaves the old checkpoint as it was.
         """
-        index = self.prefix + ".index"
-        aside: list[tuple[str, str]] = []
-        placed: list[str] = []
         try:
-            if self.fsync:
-                for fd in self._fds:
-                    self._io.fsync(fd)
-            self._close_fds()
-            for old in ([index] if os.path.lexists(index) else []) + shard_files(self.prefix):
-                self._io.replace(old, f"{old}.old-{self._token}")
-                aside.append((f"{old}.old-{self._token}", old))
-            if aside and self.fsync:
-                _fsync_dir(self._directory, self._io)
-            for temp, final in zip(self._temps, self._finals):
-                self._io.replace(temp, final)
-                placed.append(final)
-            if self.fsync:
-                _fsync_dir(self._directory, self._io)
-            placed.append(index)  # no old index is left at this name, so whatever appears there is ours
-            atomic_write(index, index_bytes, fsync=self.fsync, io=self._io, token=self._token)
-        except OSError as exc:
-            _undo(placed[::-1], aside)
+            files = self.finish()
+        except CheckpointError:
             self.abort()
-            raise _io_error("commit checkpoint", index, exc) from exc
-        for moved, _ in aside:
-            _unlink_quietly(moved)
+            raise
+        try:
+            commit_files(self.prefix, files, index_bytes, fsync=self.fsync, io=self._io, token=self._token)
+        except CheckpointError:
+            self.abort()
+            raise
 
     def abort(self) -> None:
         """Remove temporary files; leaves any previously committed checkpoint untouched."""
@@ -231,6 +249,41 @@ def _undo(placed: list[str], aside: list[tuple[str, str]]) -> None:
             os.replace(moved, original)
         except OSError:
             pass
+
+
+def commit_files(prefix: str, files: Sequence[tuple[str, str]], index_bytes: bytes, *, fsync: bool = True,
+                 io: PosixIO | None = None, token: str | None = None) -> None:
+    """Rename finished data files (``(temporary, final)`` pairs, already fsynced) into place, then
+    write the index atomically: the commit step of the protocol in this module's docstring.
+
+    Files of an older checkpoint at ``prefix`` are put aside first and deleted at the end; on
+    failure every new file that was placed is removed and the old ones are put back. Temporary
+    files that were not placed are left to the caller's ``abort``. Raises ``CheckpointError``.
+    """
+    io = _io(io)
+    token = token or writer_token()
+    directory = os.path.dirname(prefix)
+    index = prefix + ".index"
+    aside: list[tuple[str, str]] = []
+    placed: list[str] = []
+    try:
+        for old in ([index] if os.path.lexists(index) else []) + shard_files(prefix):
+            io.replace(old, f"{old}.old-{token}")
+            aside.append((f"{old}.old-{token}", old))
+        if aside and fsync:
+            _fsync_dir(directory, io)
+        for temp, final in files:
+            io.replace(temp, final)
+            placed.append(final)
+        if fsync:
+            _fsync_dir(directory, io)
+        placed.append(index)  # no old index is left at this name, so whatever appears there is ours
+        atomic_write(index, index_bytes, fsync=fsync, io=io, token=token)
+    except OSError as exc:
+        _undo(placed[::-1], aside)
+        raise _io_error("commit checkpoint", index, exc) from exc
+    for moved, _ in aside:
+        _unlink_quietly(moved)
 
 
 def atomic_write(path: str, data: bytes, *, fsync: bool = True, io: PosixIO | None = None,
