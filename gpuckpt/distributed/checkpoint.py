@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 from ..checkpoint import resolve_restore_path
+from ..engine.capture import CapturePool
 from ..engine.select import EngineCache
 from ..errors import InvalidArgumentError
 from ..options import CheckpointOptions
@@ -37,6 +39,7 @@ class DistributedCheckpoint:
         self.group = Group(comm, timeout=timeout)
         self.replicated = replicated
         self._engines = EngineCache()
+        self._captures = CapturePool()  # host snapshots of async saves, reused
         self._background: ThreadPoolExecutor | None = None
         self._background_group: Group | None = None
         self._pending: Future | None = None
@@ -82,14 +85,16 @@ class DistributedCheckpoint:
             self.sync()
             return save_distributed(prefix, collect(self.checkpoint), self.group, options=options,
                                     engines=self._engines, state=state, io=io)
-        tensors = collect(self.checkpoint, copy=True)
         group = self._async_group()
+        tensors = collect(self.checkpoint)
+        captured = self._captures.capture({t.key: t.value for t in tensors})  # the values at this call
+        tensors = [replace(t, value=captured.tensors[t.key]) for t in tensors]
         counter = self.checkpoint.save_counter if state else None
-        self._pending = self._background.submit(self._save_in_background, prefix, tensors, group, options,
-                                                state, io, counter)
+        self._pending = self._background.submit(self._save_in_background, prefix, tensors, captured, group,
+                                                options, state, io, counter)
         return prefix
 
-    def _save_in_background(self, prefix, tensors, group, options, state, io, counter) -> str:
+    def _save_in_background(self, prefix, tensors, captured, group, options, state, io, counter) -> str:
         try:
             return save_distributed(prefix, tensors, group, options=options, engines=self._engines, state=state,
                                     io=io)
@@ -97,6 +102,8 @@ class DistributedCheckpoint:
             if counter is not None:
                 counter.assign_sub(1)
             raise
+        finally:
+            self._captures.release(captured)
 
     def _async_group(self) -> Group:
         """A second communicator for background saves, so they never match the main thread's messages."""
@@ -137,6 +144,7 @@ class DistributedCheckpoint:
                 self._background = None
             self.group.close()
             self._engines.close()
+            self._captures.close()
 
     def __enter__(self) -> DistributedCheckpoint:
         return self

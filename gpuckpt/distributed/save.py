@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ..arrays import as_device_array, as_tensor, is_device_array
+from ..arrays import as_tensor
 from ..engine.select import EngineCache
 from ..errors import CheckpointError, InvalidArgumentError
 from ..format import crc, dtypes, objgraph
@@ -73,27 +73,16 @@ class Report:
     error: str | None = None
 
 
-def collect(checkpoint, *, copy: bool = False) -> list[Tensor]:
-    """Every tensor of ``checkpoint`` with its layout, the object graph last (``copy``: snapshot host
-    values, for a save that runs in the background while training goes on)."""
+def collect(checkpoint) -> list[Tensor]:
+    """Every tensor of ``checkpoint`` with its layout, the object graph last."""
     live = checkpoint._graph()
     out = []
     for node, obj, values in zip(live.graph.nodes, live.objects, live.tensors):
         layout = layout_of(obj)
         for attr in node.attributes:
-            value = values[attr.name]
-            if copy:
-                value = _snapshot(value)
-            out.append(Tensor(attr.checkpoint_key, value, layout))
+            out.append(Tensor(attr.checkpoint_key, values[attr.name], layout))
     out.append(Tensor(objgraph.OBJECT_GRAPH_KEY, objgraph.encode(live.graph), Replicated()))
     return out
-
-
-def _snapshot(value: object) -> object:
-    """A private host copy of a value (device arrays are copied to the host)."""
-    if is_device_array(value):
-        return as_device_array(value).copy_to_host()
-    return value if isinstance(value, (bytes, str)) else np.array(value, copy=True)
 
 
 def assign_owners(sizes: Sequence[tuple[str, int]], num_ranks: int,
