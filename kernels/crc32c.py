@@ -196,24 +196,26 @@ def update_range(reg, src, src64, dst, dst64, lo, hi, tab, words, copy):
     i = lo
     if words:
         head = min(hi, (lo + 7) & ~7)
-        while i < head:
-            b = src[i]
-            if copy:
-                dst[i] = b
-            reg = update_byte(reg, b, tab)
-            i += 1
+        reg = update_bytes(reg, src, dst, i, head, tab, copy)
+        i = head
         while i + 8 <= hi:
             w = src64[i >> 3]
             if copy:
                 dst64[i >> 3] = w
             reg = update_word(reg, w, tab)
             i += 8
-    while i < hi:
+    return update_bytes(reg, src, dst, i, hi, tab, copy)
+
+
+@register_jitable
+def update_bytes(reg, src, dst, lo, hi, tab, copy):
+    """Register after src[lo:hi] a byte at a time; when ``copy``, those bytes also go to dst."""
+    reg = uint32(reg)
+    for i in range(lo, hi):
         b = src[i]
         if copy:
             dst[i] = b
         reg = update_byte(reg, b, tab)
-        i += 1
     return reg
 
 
