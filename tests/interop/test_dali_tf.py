@@ -10,7 +10,7 @@ import gpuckpt
 pytestmark = pytest.mark.tf
 
 pytest.importorskip("nvidia.dali", reason="needs DALI: pip install 'gpuckpt[dali]'")
-from tests.adapters.test_dali import STATE_KEY, batches_after, pipeline_factory, write_samples  # noqa: E402
+from tests.adapters.test_dali import STATE_KEY, batches_after, pipeline_factory, write_samples
 
 
 def test_tensorflow_reads_the_dali_state_as_a_string_tensor(tmp_path) -> None:
