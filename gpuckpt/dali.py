@@ -39,7 +39,7 @@ from .errors import InvalidArgumentError
 from .trackable.base import Trackable
 
 dali = import_optional("nvidia.dali", extra="dali")
-from nvidia.dali.pipeline import Pipeline
+Pipeline = import_optional("nvidia.dali.pipeline", extra="dali").Pipeline
 
 __all__ = ["STATE", "DaliIterator", "DaliPipeline", "PipelineFactory", "adapt", "trackable"]
 

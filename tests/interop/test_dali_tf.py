@@ -9,25 +9,24 @@ import gpuckpt
 
 pytestmark = pytest.mark.tf
 
-pytest.importorskip("nvidia.dali", reason="needs DALI: pip install 'gpuckpt[dali]'")
-from tests.adapters.test_dali import STATE_KEY, batches_after, pipeline_factory, write_samples
+helpers = pytest.importorskip("tests.adapters.test_dali", reason="needs DALI: pip install 'gpuckpt[dali]'")
 
 
 def test_tensorflow_reads_the_dali_state_as_a_string_tensor(tmp_path) -> None:
     tf = pytest.importorskip("tensorflow")
-    files = str(write_samples(tmp_path / "files"))
-    factory = pipeline_factory(files, num_pipelines=2)
+    files = str(helpers.write_samples(tmp_path / "files"))
+    factory = helpers.pipeline_factory(files, num_pipelines=2)
     weights = gpuckpt.Variable(np.arange(6, dtype=np.float32).reshape(2, 3))
     checkpoint = gpuckpt.Checkpoint(model=weights, data=factory)
     source = factory.build()
-    batches_after(source, 3)
+    helpers.batches_after(source, 3)
     path = checkpoint.save(tmp_path / "ckpt")
 
     reader = tf.train.load_checkpoint(path)
     shapes = reader.get_variable_to_shape_map()
     dtypes = reader.get_variable_to_dtype_map()
-    assert shapes[STATE_KEY] == [2] and dtypes[STATE_KEY] == tf.string
-    states = reader.get_tensor(STATE_KEY)
+    assert shapes[helpers.STATE_KEY] == [2] and dtypes[helpers.STATE_KEY] == tf.string
+    states = reader.get_tensor(helpers.STATE_KEY)
     assert list(states) == [p.checkpoint() for p in source]
     np.testing.assert_array_equal(reader.get_tensor("model/.ATTRIBUTES/VARIABLE_VALUE"), weights.numpy())
 
