@@ -438,6 +438,32 @@ def test_the_dali_docs_run_as_written(tmp_path) -> None:
         assert namespace["pipe"].is_restored_from_checkpoint == bool(restarts)
 
 
+def test_the_benchmarks_dali_pipeline_resumes_and_its_overlap_runs_complete(tmp_path, capsys, monkeypatch) -> None:
+    """bench/dali_input.py's JPEG pipeline (CPU here) restores exactly, and bench_overlap.py --dali runs."""
+    pytest.importorskip("PIL", reason="the benchmark writes its JPEGs with pillow")
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "bench"))
+    import bench_overlap
+    import dali_input
+
+    images = dali_input.write_jpegs(str(tmp_path / "images"), 12)
+    pipe = dali_input.image_pipeline(images, gpu=False, batch_size=4)
+    for _ in range(4):
+        pipe.run()
+    path = gpuckpt.Checkpoint(data=pipe).save(tmp_path / "ckpt")
+    expected = [np.array(pipe.run()[0].as_tensor()).tobytes() for _ in range(3)]
+    starting_over = dali_input.image_pipeline(images, gpu=False, batch_size=4)
+    assert [np.array(starting_over.run()[0].as_tensor()).tobytes() for _ in range(3)] != expected
+    factory = gpuckpt_dali.PipelineFactory(
+        lambda checkpoint: dali_input.image_pipeline(images, gpu=False, batch_size=4, checkpoint=checkpoint))
+    gpuckpt.Checkpoint(data=factory).restore(path).assert_consumed()
+    assert [np.array(factory.build().run()[0].as_tensor()).tobytes() for _ in range(3)] == expected
+
+    assert bench_overlap.main(["--state-mib", "1", "--steps", "4", "--every", "2", "--no-tf", "--dali",
+                               "--dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert all(f"gpuckpt+dali: {label}" in out for label in ("no checkpoints", "sync saves", "async saves"))
+
+
 def test_importing_gpuckpt_does_not_import_dali_and_the_adapter_names_its_extra() -> None:
     code = ("import sys, gpuckpt; print('nvidia.dali' in sys.modules)\n"
             "sys.modules['nvidia.dali'] = None\n"
