@@ -81,7 +81,17 @@ def jax_iterator_factory(file_root: str) -> gpuckpt_dali.PipelineFactory:
                                                reader_name="Reader", auto_reset=True))
 
 
-FACTORIES = {"pipeline": pipeline_factory, "torch": torch_iterator_factory, "jax": jax_iterator_factory}
+def gpu_factory(file_root: str) -> gpuckpt_dali.PipelineFactory:
+    """The benchmark's JPEG pipeline on GPU 0: nvJPEG decode, random crop and mirror on the device."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    from dali_input import image_pipeline
+
+    return gpuckpt_dali.PipelineFactory(
+        lambda checkpoint: image_pipeline(file_root, gpu=True, batch_size=BATCH, checkpoint=checkpoint))
+
+
+FACTORIES = {"pipeline": pipeline_factory, "torch": torch_iterator_factory, "jax": jax_iterator_factory,
+             "gpu": gpu_factory}
 
 
 def next_batch(source) -> np.ndarray:
@@ -92,7 +102,9 @@ def next_batch(source) -> np.ndarray:
     if isinstance(source, list):
         return np.stack([next_batch(p) for p in source])
     if hasattr(source, "run"):
-        (out,) = source.run()
+        out = source.run()[0]
+        if hasattr(out, "as_cpu"):  # a GPU pipeline's TensorListGPU
+            out = out.as_cpu()
         return np.array(out.as_tensor())
     while True:
         try:
@@ -126,7 +138,7 @@ class Training:
             batch = next_batch(source)
             if record is not None:
                 record(step, batch)
-            self.weights.assign(self.weights.numpy() * 0.5 + batch.reshape(-1, *SAMPLE).mean(axis=0))
+            self.weights.assign(self.weights.numpy() * 0.5 + float(batch.mean()))
             self.step.assign(step + 1)
             if (step + 1) % save_every == 0:
                 self.manager.save(checkpoint_number=step + 1, options=options)
@@ -206,6 +218,28 @@ def test_training_resumes_after_sigkill_with_the_same_batches(tmp_path, kind, en
     assert np.load(run / "weights.npy").tobytes() == np.load(reference / "weights.npy").tobytes()
     state = gpuckpt.load_checkpoint(str(run / "ckpt")).get_tensor(STATE_KEY)
     assert state.shape == (pipelines or 1,) and all(isinstance(s, bytes) and s for s in state)
+
+
+@pytest.mark.gpu
+def test_a_gpu_pipeline_resumes_after_sigkill_with_the_same_batches(tmp_path) -> None:
+    if dali.backend.GetCUDADeviceCount() < 1:
+        pytest.skip("no CUDA device for DALI")
+    pytest.importorskip("PIL", reason="the GPU pipeline decodes JPEGs written with pillow")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    from dali_input import write_jpegs
+
+    images = write_jpegs(str(tmp_path / "images"), 10)
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    child([str(reference), images, "gpu", str(STEPS), str(EVERY)])
+    assert run_child(run, images, "gpu", STEPS, EVERY, "--kill-at", KILL_AT).returncode == -signal.SIGKILL
+    for path in (run / "batches").iterdir():
+        path.unlink()
+    resumed = run_child(run, images, "gpu", STEPS, EVERY)
+    assert resumed.returncode == 0, resumed.stderr
+    replayed = sorted(p.name for p in (run / "batches").iterdir())
+    assert replayed == [f"{s:04d}.bin" for s in range(6, STEPS)]
+    for name in replayed:
+        assert (run / "batches" / name).read_bytes() == (reference / "batches" / name).read_bytes(), name
 
 
 # -- in-process behaviour ----------------------------------------------------------------------
