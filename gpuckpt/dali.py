@@ -231,7 +231,7 @@ class PipelineFactory(Trackable):
     def __init__(self, build: Callable[..., Any], num_pipelines: int | None = None):
         if num_pipelines is not None and (not isinstance(num_pipelines, int) or num_pipelines < 1):
             raise InvalidArgumentError(f"num_pipelines must be a positive int or None, not {num_pipelines!r}")
-        self._build = build
+        self._factory = build
         self._num_pipelines = num_pipelines
         self._states: list[bytes | None] = [None] * (num_pipelines or 1)
         self._built: Any = None
@@ -251,9 +251,9 @@ class PipelineFactory(Trackable):
         restoring = any(s is not None for s in self._states)
         try:
             if self._num_pipelines is None:
-                made = self._build(checkpoint=self._states[0])
+                made = self._factory(checkpoint=self._states[0])
             else:
-                made = self._build(checkpoints=list(self._states))
+                made = self._factory(checkpoints=list(self._states))
             pipes = self._pipelines_of(made)
             _require_checkpointing(pipes, repr(self))
             for pipe in pipes:
@@ -302,5 +302,5 @@ class PipelineFactory(Trackable):
         self._states = states
 
     def __repr__(self) -> str:
-        name = getattr(self._build, "__name__", type(self._build).__name__)
+        name = getattr(self._factory, "__name__", type(self._factory).__name__)
         return f"<gpuckpt.dali.PipelineFactory of {name}, {len(self._states)} pipeline(s)>"
