@@ -1,6 +1,6 @@
 """Overlap benchmark: how much do checkpoints slow a training loop, synchronous and asynchronous?
 
-    .venv/bin/python bench/bench_overlap.py [--state-mib 256] [--steps 60] [--every 10] [--no-tf]
+    .venv/bin/python bench/bench_overlap.py [--state-mib 256] [--steps 60] [--every 10] [--no-tf] [--dali]
 
 The loop holds ``--state-mib`` of float32 matrices and updates every one of them each step
 with a matmul (NumPy on the CPU; CuPy on a GPU when usable). It runs with no checkpoints,
@@ -10,6 +10,9 @@ checkpoint (``experimental_enable_async_checkpoint``). For each it prints the ti
 blocked the loop, the mean and worst slowdown of steps that ran while a save was in flight
 (against the median step of the same framework's run without checkpoints), and the total.
 A save is in flight from its call until its write callback runs, after the commit.
+With ``--dali`` the gpuckpt loops run again with a DALI input pipeline feeding every step
+(``bench/dali_input.py``: synthetic JPEGs decoded and augmented on the GPU, on the CPU without
+one), saved in the same checkpoint, so the figures include an input pipeline's traffic.
 """
 
 from __future__ import annotations
@@ -142,6 +145,46 @@ def run_tensorflow(name: str, mib: int, steps: int, every: int | None, directory
     return run
 
 
+# -- with a DALI input pipeline (--dali) --------------------------------------------------
+
+
+def run_gpuckpt_dali(name: str, xp, mib: int, steps: int, every: int | None, enable_async: bool,
+                     directory: str, images: str) -> Run:
+    """``run_gpuckpt`` with a DALI pipeline (decode + augment) run every step and saved beside the weights."""
+    from dali_input import image_pipeline, next_batch
+
+    gpu = xp is not np
+    pipe = image_pipeline(images, gpu=gpu, batch_size=32 if gpu else 8, threads=4 if gpu else 2)
+    weights = make_state(xp, mib)
+    a = xp.ones((SIDE, INNER), np.float32)
+    b = xp.ones((INNER, SIDE), np.float32)
+    checkpoint = gpuckpt.Checkpoint(weights=[gpuckpt.Variable(w) for w in weights], data=pipe)
+    manager = gpuckpt.CheckpointManager(checkpoint, directory, max_to_keep=2)
+    run = Run(name)
+    options = gpuckpt.CheckpointOptions(enable_async=enable_async, experimental_write_callbacks=[run.committed])
+
+    def step() -> None:
+        next_batch(pipe, xp)
+        numpy_step(xp, weights, a, b)
+
+    next_batch(pipe, xp)  # the first batch (and nvJPEG's setup) outside the timed loop
+    timed_loop(run, step, steps, every, save=lambda: manager.save(options=options), sync=checkpoint.sync,
+               in_background=enable_async)
+    checkpoint.close()
+    return run
+
+
+def dali_runs(xp, mib: int, steps: int, every: int, fresh) -> list[Run]:
+    """The three gpuckpt configurations again, each step also reading a batch from DALI."""
+    from dali_input import write_jpegs
+
+    images = write_jpegs(fresh("images"), 256 if xp is not np else 64)
+    return [run_gpuckpt_dali(f"gpuckpt+dali: {label}", xp, mib, steps, n, enable_async, fresh(label.split()[0]),
+                             images)
+            for label, n, enable_async in (("no checkpoints", None, False), ("sync saves", every, False),
+                                           ("async saves", every, True))]
+
+
 def report(runs: list[Run], baselines: dict[str, float], state_bytes: int) -> None:
     print(f"{'configuration':38s} {'block mean':>10s} {'block max':>10s} {'slow mean':>10s} "
           f"{'slow worst':>10s} {'in-flight s':>11s} {'total s':>8s}")
@@ -167,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--every", type=int, default=10)
     ap.add_argument("--no-tf", action="store_true", help="skip TensorFlow's loop")
+    ap.add_argument("--dali", action="store_true", help="also run the gpuckpt loops fed by a DALI input pipeline")
     ap.add_argument("--dir", default=None, help="where to write (default: a temporary directory)")
     args = ap.parse_args(argv)
     xp, where = array_module()
@@ -180,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         runs = [run_gpuckpt("gpuckpt: no checkpoints", xp, args.state_mib, args.steps, None, False, fresh("none")),
                 run_gpuckpt("gpuckpt: sync saves", xp, args.state_mib, args.steps, args.every, False, fresh("sync")),
                 run_gpuckpt("gpuckpt: async saves", xp, args.state_mib, args.steps, args.every, True, fresh("async"))]
+        if args.dali:
+            runs += dali_runs(xp, args.state_mib, args.steps, args.every, fresh)
         if not args.no_tf:
             runs += [run_tensorflow("tensorflow: no checkpoints", args.state_mib, args.steps, None, fresh("tfnone")),
                      run_tensorflow("tensorflow: async saves", args.state_mib, args.steps, args.every, fresh("tfasync"))]

@@ -155,6 +155,7 @@ class Trackable:
 # adapter module). An adapter is imported only once its framework has been imported (a
 # framework's objects cannot exist before), so ``import gpuckpt`` never imports torch.
 _ADAPTERS = (("torch", "gpuckpt.torch"),)
+_ADAPTERS += (("nvidia.dali", "gpuckpt.dali"),)  # DALI pipelines and framework iterators
 
 
 def as_trackable(value: object) -> "Trackable | None":
