@@ -53,9 +53,9 @@ def pretty_names(graph: ObjectGraph) -> tuple[str, ...]:
     for node_id, node in enumerate(graph.nodes):
         for slot in node.slot_variables:
             if slot.slot_variable_node_id not in names:
-                names[slot.slot_variable_node_id] = (
-                    f"{names.get(slot.original_variable_node_id, '?')}'s state '{slot.slot_name}' "
-                    f"for {names.get(node_id, '?')}")
+                names[slot.slot_variable_node_id] = (  # TF's wording: the optimizer's state for the variable
+                    f"{names.get(node_id, '?')}'s state '{slot.slot_name}' "
+                    f"for {names.get(slot.original_variable_node_id, '?')}")
     return tuple(names.get(i, f"(unreachable node {i})") for i in range(len(graph.nodes)))
 
 
