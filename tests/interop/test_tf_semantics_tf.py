@@ -81,9 +81,10 @@ def test_edit_behind_the_wrapper_makes_save_raise(lib: Lib, edit: str, tmp_path:
     held_list: list = [1]
     held_dict: dict = {"lr": 0.1}
     m.l, m.d = held_list, held_dict
-    {"append": lambda: held_list.append(lib.Variable(5.0)), "append_plain": lambda: held_list.append(2),
-     "insert": lambda: held_list.insert(0, lib.Variable(5.0)), "dict_set": lambda: held_dict.update(v=lib.Variable(1.0)),
-     "dict_plain": lambda: held_dict.update(lr=0.2)}[edit]()
+    edits = {"append": lambda: held_list.append(lib.Variable(5.0)), "append_plain": lambda: held_list.append(2),
+             "insert": lambda: held_list.insert(0, lib.Variable(5.0)),
+             "dict_set": lambda: held_dict.update(v=lib.Variable(1.0)), "dict_plain": lambda: held_dict.update(lr=0.2)}
+    edits[edit]()
     with pytest.raises(ValueError, match=OUTSIDE):
         lib.write(m, tmp_path / "c")
     m.l, m.d = held_list, held_dict  # assigned again: a fresh wrapper tracks the current contents
