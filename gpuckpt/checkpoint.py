@@ -46,7 +46,7 @@ class Checkpoint(AutoTrackable):
         self._init_machinery()
         self._self_root: Callable[[], Trackable | None] | None = None  # the graph root, strongly or weakly held
         self._self_attached: list[tuple[str, Callable[[], Trackable | None]]] = []
-        self._self_save_counter = None
+        self._self_save_counter: Variable | None = None
         root_obj = None
         if root is not None:
             root_obj = _dereference(root, "root")
@@ -62,7 +62,7 @@ class Checkpoint(AutoTrackable):
             if root_obj is not None:
                 self._attach(root_obj, name, converted, weakly=isinstance(value, weakref.ref))
         if root_obj is not None:
-            self._self_save_counter = root_obj._lookup_dependency("save_counter")
+            self._self_save_counter = root_obj._lookup_dependency("save_counter")  # type: ignore[assignment]
 
     def _init_machinery(self) -> None:
         """The per-object save machinery: staging memory, locks, background writer (never copied)."""

@@ -106,6 +106,7 @@ class _EditTracking:
     _self_stale: Any = None  # None while every edit went through the wrapper
 
     _builtin_eq: Callable[..., Any]  # list.__eq__ or dict.__eq__: compares the built-in storage
+    _builtin_len: Callable[..., int]  # list.__len__ or dict.__len__
 
     def _mirror(self) -> None:
         raise NotImplementedError
@@ -123,6 +124,17 @@ class _EditTracking:
         """After an edit through the wrapper: mirror it, then assign values waiting for new items."""
         self._mirror()
         self._dependencies_changed()  # type: ignore[attr-defined]
+
+    def _can_follow(self) -> bool:
+        """Before an append or a key assignment (the common edits): whether the built-in storage can
+        repeat the edit instead of being rebuilt. A length difference shows an edit behind the wrapper
+        at once; one that kept the length is found by the full comparison at save or restore."""
+        if self._self_stale is not None:
+            return False
+        if type(self)._builtin_len(self) != len(self._self_storage):
+            self._check_external()
+            return False
+        return True
 
     def _untracked_edit(self) -> str | None:
         self._check_external()
@@ -148,6 +160,7 @@ class TrackedList(_EditTracking, list, Trackable):
         self._mirror()
 
     _builtin_eq = list.__eq__
+    _builtin_len = list.__len__
 
     def _mirror(self) -> None:
         list.__setitem__(self, slice(None), self._self_storage)
@@ -164,14 +177,17 @@ class TrackedList(_EditTracking, list, Trackable):
     # -- edits (tracked) ---------------------------------------------------------------
 
     def append(self, value: Any) -> None:
-        self._check_external()
-        self._self_storage.append(wrap(value))
-        self._edited()
+        self.extend((value,))
 
     def extend(self, values: Iterable[Any]) -> None:
-        self._check_external()
-        self._self_storage.extend([wrap(x) for x in values])
-        self._edited()
+        wrapped = [wrap(x) for x in values]
+        follow = self._can_follow()
+        self._self_storage.extend(wrapped)
+        if follow:
+            list.extend(self, wrapped)
+            self._dependencies_changed()
+        else:
+            self._edited()
 
     def insert(self, index: Any, value: Any) -> None:
         self._check_external()
@@ -217,7 +233,7 @@ class TrackedList(_EditTracking, list, Trackable):
         self._self_storage.sort(key=key, reverse=reverse)
         self._edited()
 
-    def __iadd__(self, values: Iterable[Any]) -> "TrackedList":
+    def __iadd__(self, values: Iterable[Any]) -> "TrackedList":  # type: ignore[misc]
         self.extend(values)
         return self
 
@@ -316,6 +332,7 @@ class TrackedDict(_EditTracking, dict, Trackable):
         self._mirror()
 
     _builtin_eq = dict.__eq__
+    _builtin_len = dict.__len__
 
     def _mirror(self) -> None:
         dict.clear(self)
@@ -343,9 +360,7 @@ class TrackedDict(_EditTracking, dict, Trackable):
     # -- edits (tracked) ---------------------------------------------------------------
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        self._check_external()
-        self._self_storage[key] = wrap(value)
-        self._edited()
+        self.update(((key, value),))
 
     def __delitem__(self, key: Any) -> None:
         self._check_external()
@@ -353,10 +368,14 @@ class TrackedDict(_EditTracking, dict, Trackable):
         self._edited()
 
     def update(self, *args: Any, **kwargs: Any) -> None:
-        self._check_external()
-        for key, value in dict(*args, **kwargs).items():
-            self._self_storage[key] = wrap(value)
-        self._edited()
+        wrapped = {key: wrap(value) for key, value in dict(*args, **kwargs).items()}
+        follow = self._can_follow()
+        self._self_storage.update(wrapped)
+        if follow:
+            dict.update(self, wrapped)
+            self._dependencies_changed()
+        else:
+            self._edited()
 
     def setdefault(self, key: Any, default: Any = None) -> Any:
         if key not in self._self_storage:

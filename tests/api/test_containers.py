@@ -86,6 +86,28 @@ class TestListWrapsTheUsersList:
         held.append(2)
         assert_unsaveable(m, tmp_path, r"\(root\)\.obj\.l: the wrapped list was modified")
 
+    def test_replacement_behind_the_wrapper_is_found_even_after_wrapper_edits(self, tmp_path: Path) -> None:
+        m = gpuckpt.Module()
+        held = [gpuckpt.Variable(1.0), 2]
+        m.l = held
+        held[0] = gpuckpt.Variable(3.0)  # same length: found by the full comparison when saving
+        m.l.append(4)
+        m.l.extend([5])
+        assert m.l == held and len(held) == 4
+        assert_unsaveable(m, tmp_path, r"\(root\)\.obj\.l: the wrapped list was modified")
+
+    def test_builtin_storage_follows_edits_through_the_wrapper(self) -> None:
+        """C code that reads a list's or dict's own storage (not its methods) sees the contents."""
+        m = gpuckpt.Module()
+        m.l, m.d = [], {}
+        for i in range(100):
+            m.l.append(i)
+            m.d[str(i)] = i
+        m.l.insert(0, -1)
+        del m.d["0"]
+        assert list.__getitem__(m.l, slice(None)) == [-1, *range(100)]
+        assert dict(dict.items(m.d)) == {str(i): i for i in range(1, 100)}
+
     def test_the_mark_stays_after_later_edits_through_the_wrapper(self, tmp_path: Path) -> None:
         m = gpuckpt.Module()
         held: list = []

@@ -75,14 +75,14 @@ def test_edits_on_either_side_are_seen(lib: Lib) -> None:
     assert list(m.d) == ["v"] and m.d["v"] is v
 
 
-@pytest.mark.parametrize("edit", ["append", "append_plain", "insert", "dict_set", "dict_plain"])
+@pytest.mark.parametrize("edit", ["append", "append_plain", "insert", "replace", "dict_set", "dict_plain"])
 def test_edit_behind_the_wrapper_makes_save_raise(lib: Lib, edit: str, tmp_path: Path) -> None:
     m = lib.Module()
     held_list: list = [1]
     held_dict: dict = {"lr": 0.1}
     m.l, m.d = held_list, held_dict
     edits = {"append": lambda: held_list.append(lib.Variable(5.0)), "append_plain": lambda: held_list.append(2),
-             "insert": lambda: held_list.insert(0, lib.Variable(5.0)),
+             "insert": lambda: held_list.insert(0, lib.Variable(5.0)), "replace": lambda: held_list.__setitem__(0, 7),
              "dict_set": lambda: held_dict.update(v=lib.Variable(1.0)), "dict_plain": lambda: held_dict.update(lr=0.2)}
     edits[edit]()
     with pytest.raises(ValueError, match=OUTSIDE):
