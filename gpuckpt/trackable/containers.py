@@ -20,12 +20,16 @@ from __future__ import annotations
 
 import collections
 import copy
+import reprlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from ..errors import InvalidArgumentError
 from .base import Trackable, as_trackable, is_trackable
 
+_SHORT = reprlib.Repr()  # bounded contents in messages
+_SHORT.maxlist = _SHORT.maxdict = 8
+_SHORT.maxother = 80
 _REASSIGN_HINT = ("Change it through the attribute, or assign it to the attribute again after changing it "
                   "(a fresh wrapper tracks its current contents).")
 
@@ -141,9 +145,10 @@ class _EditTracking:
         if self._self_stale is None:
             return None
         kind = type(self._self_storage).__name__
-        return (f"the wrapped {kind} was modified outside the wrapper (its value is now {self._self_storage!r}; "
-                f"through the wrapper it was last {self._self_stale!r}), so values restored into new items "
-                f"would be lost. {_REASSIGN_HINT}")
+        now, then = self._self_storage, self._self_stale
+        return (f"the wrapped {kind} was modified outside the wrapper (it now holds {len(now)} items, "
+                f"{_SHORT.repr(now)}; through the wrapper it was last {len(then)} items, {_SHORT.repr(then)}), "
+                f"so values restored into new items would be lost. {_REASSIGN_HINT}")
 
     def _inherit(self, copied: Any) -> Any:
         copied._self_stale = self._self_stale

@@ -75,7 +75,7 @@ class TestListWrapsTheUsersList:
         held.append(gpuckpt.Variable(5.0))
         with pytest.raises(gpuckpt.InvalidArgumentError,
                            match=r"cannot checkpoint \(root\)\.model\.layers: the wrapped list was modified "
-                                 r"outside the wrapper .*it was last \[\]"):
+                                 r"outside the wrapper \(it now holds 1 items, .*it was last 0 items, \[\]\)"):
             gpuckpt.Checkpoint(model=m).save(tmp_path / "ckpt")
         assert not list(tmp_path.iterdir())
 
