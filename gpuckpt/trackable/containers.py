@@ -30,8 +30,8 @@ from .base import Trackable, as_trackable, is_trackable
 _SHORT = reprlib.Repr()  # bounded contents in messages
 _SHORT.maxlist = _SHORT.maxdict = 8
 _SHORT.maxother = 80
-_REASSIGN_HINT = ("Change it through the attribute, or assign it to the attribute again after changing it "
-                  "(a fresh wrapper tracks its current contents).")
+_REASSIGN_HINT = ("Change it through the attribute, or assign your list or dict itself (not the wrapper) to the "
+                  "attribute again after changing it: a fresh wrapper tracks its current contents.")
 
 
 def wrap(value: Any) -> Any:
