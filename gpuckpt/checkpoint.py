@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 import threading
@@ -14,7 +15,7 @@ import numpy as np
 from . import saver
 from .engine.capture import CapturePool
 from .engine.select import EngineCache
-from .errors import CheckpointError, NotFoundError
+from .errors import InvalidArgumentError, NotFoundError
 from .format import objgraph
 from .format.statefile import CheckpointState
 from .futures import AsyncSaver, SaveHandle
@@ -42,33 +43,72 @@ class Checkpoint(AutoTrackable):
     """
 
     def __init__(self, root: Any = None, **kwargs: Any):
+        self._init_machinery()
+        self._self_root: Callable[[], Trackable | None] | None = None  # the graph root, strongly or weakly held
+        self._self_attached: list[tuple[str, Callable[[], Trackable | None]]] = []
+        self._self_save_counter: Variable | None = None
+        root_obj = None
+        if root is not None:
+            root_obj = _dereference(root, "root")
+            self._self_root = weakref.ref(root_obj) if isinstance(root, weakref.ref) else _Strong(root_obj)
+            kwargs["root"] = root
+        for name, value in sorted(kwargs.items()):
+            if isinstance(value, weakref.ref) and root_obj is None:
+                raise InvalidArgumentError(
+                    f"Checkpoint was given {name} by weak reference without a root: the Checkpoint itself would "
+                    "be the root and could not save it; pass it as root=..., or pass the object itself")
+            setattr(self, name, value)  # with a root, a weak reference stays as it is, not tracked (as in TF)
+            converted = _dereference(getattr(self, name), name)
+            if root_obj is not None:
+                self._attach(root_obj, name, converted, weakly=isinstance(value, weakref.ref))
+        if root_obj is not None:
+            self._self_save_counter = root_obj._lookup_dependency("save_counter")  # type: ignore[assignment]
+
+    def _init_machinery(self) -> None:
+        """The per-object save machinery: staging memory, locks, background writer (never copied)."""
         self._self_engines = EngineCache()  # GPU staging, sized once, reused by every save
         self._self_save_lock = threading.RLock()  # one save or write at a time; managers hold it too
         self._self_async: AsyncSaver | None = None  # the background writer, created by the first async save
         self._self_captures = CapturePool()  # host snapshots of async saves, reused
         self._self_last_save: SaveHandle | None = None
         weakref.finalize(self, self._self_engines.close)
-        self._self_root = None
-        self._self_attached: list[tuple[str, Trackable]] = []
-        self._self_save_counter = None
-        if root is not None:
-            _assert_trackable(root, "root")
-            root = as_trackable(root)  # a framework object (torch nn.Module) becomes its adapter
-            self._self_root = root
-            kwargs["root"] = root
-        for name, value in sorted(kwargs.items()):
-            setattr(self, name, value)
-            converted = getattr(self, name)
-            _assert_trackable(converted, name)
-            if root is not None:
-                self._attach(root, name, as_trackable(converted))
-        if root is not None:
-            self._self_save_counter = root._lookup_dependency("save_counter")
 
-    def _attach(self, root: Trackable, name: str, value: Trackable) -> None:
+    def __deepcopy__(self, memo: dict) -> "Checkpoint":
+        """A copy holding copies of every object (variables included) and its own save machinery, as TF's."""
+        copied = type(self).__new__(type(self))
+        memo[id(self)] = copied
+        _leave_pending_restores(self._root(), self._attached(), memo)
+        copied._init_machinery()
+        for name, value in self.__dict__.items():
+            if name not in _MACHINERY:
+                object.__setattr__(copied, name, copy.deepcopy(value, memo))
+        return copied
+
+    def _root(self) -> Trackable:
+        """The object at the root of the graph: the one given as ``root``, else this checkpoint."""
+        if self._self_root is None:
+            return self
+        root = self._self_root()
+        if root is None:
+            raise InvalidArgumentError("the root object of this Checkpoint was passed by weak reference and no "
+                                       "longer exists; nothing is left to save or restore")
+        return root
+
+    def _attached(self) -> list[tuple[str, Trackable]]:
+        """The edges attached to the root from outside (the kwargs, ``root`` itself, ``save_counter``)."""
+        edges = []
+        for name, ref in self._self_attached:
+            value = ref()
+            if value is None:
+                raise InvalidArgumentError(f"the object passed to Checkpoint as {name!r} by weak reference no "
+                                           "longer exists")
+            edges.append((name, value))
+        return edges
+
+    def _attach(self, root: Trackable, name: str, value: Trackable, weakly: bool) -> None:
         existing = root._lookup_dependency(name)
         if existing is None:
-            self._self_attached.append((name, value))
+            self._self_attached.append((name, weakref.ref(value) if weakly else _Strong(value)))
         elif existing is not value:
             raise ValueError(f"Cannot create a Checkpoint with keyword argument {name} if root.{name} "
                              "already exists.")
@@ -84,16 +124,15 @@ class Checkpoint(AutoTrackable):
             counter = Variable(np.int64(0), name="save_counter", trainable=False)
             self._self_save_counter = counter
             if self._self_root is not None:
-                self._self_attached.append(("save_counter", counter))
-                self._self_root._apply_deferred("save_counter", counter)
+                self._self_attached.append(("save_counter", _Strong(counter)))
+                self._root()._apply_deferred("save_counter", counter)
             else:
                 self._dependencies()["save_counter"] = counter
                 self._dependencies_changed()
         return self._self_save_counter
 
     def _graph(self) -> LiveGraph:
-        root = self._self_root if self._self_root is not None else self
-        return walk(root, self._self_attached)
+        return walk(self._root(), self._attached())
 
     # -- saving -----------------------------------------------------------------------
 
@@ -239,8 +278,7 @@ class Checkpoint(AutoTrackable):
             self._self_async.wait()  # restore what is committed; a background error stays for sync()
         session = open_session(os.fspath(save_path), skip_slots=options.experimental_skip_slot_variables,
                                engines=self._self_engines, io_device=options.io_device)
-        root = self._self_root if self._self_root is not None else self
-        session.start(root, self._self_attached)
+        session.start(self._root(), self._attached())
         return load_status(session, self._graph)
 
     def restore(self, save_path: str | os.PathLike | None,
@@ -276,6 +314,48 @@ def resolve_restore_path(path: str) -> str:
         raise NotFoundError(f"{path} is a directory with neither a 'checkpoint' state file naming an existing "
                             "checkpoint nor a SavedModel's variables/variables.index", path=path)
     return latest
+
+
+_MACHINERY = frozenset({"_self_engines", "_self_save_lock", "_self_async", "_self_captures", "_self_last_save"})
+
+
+class _Strong:
+    """A strong reference with ``weakref.ref``'s interface: calling it returns the object."""
+
+    __slots__ = ("_obj",)
+
+    def __init__(self, obj: Trackable):
+        self._obj = obj
+
+    def __call__(self) -> Trackable:
+        return self._obj
+
+    def __deepcopy__(self, memo: dict) -> "_Strong":
+        return _Strong(copy.deepcopy(self._obj, memo))
+
+
+def _leave_pending_restores(root: Trackable, attached: list[tuple[str, Trackable]], memo: dict) -> None:
+    """Copies start with no deferred restorations: those belong to the originals' restore sessions
+    (open checkpoint files), which are not copied."""
+    seen = {id(root)}
+    queue = [root]
+    for obj in queue:
+        state = getattr(obj, "__dict__", {}).get("_self_deferred")
+        if state is not None:
+            memo[id(state)] = type(state)(by_name={}, slots=[])
+        for _, child in [*obj._trackable_children(), *(attached if obj is root else ())]:
+            if id(child) not in seen:
+                seen.add(id(child))
+                queue.append(child)
+
+
+def _dereference(value: Any, name: str) -> Trackable:
+    """The trackable a Checkpoint argument stands for: a weak reference's referent, a framework
+    object's adapter; anything else raises."""
+    if isinstance(value, weakref.ref):
+        value = value()
+    _assert_trackable(value, name)
+    return as_trackable(value)  # type: ignore[return-value]
 
 
 def _assert_trackable(value: Any, name: str) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 from .errors import InvalidArgumentError
 from .format.objgraph import AttributeRef, ChildRef, GraphNode, ObjectGraph, SlotRef
 from .trackable.base import Trackable
+from .trackable.containers import untracked_edit
 
 
 def escape_local_name(name: str) -> str:
@@ -52,9 +53,9 @@ def pretty_names(graph: ObjectGraph) -> tuple[str, ...]:
     for node_id, node in enumerate(graph.nodes):
         for slot in node.slot_variables:
             if slot.slot_variable_node_id not in names:
-                names[slot.slot_variable_node_id] = (
-                    f"{names.get(slot.original_variable_node_id, '?')}'s state '{slot.slot_name}' "
-                    f"for {names.get(node_id, '?')}")
+                names[slot.slot_variable_node_id] = (  # TF's wording: the optimizer's state for the variable
+                    f"{names.get(node_id, '?')}'s state '{slot.slot_name}' "
+                    f"for {names.get(slot.original_variable_node_id, '?')}")
     return tuple(names.get(i, f"(unreachable node {i})") for i in range(len(graph.nodes)))
 
 
@@ -81,7 +82,14 @@ class LiveGraph:
 
 
 def children_of(obj: Trackable, attached: Sequence[tuple[str, Trackable]] = ()) -> list[tuple[str, Trackable]]:
-    """An object's dependencies, plus edges ``attached`` to it from outside (Checkpoint(root, ...))."""
+    """An object's dependencies, plus edges ``attached`` to it from outside (Checkpoint(root, ...)).
+
+    A tracked container edited behind its wrapper has dependencies nobody can match on
+    restore-on-create; saving or restoring it raises, as in TF (``InvalidArgumentError``).
+    """
+    problem = untracked_edit(obj)
+    if problem is not None:
+        raise InvalidArgumentError(f"cannot checkpoint a {type(obj).__name__}: {problem}")
     return [*obj._trackable_children(), *attached]
 
 
@@ -111,7 +119,7 @@ def _bfs(root: Trackable, attached: Sequence[tuple[str, Trackable]]):
     edges: list[list[ChildRef]] = []
     for node_id, obj in enumerate(objects):
         refs = []
-        for name, child in children_of(obj, attached if node_id == 0 else ()):
+        for name, child in _named_children(obj, attached if node_id == 0 else (), paths[node_id]):
             child_id = ids.get(id(child))
             if child_id is None:
                 child_id = ids[id(child)] = len(objects)
@@ -120,6 +128,18 @@ def _bfs(root: Trackable, attached: Sequence[tuple[str, Trackable]]):
             refs.append(ChildRef(child_id, name))
         edges.append(refs)
     return objects, paths, edges
+
+
+def _named_children(obj: Trackable, attached: Sequence[tuple[str, Trackable]],
+                    path: tuple[str, ...]) -> list[tuple[str, Trackable]]:
+    """``children_of``, with the object's path (the attribute that holds it) in any error."""
+    problem = untracked_edit(obj)
+    if problem is not None:
+        raise InvalidArgumentError(f"cannot checkpoint {pretty_path(path)}: {problem}")
+    try:
+        return children_of(obj, attached)
+    except InvalidArgumentError as exc:
+        raise InvalidArgumentError(f"{pretty_path(path)}: {exc}", path=exc.path, key=exc.key) from exc
 
 
 @dataclass

@@ -41,7 +41,8 @@ class CheckpointManager:
     def __init__(self, checkpoint: Checkpoint, directory: str | os.PathLike, max_to_keep: int | None,
                  keep_checkpoint_every_n_hours: float | None = None, checkpoint_name: str = "ckpt",
                  step_counter: Any = None, checkpoint_interval: int | None = None,
-                 init_fn: Callable[[], Any] | None = None, *, clock: Callable[[], float] = time.time):
+                 init_fn: Callable[[], Any] | None = None, last_checkpoint_step: int | None = None, *,
+                 clock: Callable[[], float] = time.time):
         if max_to_keep is not None and max_to_keep <= 0:
             raise ValueError(f"Expected a positive integer or `None` for `max_to_keep`, got {max_to_keep}.")
         if checkpoint_interval is not None and step_counter is None:
@@ -53,7 +54,10 @@ class CheckpointManager:
         self._keep_every_n_hours = keep_checkpoint_every_n_hours
         self._step_counter = step_counter
         self._checkpoint_interval = checkpoint_interval
-        self._last_checkpoint_step: int | None = None
+        # the step of the last save, where checkpoint_interval counts from (TF 2.21's last_checkpoint_step)
+        self._last_checkpoint_step: int | None = (
+            int(last_checkpoint_step) if last_checkpoint_step is not None and checkpoint_interval is not None
+            else None)
         self._init_fn = init_fn
         self._clock = clock
         self._recover(filesystem.read_state(self._directory))

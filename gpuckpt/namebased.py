@@ -25,6 +25,7 @@ from .format.objgraph import OBJECT_GRAPH_KEY
 from .graph import LiveGraph, pretty_path, walk
 from .reader import CheckpointReader
 from .restorer import Assignment, RestoreSession, slot_node_ids
+from .trackable import restore_order
 from .trackable.base import Trackable
 from .trackable.variable import VARIABLE_VALUE
 
@@ -73,7 +74,9 @@ class NameBasedRestoreSession(RestoreSession):
         grouped: dict[int, tuple[Trackable, dict]] = {}
         for a, value in zip(assignments, values):
             grouped.setdefault(id(a.obj), (a.obj, {}))[1][a.name] = value
+        uid = restore_order.next_restore_uid()
         for obj, named in grouped.values():
+            restore_order.claim(obj, uid)  # the newest restore: older deferred values no longer overwrite these
             obj._restore_tensors(named)
         used = {a.key for a in assignments}
         self.result = NameBasedResult(

@@ -22,6 +22,7 @@ from .errors import DataLossError, InvalidArgumentError
 from .format.objgraph import OBJECT_GRAPH_KEY, ObjectGraph, SlotRef, decode
 from .graph import children_of, pretty_names
 from .reader import CheckpointReader
+from .trackable import restore_order
 from .trackable.base import Trackable
 
 
@@ -160,6 +161,7 @@ class RestoreSession:
         self.skip_slots = skip_slots
         self.state = RestoreState()
         self.bound: dict[int, Trackable] = {}
+        self.uid = restore_order.next_restore_uid()  # a newer restore's values win over this one's
 
     def start(self, root: Trackable, attached: Sequence[tuple[str, Trackable]] = ()) -> None:
         """Match from the root and restore everything that already exists.
@@ -246,7 +248,8 @@ class RestoreSession:
         for a, value in zip(assignments, values):
             grouped.setdefault(id(a.obj), (a.obj, {}))[1][a.name] = value
         for obj, named in grouped.values():
-            obj._restore_tensors(named)
+            if restore_order.claim(obj, self.uid):  # else a newer restore already assigned it (TF's rule)
+                obj._restore_tensors(named)
         for d in found.deferrals:
             d.parent._defer_dependency(d.local_name, _Deferred(self, d.node_id))
         for d in found.slot_deferrals:

@@ -74,6 +74,14 @@ class CheckpointLoadStatus:
         self._session.state.expect_partial = True
         return self
 
+    def run_restore_ops(self, session: object = None) -> None:
+        """Nothing to run: values are assigned when ``restore`` is called or their object appears
+        (TF's eager behaviour; ``session`` is accepted for code written for TF1 graphs)."""
+
+    def initialize_or_restore(self, session: object = None) -> None:
+        """Nothing to run, as ``run_restore_ops``: restored values are assigned, and variables
+        without one keep their initial values (TF's eager behaviour)."""
+
     def _unmatched_objects(self) -> list[str]:
         """``(root).path (repr)`` of live objects with values that no saved node is bound to."""
         live = self._live_graph()
@@ -136,6 +144,12 @@ class NameBasedSaverStatus:
         """Nothing to silence: name-based restores do not warn about unused values."""
         return self
 
+    def run_restore_ops(self, session: object = None) -> None:
+        """Nothing to run: the values were assigned by ``restore`` (TF's eager behaviour)."""
+
+    def initialize_or_restore(self, session: object = None) -> None:
+        """Nothing to run, as ``run_restore_ops`` (TF's eager behaviour)."""
+
 
 class InitializationOnlyStatus:
     """Returned by ``restore(None)``: nothing was restored, so every assertion fails."""
@@ -153,3 +167,11 @@ class InitializationOnlyStatus:
 
     def expect_partial(self) -> "InitializationOnlyStatus":
         return self
+
+    def run_restore_ops(self, session: object = None) -> None:
+        """There are no restore operations: raises, as TF does for ``restore(None)``."""
+        raise AssertionError("No checkpoint specified, so no restore ops are available (save_path=None to "
+                             "Checkpoint.restore).")
+
+    def initialize_or_restore(self, session: object = None) -> None:
+        """Nothing to run: variables keep their initial values (TF's eager behaviour)."""

@@ -71,7 +71,7 @@ def test_slot_nodes_follow_bfs_nodes_in_tf_order() -> None:
     assert graph.nodes[7].attributes[0].checkpoint_key == \
         "model/w/.OPTIMIZER_SLOT/optimizer/m/.ATTRIBUTES/VARIABLE_VALUE"
     assert graph.nodes[10].attributes[0].full_name == "Variable/Adam_1"
-    assert pretty_names(graph)[8] == "(root).model.b's state 'm' for (root).optimizer"
+    assert pretty_names(graph)[8] == "(root).optimizer's state 'm' for (root).model.b"
 
 
 def test_slots_of_variables_outside_the_graph_are_left_out() -> None:
