@@ -1,9 +1,15 @@
-"""The CPU engine: checksums host tensors and hands their bytes to storage, overlapping the two.
+"""The CPU engine: checksums host tensors and hands their bytes to storage, overlapping the two;
+on restore, has storage read file bytes straight into each destination's host memory.
 
 CRC32C runs on the calling thread (the ``crc32c`` package releases the GIL) while one writer
 thread issues positional writes, so checksumming hides behind the disk. Large tensors are
 written straight from their own memory in ``CHUNK_BYTES`` pieces; runs of small tensors are
 gathered into one vectored write, so thousands of variables cost a few system calls, not thousands.
+
+Restore (:func:`read_host`) is the mirror: each planned range read in place goes straight into
+its destination (the variable's own array when it offers one), verified by the storage reader's
+threads; blocks that are only partly needed (slices, a rank's part of a tensor) go through a
+scratch buffer of their own size, and the needed part is copied once verified.
 """
 
 from __future__ import annotations
@@ -12,9 +18,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..arrays import HostTensor
+from ..arrays import HostTensor, aligned_empty
 from ..format import crc
+from ..errors import DataLossError
 from ..plan import SavePlan
+from ..restore_plan import ReadItem
+from ..storage.base import ReadTarget
 from .writer import WriterThread
 
 CHUNK_BYTES = 16 << 20
@@ -76,3 +85,33 @@ class CpuEngine:
             value = crc.crc32c(chunk, value)
             out.put(shard, offset + start, chunk)
         return tensor.string_crc if tensor.string_crc is not None else crc.mask(value)
+
+
+def read_host(storage, items: Sequence[ReadItem], dests: Sequence[np.ndarray | None]) -> dict[int, DataLossError]:
+    """Read planned ranges into host destinations (``dests[item.request]``, C-contiguous arrays),
+    every CRC verified; return the failures by request index. Nothing unverified is copied out of
+    a scratch buffer."""
+    targets, scratch = [], []
+    flat: dict[int, memoryview] = {}
+    for item in items:
+        if item.in_place:
+            view = flat.get(item.request)
+            if view is None:
+                view = flat[item.request] = memoryview(dests[item.request].reshape(-1).view(np.uint8))
+            targets.append(ReadTarget(item.key, item.shard, item.offset, item.length, item.crc32c, view))
+        else:
+            dest = dests[item.request]
+            buf = aligned_empty(item.block_shape, dest.dtype)
+            scratch.append((len(targets), item, buf))
+            targets.append(ReadTarget(item.key, item.shard, item.offset, item.length, item.crc32c,
+                                      memoryview(buf.reshape(-1).view(np.uint8))))
+    if not targets:
+        return {}
+    report = storage.read_verified(targets)
+    failed: dict[int, DataLossError] = {}
+    for i, error in report.failed:  # one target per item, in order
+        failed.setdefault(items[i].request, error)
+    for _, item, buf in scratch:
+        if item.request not in failed:
+            dests[item.request][item.dst] = buf[item.src]
+    return failed

@@ -12,6 +12,11 @@ the methods it needs (each has a do-nothing default):
 ``_restore_tensors(values: Mapping[str, array]) -> None``
     Receives checkpointed values, already checked against the arrays that
     ``_serialize_tensors`` returns (same dtype, same shape), under the same names.
+``_restore_destinations() -> Mapping[str, array]``
+    Optional: memory a restore may write checkpointed values into directly, by attribute
+    name: the object's own C-contiguous, writable NumPy array of the value's dtype and
+    shape, or its device array. Values read there are verified in place and never passed
+    to ``_restore_tensors``; attributes not offered (the default: none) go through it.
 ``_slot_variables() -> Sequence[SlotVariable]``
     For optimizers: per-variable state ("slots") keyed by the variable it belongs to.
     Saved as TF1-style ``slot_variables`` (spec 9.3/9.4); the slot-name order of the
@@ -80,6 +85,11 @@ class Trackable:
 
     def _restore_tensors(self, values: Mapping[str, Any]) -> None:
         """Accept checkpointed values (already validated); nothing to do by default."""
+
+    def _restore_destinations(self) -> Mapping[str, Any]:
+        """Arrays a restore may fill in place, by attribute name; none by default (values then go
+        through ``_restore_tensors``)."""
+        return {}
 
     def _slot_variables(self) -> Sequence[SlotVariable]:
         """Optimizer slots; none by default."""

@@ -179,6 +179,14 @@ class Variable(Trackable):
     def _serialize_tensors(self) -> Mapping[str, Any]:
         return {VARIABLE_VALUE: self.value()}
 
+    def _restore_destinations(self) -> Mapping[str, Any]:
+        """The variable's own memory (host array or device array), for restores that read in place."""
+        if self._device is not None:
+            return {VARIABLE_VALUE: self._device}
+        if self._array.dtype == object:
+            return {}
+        return {VARIABLE_VALUE: self._array}
+
     def _restore_tensors(self, values: Mapping[str, Any]) -> None:
         value = values[VARIABLE_VALUE]
         self._set_array(value if is_device_array(value) else _to_array(value, self._dtype))

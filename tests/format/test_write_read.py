@@ -51,7 +51,7 @@ def test_several_shards(tmp_path) -> None:
 
 
 def test_large_tensor_read_in_chunks_with_combined_crcs(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr("gpuckpt.reader.READ_TASK_BYTES", 4096)
+    monkeypatch.setattr("gpuckpt.storage.reader.READ_TASK_BYTES", 4096)
     monkeypatch.setattr("gpuckpt.engine.cpu.CHUNK_BYTES", 5000)
     value = np.random.default_rng(1).standard_normal(100_003).astype(np.float32)
     write_tensors(tmp_path / "ck", {"big": value, "small": np.arange(3)})

@@ -1,0 +1,160 @@
+"""The restore pipeline: in-place reads, files closed on return, no reference cycles, values kept for later."""
+
+from __future__ import annotations
+
+import gc
+import os
+import subprocess
+import sys
+import warnings
+import weakref
+
+import numpy as np
+import pytest
+
+import gpuckpt
+from gpuckpt import session
+from gpuckpt.restorer import UnrestoredValuesWarning
+
+
+def _fds() -> list[str]:
+    out = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            out.append(os.readlink(f"/proc/self/fd/{name}"))
+        except OSError:
+            pass
+    return out
+
+
+def test_values_are_read_into_the_variables_own_memory(tmp_path, monkeypatch) -> None:
+    path = gpuckpt.Checkpoint(a=gpuckpt.Variable(np.arange(1000, dtype=np.float32)),
+                              b=gpuckpt.Variable(np.int64(7))).write(tmp_path / "ck")
+    a, b = gpuckpt.Variable(np.zeros(1000, np.float32)), gpuckpt.Variable(np.int64(0))
+    arrays = (a.value(), b.value())
+    fresh = []
+    real = session.aligned_empty
+    monkeypatch.setattr(session, "aligned_empty", lambda *args: fresh.append(args) or real(*args))
+    gpuckpt.Checkpoint(a=a, b=b).read(path).assert_consumed()
+    assert a.value() is arrays[0] and b.value() is arrays[1]
+    np.testing.assert_array_equal(a.numpy(), np.arange(1000, dtype=np.float32))
+    assert int(b.numpy()) == 7
+    assert fresh == [], "no new array per variable"
+
+
+def test_restores_in_an_eval_loop_hold_no_file_while_a_manager_deletes_old_checkpoints(tmp_path) -> None:
+    model = gpuckpt.Module()
+    model.w = gpuckpt.Variable(np.zeros(64, np.float32))
+    optimizer = gpuckpt.Module()
+    optimizer.m = gpuckpt.Variable(np.zeros(64, np.float32))
+    manager = gpuckpt.CheckpointManager(gpuckpt.Checkpoint(model=model, optimizer=optimizer), tmp_path, max_to_keep=2)
+    evaluated = gpuckpt.Module()
+    evaluated.w = gpuckpt.Variable(np.zeros(64, np.float32))
+    eval_ckpt = gpuckpt.Checkpoint(model=evaluated)
+    before = _fds()
+    for step in range(10):
+        model.w.assign(np.full(64, step, np.float32))
+        path = manager.save()
+        eval_ckpt.restore(path).expect_partial()  # the optimizer's values wait, in memory
+        np.testing.assert_array_equal(evaluated.w.numpy(), np.full(64, step, np.float32))
+        opened = [f for f in _fds() if str(tmp_path) in f]
+        assert opened == [], opened
+    deleted = [f for f in _fds() if f.endswith("(deleted)") and f not in before]
+    assert deleted == [], "a deleted checkpoint file is still held"
+    assert len(_fds()) <= len(before) + 1  # the manager may hold its directory lock
+    assert len(manager.checkpoints) == 2
+
+
+def test_deferred_values_are_restored_after_the_files_are_gone(tmp_path) -> None:
+    path = gpuckpt.Checkpoint(v=gpuckpt.Variable([1.0, 2.0])).write(tmp_path / "ck")
+    ckpt = gpuckpt.Checkpoint()
+    status = ckpt.read(path)
+    for name in os.listdir(tmp_path):
+        os.remove(tmp_path / name)
+    ckpt.v = gpuckpt.Variable([0.0, 0.0])
+    np.testing.assert_array_equal(ckpt.v.numpy(), [1.0, 2.0])
+    status.assert_consumed()
+
+
+def test_a_restored_model_dies_with_its_last_reference_without_the_collector(tmp_path) -> None:
+    path = gpuckpt.Checkpoint(model=gpuckpt.Module(), v=gpuckpt.Variable(1.0)).write(tmp_path / "ck")
+    gc.disable()
+    try:
+        model = gpuckpt.Module()
+        ckpt = gpuckpt.Checkpoint(model=model)  # v waits on ckpt: ckpt -> pending value -> restore
+        status = ckpt.read(path)
+        status.assert_existing_objects_matched()
+        alive = weakref.ref(model), weakref.ref(ckpt)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UnrestoredValuesWarning)
+            del model, ckpt, status
+            assert alive[0]() is None and alive[1]() is None
+        assert [w for w in caught if w.category is UnrestoredValuesWarning], "the warning fires at once"
+    finally:
+        gc.enable()
+
+
+def test_expect_partial_silences_the_warning_deterministically(tmp_path) -> None:
+    path = gpuckpt.Checkpoint(a=gpuckpt.Variable(1.0), b=gpuckpt.Variable(2.0)).write(tmp_path / "ck")
+    gc.disable()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UnrestoredValuesWarning)
+            gpuckpt.Checkpoint(a=gpuckpt.Variable(0.0)).read(path).expect_partial()
+        assert not [w for w in caught if w.category is UnrestoredValuesWarning]
+    finally:
+        gc.enable()
+
+
+def test_a_cpu_restore_imports_nothing_of_cuda(tmp_path) -> None:
+    path = gpuckpt.Checkpoint(v=gpuckpt.Variable(np.ones(8, np.float32))).write(tmp_path / "ck")
+    code = ("import sys, numpy as np, gpuckpt\n"
+            f"c = gpuckpt.Checkpoint(v=gpuckpt.Variable(np.zeros(8, np.float32)))\n"
+            f"c.read({path!r}).assert_consumed()\n"
+            "assert float(c.v.numpy().sum()) == 8.0\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('numba', 'cupy'))))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_a_sliced_checkpoint_restores_into_a_variable_in_place(tmp_path) -> None:
+    from gpuckpt.format import bundle, crc
+    from gpuckpt.format.bundle import BundleEntry, Extent
+    from gpuckpt.format.dtypes import BY_NAME
+    from gpuckpt.format.slices import slice_key
+
+    whole = np.arange(12, dtype=np.float32).reshape(4, 3)
+    top, bottom = whole[:1].tobytes(), whole[1:].tobytes()
+    prefix = str(tmp_path / "ck")
+    with open(prefix + ".data-00000-of-00001", "wb") as f:
+        f.write(top + bottom)
+    f32 = BY_NAME["float32"]
+    extents = ((Extent(0, 1), Extent(0, None)), (Extent(1, 3), Extent(0, None)))
+    entries = {"w": BundleEntry(f32, (4, 3), slices=extents),
+               slice_key("w", extents[0]): BundleEntry(f32, (1, 3), 0, 0, 12, crc.masked_crc32c(top)),
+               slice_key("w", extents[1]): BundleEntry(f32, (3, 3), 0, 12, 36, crc.masked_crc32c(bottom))}
+    with open(prefix + ".index", "wb") as f:
+        f.write(bundle.build_index(1, entries))
+    out = np.zeros((4, 3), np.float32)
+    with gpuckpt.CheckpointReader(prefix) as reader:
+        reader.read_into("w", out)
+        np.testing.assert_array_equal(reader.get_tensor("w"), whole)
+    np.testing.assert_array_equal(out, whole)
+
+
+@pytest.mark.parametrize("atomic", [False, True])
+def test_a_failed_read_names_no_computed_checksum(tmp_path, atomic) -> None:
+    path = gpuckpt.Checkpoint(v=gpuckpt.Variable(np.arange(4, dtype=np.float32))).write(tmp_path / "ck")
+    data = tmp_path / "ck.data-00000-of-00001"
+    raw = bytearray(data.read_bytes())
+    raw[0] ^= 1
+    data.write_bytes(bytes(raw))
+    entry = gpuckpt.CheckpointReader(path).entry("v/.ATTRIBUTES/VARIABLE_VALUE")
+    v = gpuckpt.Variable(np.full(4, 9, np.float32))
+    with pytest.raises(gpuckpt.DataLossError) as info:
+        gpuckpt.Checkpoint(v=v).read(path, options=gpuckpt.CheckpointOptions(atomic_restore=atomic))
+    message = str(info.value)
+    assert f"{entry.crc32c:#010x}" in message and "data-00000-of-00001" in message
+    assert "computed" not in message
+    np.testing.assert_array_equal(v.numpy(), np.full(4, 9, np.float32) if atomic else np.zeros(4, np.float32))
