@@ -135,7 +135,10 @@ class RestoreSession:
         failed = read_host(self.storage, host, [s.host for s in sinks])
         untouched: frozenset[int] = frozenset()
         if on_device:
-            outcome = self._engines.ring(self.ring_bytes).read(self.storage, on_device, [s.device for s in sinks])
+            try:
+                outcome = self._engines.ring(self.ring_bytes).read(self.storage, on_device, [s.device for s in sinks])
+            finally:
+                self._engines.release_ring()
             failed.update(outcome.failed)
             untouched = outcome.untouched
         return failed, untouched
@@ -273,3 +276,25 @@ def open_session(prefix: str, *, skip_slots: bool = False, engines: EngineCache 
         raise
     return RestoreSession(storage, strategy, engines=engines, io_device=io_device, atomic=atomic,
                           ring_bytes=ring_bytes)
+
+
+class SkippedCheckpointWarning(UserWarning):
+    """A checkpoint was skipped on resume because its data failed verification."""
+
+
+def restore_newest_verified(checkpoint, candidates: Sequence[str]) -> str:
+    """``checkpoint.restore`` the first of ``candidates`` (newest first) whose data verifies; warn
+    naming each one skipped. Raises the first one's error when none verifies."""
+    import warnings
+
+    first: DataLossError | None = None
+    for path in candidates:
+        try:
+            checkpoint.restore(path)
+            return path
+        except DataLossError as exc:
+            first = first or exc
+            warnings.warn(f"checkpoint {path} failed verification and was skipped: {exc}",
+                          SkippedCheckpointWarning, stacklevel=3)
+    assert first is not None
+    raise first

@@ -65,7 +65,7 @@ class EngineCache:
 
     def ring(self, ring_bytes: int | None = None):
         """The GPU restore ring of ``ring_bytes`` (default: ``gpu_restore.DEFAULT_RING_BYTES``), created on
-        first use and kept while restores ask for the same size."""
+        first use; a restore releases it when it ends (``release_ring``)."""
         from .gpu_restore import DEFAULT_RING_BYTES, RestoreRing
 
         size = ring_bytes or DEFAULT_RING_BYTES
@@ -74,6 +74,12 @@ class EngineCache:
                 self._ring.close()
             self._ring = RestoreRing(size)
         return self._ring
+
+    def release_ring(self) -> None:
+        """Free the restore ring (a restore runs once in a while; its memory goes back at once)."""
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
 
     def close(self) -> None:
         if self._gpu is not None:

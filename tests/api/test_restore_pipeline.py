@@ -158,3 +158,36 @@ def test_a_failed_read_names_no_computed_checksum(tmp_path, atomic) -> None:
     assert f"{entry.crc32c:#010x}" in message and "data-00000-of-00001" in message
     assert "computed" not in message
     np.testing.assert_array_equal(v.numpy(), np.full(4, 9, np.float32) if atomic else np.zeros(4, np.float32))
+
+
+def test_restore_or_initialize_falls_back_to_the_newest_checkpoint_that_verifies(tmp_path) -> None:
+    v = gpuckpt.Variable(np.zeros(16, np.float32))
+    manager = gpuckpt.CheckpointManager(gpuckpt.Checkpoint(v=v), tmp_path, max_to_keep=3)
+    for step in (1, 2, 3):
+        v.assign(np.full(16, step, np.float32))
+        manager.save()
+    newest = manager.latest_checkpoint
+    data = newest + ".data-00000-of-00001"
+    raw = bytearray(open(data, "rb").read())
+    raw[3] ^= 0x10  # inside v
+    open(data, "wb").write(bytes(raw))
+    resumed = gpuckpt.Variable(np.zeros(16, np.float32))
+    again = gpuckpt.CheckpointManager(gpuckpt.Checkpoint(v=resumed), tmp_path, max_to_keep=3)
+    with pytest.warns(session.SkippedCheckpointWarning, match=rf"{newest} failed verification"):
+        assert again.restore_or_initialize() == str(tmp_path / "ckpt-2")
+    np.testing.assert_array_equal(resumed.numpy(), np.full(16, 2, np.float32))
+
+
+def test_restore_or_initialize_raises_when_no_checkpoint_verifies(tmp_path) -> None:
+    v = gpuckpt.Variable(np.zeros(4, np.float32))
+    manager = gpuckpt.CheckpointManager(gpuckpt.Checkpoint(v=v), tmp_path, max_to_keep=1)
+    path = manager.save()
+    raw = bytearray(open(path + ".data-00000-of-00001", "rb").read())
+    raw[0] ^= 1
+    open(path + ".data-00000-of-00001", "wb").write(bytes(raw))
+    initialized = []
+    again = gpuckpt.CheckpointManager(gpuckpt.Checkpoint(v=v), tmp_path, max_to_keep=1,
+                                      init_fn=lambda: initialized.append(1))
+    with pytest.warns(session.SkippedCheckpointWarning), pytest.raises(gpuckpt.DataLossError):
+        again.restore_or_initialize()
+    assert initialized == []
