@@ -3,6 +3,16 @@
 Each comparison alternates the sides round by round and keeps each side's best time.
 
     python bench/bench_io.py [--size-mib 1024] [--no-fsync] [--no-tf] [--dir DIR]
+    python bench/bench_io.py --api {gpt2,small5000,mixed} [--scale 8] [--no-fsync] [--repeat 3]
+
+``--api`` measures what users run: ``Checkpoint.write`` of ``Variable``s and ``Checkpoint.read``
+into existing ``Variable``s (every CRC verified), beside plain writes (+fsync) and reads of the
+same bytes into aligned buffers and safetensors' ``save_file``/``load_file``, warm and cold,
+and prints the fixed cost per 1,000 tensors (gpuckpt's time minus plain I/O's). Workloads:
+``gpt2`` (GPT-2 small's 148 tensors with Adam's m and v and a 4th copy, 592 tensors, 1.49 GB at
+``--scale 1``; ``--scale N`` divides each tensor's first dimension, keeping the tensor count),
+``small5000`` (5,000 tensors of 1-16 KiB plus 4 large) and ``mixed`` (12 x 32 MiB plus 1,500 of
+1-256 KiB; scaled the same way).
 
 The state is a few large float32 tensors (3/4 of the bytes) and many 64 KiB ones (1/4).
 Every side gets the same durability: with fsync (default) each side's files are fsynced
@@ -110,8 +120,104 @@ def interleaved(sides: dict, repeat: int, before: dict | None = None, args_for: 
     return {name: min(t) for name, t in times.items()}
 
 
+def gpt2_shapes() -> list[tuple[int, ...]]:
+    """GPT-2 small's parameter shapes (148 tensors)."""
+    shapes = [(50257, 768), (1024, 768)]
+    for _ in range(12):
+        shapes += [(768,), (768,), (768, 2304), (2304,), (768, 768), (768,), (768,), (768,),
+                   (768, 3072), (3072,), (3072, 768), (768,)]
+    return shapes + [(768,), (768,)]
+
+
+def api_state(workload: str, scale: int) -> dict[str, np.ndarray]:
+    """name -> float32 array for the ``--api`` workloads (first dimensions divided by ``scale``)."""
+    rng = np.random.default_rng(0)
+
+    def scaled(shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (max(1, shape[0] // scale),) + shape[1:]
+
+    if workload == "gpt2":
+        shapes = [scaled(s) for s in gpt2_shapes()]
+        return {f"{part}/{i:03d}": rng.standard_normal(s, dtype=np.float32)
+                for part in ("param", "m", "v", "ema") for i, s in enumerate(shapes)}
+    if workload == "small5000":
+        state = {f"small/{i:05d}": rng.standard_normal(int(n), dtype=np.float32)
+                 for i, n in enumerate(rng.integers(256, 4096, 5000))}
+        state.update({f"large/{i}": rng.standard_normal((32 << 20) // 4 // scale, dtype=np.float32) for i in range(4)})
+        return state
+    state = {f"large/{i:02d}": rng.standard_normal((32 << 20) // 4 // scale, dtype=np.float32) for i in range(12)}
+    state.update({f"small/{i:04d}": rng.standard_normal(max(1, int(n) // scale), dtype=np.float32)
+                  for i, n in enumerate(rng.integers(256, 65536, 1500))})
+    return state
+
+
+def bench_api(workload: str, scale: int, fsync: bool, repeat: int, work: str) -> None:
+    """The ``--api`` comparison (see the module docstring)."""
+    from safetensors.numpy import load_file, save_file
+
+    state = api_state(workload, scale)
+    nbytes = sum(v.nbytes for v in state.values())
+    print(f"workload {workload} (scale 1/{scale}): {len(state)} tensors, {nbytes / 1e9:.3f} GB; "
+          f"fsync={'on' if fsync else 'off'}")
+    source = gpuckpt.Checkpoint(state=gpuckpt.Module())
+    for name, value in state.items():
+        setattr(source.state, name.replace("/", "_"), gpuckpt.Variable(value))
+    target = gpuckpt.Checkpoint(state=gpuckpt.Module())
+    for name, value in state.items():
+        setattr(target.state, name.replace("/", "_"), gpuckpt.Variable(np.zeros_like(value)))
+    dests = [aligned_empty(v.shape, v.dtype) for v in state.values()]
+    for d in dests:
+        d.fill(0)
+    options = gpuckpt.CheckpointOptions(fsync=fsync)
+    rounds = {"plain": 0, "gpuckpt": 0, "safetensors": 0}
+
+    def fresh(side: str) -> str:
+        rounds[side] += 1
+        for old in Path(work).glob(f"{side}-{rounds[side] - 1}*"):
+            old.unlink()
+        return os.path.join(work, f"{side}-{rounds[side]}")
+
+    def st_save(path: str) -> None:
+        save_file(state, path)
+        if fsync:
+            fsync_files([path])
+
+    results = interleaved({"save plain": lambda p: plain_write(p, state, fsync),
+                           "save gpuckpt": lambda p: source.write(p, options=options),
+                           "save safetensors": st_save}, repeat,
+                          args_for={"save plain": lambda: fresh("plain"), "save gpuckpt": lambda: fresh("gpuckpt"),
+                                    "save safetensors": lambda: fresh("safetensors")})
+    plain, ours = os.path.join(work, f"plain-{rounds['plain']}"), os.path.join(work, f"gpuckpt-{rounds['gpuckpt']}")
+    st = os.path.join(work, f"safetensors-{rounds['safetensors']}")
+    for mode in ("warm", "cold"):
+        cold = mode == "cold"
+        results.update(interleaved(
+            {f"restore plain ({mode})": lambda: plain_read(plain, dests),
+             f"restore gpuckpt ({mode})": lambda: target.read(ours),
+             f"restore safetensors ({mode})": lambda: load_file(st)},
+            repeat,
+            before={f"restore plain ({mode})": (lambda: drop_cache([plain])) if cold else None,
+                    f"restore gpuckpt ({mode})": (lambda: drop_cache(files_of(ours))) if cold else None,
+                    f"restore safetensors ({mode})": (lambda: drop_cache([st])) if cold else None}))
+    for name, value in state.items():
+        assert np.array_equal(getattr(target.state, name.replace("/", "_")).numpy(), value), name
+    report(results, nbytes)
+    per_k = 1000 / len(state) * 1e3
+    print(f"fixed cost per 1,000 tensors beyond plain I/O: save {(results['save gpuckpt'] - results['save plain']) * per_k:.1f} ms, "
+          f"restore warm {(results['restore gpuckpt (warm)'] - results['restore plain (warm)']) * per_k:.1f} ms, "
+          f"cold {(results['restore gpuckpt (cold)'] - results['restore plain (cold)']) * per_k:.1f} ms")
+    for kind in ("save", "restore"):
+        for mode in (("",) if kind == "save" else (" (warm)", " (cold)")):
+            ours_t = results[f"{kind} gpuckpt{mode}"]
+            print(f"{kind}{mode}: gpuckpt {results[f'{kind} plain{mode}'] / ours_t:.2f}x plain, "
+                  f"{results[f'{kind} safetensors{mode}'] / ours_t:.2f}x safetensors")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--api", choices=("gpt2", "small5000", "mixed"), default=None,
+                    help="measure Checkpoint.write/read with Variables on this workload (see above)")
+    ap.add_argument("--scale", type=int, default=1, help="--api: divide each tensor's first dimension by this")
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--no-fsync", action="store_true")
     ap.add_argument("--no-tf", action="store_true", help="skip TensorFlow (also skipped when it is not installed)")
@@ -119,6 +225,13 @@ def main() -> int:
     ap.add_argument("--dir", default=None, help="where to write (default: a temporary directory)")
     args = ap.parse_args()
     fsync = not args.no_fsync
+    if args.api:
+        work = tempfile.mkdtemp(prefix="gpuckpt-bench-", dir=args.dir)
+        try:
+            bench_api(args.api, args.scale, fsync, args.repeat, work)
+        finally:
+            shutil.rmtree(work)
+        return 0
     state = make_state(args.size_mib << 20)
     nbytes = sum(v.nbytes for v in state.values())
     work = tempfile.mkdtemp(prefix="gpuckpt-bench-", dir=args.dir)

@@ -123,13 +123,21 @@ def build_restore_plan(index: BundleIndex, requests: Sequence[Request], shard_si
             bounds.check(entry, r.key)
             strings.append(StringItem(i, r.key, entry.shard_id, entry.offset, entry.size, entry.crc32c, entry.shape))
             continue
+        if not entry.is_sliced and r.block is None:  # the common case: one whole tensor, read in place
+            bounds.check(entry, r.key)
+            reads.append(ReadItem(i, r.key, entry.shard_id, entry.offset, entry.size, entry.crc32c, entry.shape))
+            continue
         for block_offsets, piece in _stored_blocks(index, r.key, entry, prefix):
             item = _read_for(i, r, block_offsets, piece)
             if item is not None:
                 bounds.check(piece, r.key)
                 reads.append(item)
-    reads.sort(key=lambda item: (item.shard, item.offset))
+    reads.sort(key=_file_order)
     return RestorePlan(tuple(requests), tuple(reads), tuple(strings))
+
+
+def _file_order(item: ReadItem) -> tuple[int, int]:
+    return item.shard, item.offset
 
 
 def check_requests(entries: Mapping[str, BundleEntry], requests: Sequence[Request], *, prefix: str = "") -> None:

@@ -51,8 +51,16 @@ class Target:
     value: Any  # the live value, as _serialize_tensors gave it
 
 
+_DTYPES: dict[np.dtype, Any] = {}
+
+
 def target(node_id: int, obj: Trackable, name: str, key: str, label: str, value: Any) -> Target:
     """A target for the live ``value`` of ``obj.name`` (dtype and shape read without copying)."""
+    if type(value) is np.ndarray and value.dtype.kind not in "OSU":  # the common case, without describe()
+        dtype = _DTYPES.get(value.dtype)
+        if dtype is None:
+            dtype = _DTYPES[value.dtype] = describe(value).dtype
+        return Target(node_id, obj, name, Request(key, label, dtype, value.shape), value)
     spec = describe(value)
     return Target(node_id, obj, name, Request(key, label, spec.dtype, spec.shape), value)
 
@@ -147,7 +155,11 @@ class RestoreSession:
         """The destination's own memory when the object offers it (and atomicity is not asked), else a new array."""
         if not self.atomic and not t.request.dtype.is_string:
             offered = t.obj._restore_destinations().get(t.name)
-            if offered is not None:
+            if type(offered) is np.ndarray:
+                if offered.flags.c_contiguous and offered.flags.writeable and offered.dtype == t.request.dtype.numpy \
+                        and offered.shape == t.request.dest_shape:
+                    return _Sink(offered, None, True)
+            elif offered is not None:
                 if is_device_array(offered):
                     if self._use_gpu():
                         device = as_device_array(offered)

@@ -110,7 +110,8 @@ class FileSystemReader:
                 continue
             for start in range(0, t.length, task_bytes):
                 pieces.append((t.shard, t.offset + start, i, t.dest[start : start + task_bytes]))
-        pieces.sort(key=lambda p: (p[0], p[1]))
+        if any(a[0] > b[0] or a[0] == b[0] and a[1] > b[1] for a, b in zip(pieces, pieces[1:])):
+            pieces.sort(key=lambda p: (p[0], p[1]))  # plans come in file order already
         tasks = _group_tasks(pieces, task_bytes)
         if len(tasks) > 1:
             results = list(read_pool().map(self._run_task, tasks))

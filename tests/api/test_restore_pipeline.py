@@ -191,3 +191,17 @@ def test_restore_or_initialize_raises_when_no_checkpoint_verifies(tmp_path) -> N
     with pytest.warns(session.SkippedCheckpointWarning), pytest.raises(gpuckpt.DataLossError):
         again.restore_or_initialize()
     assert initialized == []
+
+
+def test_torch_tensors_are_read_into_their_own_memory(tmp_path, monkeypatch) -> None:
+    torch = pytest.importorskip("torch")
+    saved = torch.nn.Linear(4, 3)
+    path = gpuckpt.Checkpoint(model=saved).write(tmp_path / "ck")
+    live = torch.nn.Linear(4, 3)
+    pointers = (live.weight.data_ptr(), live.bias.data_ptr())
+    fresh = []
+    real = session.aligned_empty
+    monkeypatch.setattr(session, "aligned_empty", lambda *args: fresh.append(args) or real(*args))
+    gpuckpt.Checkpoint(model=live).read(path).assert_consumed()
+    assert (live.weight.data_ptr(), live.bias.data_ptr()) == pointers and fresh == []
+    assert torch.equal(live.weight, saved.weight) and torch.equal(live.bias, saved.bias)
