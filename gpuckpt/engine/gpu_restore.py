@@ -5,7 +5,8 @@ device slot) of ``ring_bytes / slots`` each, allocated once and reused by every 
 device memory a restore holds is the ring's, whatever the size of the checkpoint. For each
 batch of planned ranges that fits one slot:
 
-1. read: the ranges are read (positioned reads, no CRC) into the pinned slot;
+1. read: the ranges are read (positioned reads, no CRC) into the pinned slot, by a reader
+   thread while the previous slot is on the device;
 2. DMA: one host-to-device copy moves the slot to its device slot;
 3. verify: one ``gpuckpt.kernels.crc_segments`` launch checksums every range in the slot
    (ranges of one tensor split over slots are joined on the host with the GF(2) combine);
@@ -29,6 +30,7 @@ from .._deps import import_optional
 from ..errors import DataLossError
 from ..format import crc
 from ..restore_plan import ReadItem
+from ..storage.reader import read_pool
 
 DEFAULT_RING_BYTES = 256 << 20
 SLOTS = 2
@@ -86,37 +88,59 @@ class RestoreRing:
 
     def read(self, storage, items: Sequence[ReadItem], dests: Sequence) -> RingOutcome:
         """Fill device destinations (``dests[item.request]``: flat uint8 device arrays) with the
-        planned ranges (all read in place), every CRC checked on the device before its bytes are copied."""
+        planned ranges (all read in place), every CRC checked on the device before its bytes are copied.
+
+        While one slot is on the device (DMA, kernel, copies), a reader thread fills the next
+        slot's pinned memory."""
         parts: list[list[tuple[int, int]]] = [[] for _ in items]
         written: set[int] = set()
-        for number, batch in enumerate(slot_batches([it.length for it in items], self.slot_bytes)):
-            pinned, device = self._pinned[number % len(self._pinned)], self._device[number % len(self._device)]
-            total = batch[-1].slot_offset + batch[-1].nbytes
-            for p in batch:  # 1. read into pinned memory
-                it = items[p.item]
-                if p.nbytes:
-                    view = memoryview(pinned[p.slot_offset:p.slot_offset + p.nbytes])
-                    storage.read_raw(it.shard, it.offset + p.start, view, it.key)
-            if total:
-                device[:total].copy_to_device(pinned[:total], stream=self._stream)  # 2. one DMA
-                offsets = np.array([p.slot_offset for p in batch], np.int64)
-                sizes = np.array([p.nbytes for p in batch], np.int64)
-                values = self._kernels.crc_segments(device[:total], offsets, sizes, stream=self._stream)  # 3.
-            else:
-                values = [0] * len(batch)
-            for p, value in zip(batch, values):
-                parts[p.item].append((p.nbytes, int(value)))
-            failed = self._check_finished(storage, items, batch, parts)
-            if failed:
-                return self._outcome(items, failed, written)
-            for p in batch:  # 4. verified (or part of a tensor still being verified): into the destination
-                if p.nbytes:
-                    dest = dests[items[p.item].request]
-                    dest[p.start:p.start + p.nbytes].copy_to_device(device[p.slot_offset:p.slot_offset + p.nbytes],
-                                                                    stream=self._stream)
-                written.add(items[p.item].request)
-            self._stream.synchronize()
+        batches = slot_batches([it.length for it in items], self.slot_bytes)
+        pool = read_pool()
+        pending = pool.submit(self._fill, storage, items, batches[0], self._pinned[0]) if batches else None
+        try:
+            for number, batch in enumerate(batches):
+                pinned, device = self._pinned[number % len(self._pinned)], self._device[number % len(self._device)]
+                pending.result()  # 1. this slot's bytes are in pinned memory
+                pending = None
+                if number + 1 < len(batches):  # the next slot fills while this one is on the device
+                    following = self._pinned[(number + 1) % len(self._pinned)]
+                    pending = pool.submit(self._fill, storage, items, batches[number + 1], following)
+                values = self._verify_on_device(batch, pinned, device)
+                for p, value in zip(batch, values):
+                    parts[p.item].append((p.nbytes, int(value)))
+                failed = self._check_finished(storage, items, batch, parts)
+                if failed:
+                    return self._outcome(items, failed, written)
+                for p in batch:  # 4. verified (or part of a tensor still being verified): into the destination
+                    if p.nbytes:
+                        dest = dests[items[p.item].request]
+                        dest[p.start:p.start + p.nbytes].copy_to_device(
+                            device[p.slot_offset:p.slot_offset + p.nbytes], stream=self._stream)
+                    written.add(items[p.item].request)
+                self._stream.synchronize()
+        finally:
+            if pending is not None:
+                pending.result()  # never leave a thread writing into the ring after returning
         return self._outcome(items, {}, written)
+
+    @staticmethod
+    def _fill(storage, items: Sequence[ReadItem], batch: Sequence[_Piece], pinned) -> None:
+        """1. Read one slot's pieces (positioned reads, unverified) into pinned memory."""
+        for p in batch:
+            if p.nbytes:
+                it = items[p.item]
+                view = memoryview(pinned[p.slot_offset:p.slot_offset + p.nbytes])
+                storage.read_raw(it.shard, it.offset + p.start, view, it.key)
+
+    def _verify_on_device(self, batch: Sequence[_Piece], pinned, device):
+        """2. one DMA of the slot to the device, 3. one CRC launch over its pieces; raw CRCs."""
+        total = batch[-1].slot_offset + batch[-1].nbytes
+        if not total:
+            return [0] * len(batch)
+        device[:total].copy_to_device(pinned[:total], stream=self._stream)
+        offsets = np.array([p.slot_offset for p in batch], np.int64)
+        sizes = np.array([p.nbytes for p in batch], np.int64)
+        return self._kernels.crc_segments(device[:total], offsets, sizes, stream=self._stream)
 
     def _check_finished(self, storage, items: Sequence[ReadItem], batch: Sequence[_Piece],
                         parts: list[list[tuple[int, int]]]) -> dict[int, DataLossError]:
