@@ -36,9 +36,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import gpuckpt  # noqa: E402
-from gpuckpt.arrays import aligned_empty  # noqa: E402
-from gpuckpt.saver import write_tensors  # noqa: E402
+import gpuckpt
+from gpuckpt.arrays import aligned_empty
+from gpuckpt.saver import write_tensors
 
 SMALL = 64 << 10
 
@@ -332,7 +332,7 @@ def report(results: dict[str, float], nbytes: int) -> None:
         print(f"{k:32s} {v:8.2f}")
     print("\nratios (gpuckpt / peer):")
     pairs = [("save", "plain"), ("save", "TensorFlow")]
-    pairs += [(f"restore", f"plain ({m})") for m in ("warm", "cold")] + [("restore", f"TensorFlow ({m})") for m in ("warm", "cold")]
+    pairs += [("restore", f"plain ({m})") for m in ("warm", "cold")] + [("restore", f"TensorFlow ({m})") for m in ("warm", "cold")]
     for op, peer in pairs:
         mode = peer[peer.find("(") :] if "(" in peer else ""
         ours, theirs = f"{op} gpuckpt {mode}".strip(), f"{op} {peer}"

@@ -199,7 +199,7 @@ class ObjectGraphMatching:
         self.pending: dict[str, Any] = {}  # verified values of saved nodes not bound yet, by key
 
     @classmethod
-    def from_storage(cls, storage: FileSystemReader, *, skip_slots: bool = False) -> "ObjectGraphMatching":
+    def from_storage(cls, storage: FileSystemReader, *, skip_slots: bool = False) -> ObjectGraphMatching:
         return cls(_read_graph(storage), storage.index.entries, storage.prefix, skip_slots=skip_slots)
 
     def start(self, session: RestoreSession, root: Trackable, attached: Sequence[tuple[str, Trackable]]) -> None:

@@ -10,7 +10,7 @@ from .arrays import as_tensor
 from .engine.cpu import CpuEngine
 from .engine.select import EngineCache, to_host, wants_gpu
 from .format import sstable
-from .format.bundle import BundleEntry, build_index, encode_entry, encode_header
+from .format.bundle import BundleEntry, encode_entry, encode_header
 from .plan import SavePlan, TensorSpec, build_save_plan
 from .storage.filesystem import FileSystemWriter, PosixIO
 

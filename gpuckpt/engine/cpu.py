@@ -19,8 +19,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..arrays import HostTensor, aligned_empty
-from ..format import crc
 from ..errors import DataLossError
+from ..format import crc
 from ..plan import SavePlan
 from ..restore_plan import ReadItem
 from ..storage.base import ReadTarget

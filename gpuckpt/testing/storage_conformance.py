@@ -96,9 +96,8 @@ class StorageConformance:
     def test_reading_past_the_end_is_data_loss(self, tmp_path) -> None:
         prefix = str(tmp_path / "ck")
         self._write(prefix, {"a": (0, b"x" * 10)})
-        with self.reader(prefix) as reader:
-            with pytest.raises(DataLossError):
-                reader.read_raw(0, 5, memoryview(bytearray(10)), "a")
+        with self.reader(prefix) as reader, pytest.raises(DataLossError):
+            reader.read_raw(0, 5, memoryview(bytearray(10)), "a")
 
     # -- abort and visibility ------------------------------------------------------------------
     def test_nothing_is_visible_before_commit_or_after_abort(self, tmp_path) -> None:

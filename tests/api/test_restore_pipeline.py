@@ -8,6 +8,7 @@ import subprocess
 import sys
 import warnings
 import weakref
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -167,10 +168,10 @@ def test_restore_or_initialize_falls_back_to_the_newest_checkpoint_that_verifies
         v.assign(np.full(16, step, np.float32))
         manager.save()
     newest = manager.latest_checkpoint
-    data = newest + ".data-00000-of-00001"
-    raw = bytearray(open(data, "rb").read())
+    data = Path(newest + ".data-00000-of-00001")
+    raw = bytearray(data.read_bytes())
     raw[3] ^= 0x10  # inside v
-    open(data, "wb").write(bytes(raw))
+    data.write_bytes(bytes(raw))
     resumed = gpuckpt.Variable(np.zeros(16, np.float32))
     again = gpuckpt.CheckpointManager(gpuckpt.Checkpoint(v=resumed), tmp_path, max_to_keep=3)
     with pytest.warns(session.SkippedCheckpointWarning, match=rf"{newest} failed verification"):
@@ -182,9 +183,10 @@ def test_restore_or_initialize_raises_when_no_checkpoint_verifies(tmp_path) -> N
     v = gpuckpt.Variable(np.zeros(4, np.float32))
     manager = gpuckpt.CheckpointManager(gpuckpt.Checkpoint(v=v), tmp_path, max_to_keep=1)
     path = manager.save()
-    raw = bytearray(open(path + ".data-00000-of-00001", "rb").read())
+    data = Path(path + ".data-00000-of-00001")
+    raw = bytearray(data.read_bytes())
     raw[0] ^= 1
-    open(path + ".data-00000-of-00001", "wb").write(bytes(raw))
+    data.write_bytes(bytes(raw))
     initialized = []
     again = gpuckpt.CheckpointManager(gpuckpt.Checkpoint(v=v), tmp_path, max_to_keep=1,
                                       init_fn=lambda: initialized.append(1))
