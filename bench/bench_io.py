@@ -9,10 +9,12 @@ Each comparison alternates the sides round by round and keeps each side's best t
 into existing ``Variable``s (every CRC verified), beside plain writes (+fsync) and reads of the
 same bytes into aligned buffers and safetensors' ``save_file``/``load_file``, warm and cold,
 and prints the fixed cost per 1,000 tensors (gpuckpt's time minus plain I/O's). Workloads:
-``gpt2`` (GPT-2 small's 148 tensors with Adam's m and v and a 4th copy, 592 tensors, 1.49 GB at
-``--scale 1``; ``--scale N`` divides each tensor's first dimension, keeping the tensor count),
-``small5000`` (5,000 tensors of 1-16 KiB plus 4 large) and ``mixed`` (12 x 32 MiB plus 1,500 of
-1-256 KiB; scaled the same way).
+``gpt2`` (GPT-2 small's 148 parameters with Adam's ``exp_avg``, ``exp_avg_sq`` and scalar
+``step`` each: 592 tensors, 1.49 GB at ``--scale 1``; ``--scale N`` divides each tensor's first
+dimension, keeping the tensor count), ``small5000`` (5,000 tensors of 1-16 KiB plus 4 large)
+and ``mixed`` (12 x 32 MiB plus 1,500 of 1-256 KiB; scaled the same way). It also prints the
+peak host RSS a restore adds beyond the restored values (a fresh process whose variables are
+allocated and touched first).
 
 The state is a few large float32 tensors (3/4 of the bytes) and many 64 KiB ones (1/4).
 Every side gets the same durability: with fsync (default) each side's files are fsynced
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -129,8 +132,8 @@ def gpt2_shapes() -> list[tuple[int, ...]]:
     return shapes + [(768,), (768,)]
 
 
-def api_state(workload: str, scale: int) -> dict[str, np.ndarray]:
-    """name -> float32 array for the ``--api`` workloads (first dimensions divided by ``scale``)."""
+def api_shapes(workload: str, scale: int) -> dict[str, tuple[int, ...]]:
+    """name -> shape of the float32 tensors of an ``--api`` workload (first dimensions divided by ``scale``)."""
     rng = np.random.default_rng(0)
 
     def scaled(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -138,17 +141,22 @@ def api_state(workload: str, scale: int) -> dict[str, np.ndarray]:
 
     if workload == "gpt2":
         shapes = [scaled(s) for s in gpt2_shapes()]
-        return {f"{part}/{i:03d}": rng.standard_normal(s, dtype=np.float32)
-                for part in ("param", "m", "v", "ema") for i, s in enumerate(shapes)}
+        out = {f"{part}/{i:03d}": s for part in ("param", "exp_avg", "exp_avg_sq") for i, s in enumerate(shapes)}
+        out.update({f"step/{i:03d}": () for i in range(len(shapes))})
+        return out
     if workload == "small5000":
-        state = {f"small/{i:05d}": rng.standard_normal(int(n), dtype=np.float32)
-                 for i, n in enumerate(rng.integers(256, 4096, 5000))}
-        state.update({f"large/{i}": rng.standard_normal((32 << 20) // 4 // scale, dtype=np.float32) for i in range(4)})
-        return state
-    state = {f"large/{i:02d}": rng.standard_normal((32 << 20) // 4 // scale, dtype=np.float32) for i in range(12)}
-    state.update({f"small/{i:04d}": rng.standard_normal(max(1, int(n) // scale), dtype=np.float32)
-                  for i, n in enumerate(rng.integers(256, 65536, 1500))})
-    return state
+        out = {f"small/{i:05d}": (int(n),) for i, n in enumerate(rng.integers(256, 4096, 5000))}
+        out.update({f"large/{i}": ((32 << 20) // 4 // scale,) for i in range(4)})
+        return out
+    out = {f"large/{i:02d}": ((32 << 20) // 4 // scale,) for i in range(12)}
+    out.update({f"small/{i:04d}": (max(1, int(n) // scale),) for i, n in enumerate(rng.integers(256, 65536, 1500))})
+    return out
+
+
+def api_state(workload: str, scale: int) -> dict[str, np.ndarray]:
+    """The workload's tensors, filled with random float32 values."""
+    rng = np.random.default_rng(1)
+    return {name: rng.standard_normal(shape, dtype=np.float32) for name, shape in api_shapes(workload, scale).items()}
 
 
 def bench_api(workload: str, scale: int, fsync: bool, repeat: int, work: str) -> None:
@@ -206,6 +214,10 @@ def bench_api(workload: str, scale: int, fsync: bool, repeat: int, work: str) ->
     print(f"fixed cost per 1,000 tensors beyond plain I/O: save {(results['save gpuckpt'] - results['save plain']) * per_k:.1f} ms, "
           f"restore warm {(results['restore gpuckpt (warm)'] - results['restore plain (warm)']) * per_k:.1f} ms, "
           f"cold {(results['restore gpuckpt (cold)'] - results['restore plain (cold)']) * per_k:.1f} ms")
+    child = subprocess.run([sys.executable, __file__, "--rss-child", ours, workload, str(scale)],
+                           capture_output=True, text=True, check=True)
+    print(f"host RSS of a restore beyond the restored values (peak - before, fresh process): "
+          f"{int(child.stdout.split()[-1]) / 2**20:.1f} MiB for {nbytes / 2**20:.0f} MiB of values")
     for kind in ("save", "restore"):
         for mode in (("",) if kind == "save" else (" (warm)", " (cold)")):
             ours_t = results[f"{kind} gpuckpt{mode}"]
@@ -213,7 +225,26 @@ def bench_api(workload: str, scale: int, fsync: bool, repeat: int, work: str) ->
                   f"{results[f'{kind} safetensors{mode}'] / ours_t:.2f}x safetensors")
 
 
+def rss_child(path: str, workload: str, scale: int) -> None:
+    """Print the peak RSS a ``Checkpoint.read`` adds beyond its variables (already allocated and touched).
+
+    The peak is VmHWM (this process's own; ``ru_maxrss`` would carry the parent's peak across exec)."""
+    shapes = api_shapes(workload, scale)
+    target = gpuckpt.Checkpoint(state=gpuckpt.Module())
+    for name, shape in shapes.items():
+        setattr(target.state, name.replace("/", "_"), gpuckpt.Variable(np.zeros(shape, np.float32)))
+    with open("/proc/self/statm") as f:
+        before = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    target.read(path)
+    with open("/proc/self/status") as f:
+        peak = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    print(max(0, peak - before))
+
+
 def main() -> int:
+    if len(sys.argv) == 5 and sys.argv[1] == "--rss-child":
+        rss_child(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--api", choices=("gpt2", "small5000", "mixed"), default=None,
                     help="measure Checkpoint.write/read with Variables on this workload (see above)")
