@@ -159,6 +159,44 @@ def api_state(workload: str, scale: int) -> dict[str, np.ndarray]:
     return {name: rng.standard_normal(shape, dtype=np.float32) for name, shape in api_shapes(workload, scale).items()}
 
 
+def _all_files(path: str) -> list[str]:
+    """The files of a saved checkpoint: a directory's files, a prefix's files, or the file itself."""
+    if os.path.isdir(path):
+        return [os.path.join(path, f) for f in os.listdir(path)]
+    return files_of(path) if not os.path.exists(path) else [path]
+
+
+def _torch_sides(state: dict[str, np.ndarray], fsync: bool, options) -> dict:
+    """PyTorch peers when torch is installed: gpuckpt through its PyTorch adapter (an ``nn.Module``
+    holding the tensors as parameters) and PyTorch DCP (``torch.distributed.checkpoint``)."""
+    try:
+        import torch
+        import torch.distributed.checkpoint as dcp
+    except ImportError:
+        return {"save": {}, "restore": {}}
+
+    def module(values: dict[str, np.ndarray]):
+        m = torch.nn.Module()
+        for name, value in values.items():
+            m.register_parameter(name.replace("/", "_"), torch.nn.Parameter(torch.from_numpy(value), requires_grad=False))
+        return m
+
+    source = module(state)
+    target = module({k: np.zeros_like(v) for k, v in state.items()})
+    saving, loading = gpuckpt.Checkpoint(model=source), gpuckpt.Checkpoint(model=target)
+    source_sd, target_sd = source.state_dict(), target.state_dict()
+
+    def dcp_save(path: str) -> None:
+        dcp.save(source_sd, checkpoint_id=path)
+        if fsync:
+            fsync_files(_all_files(path))
+
+    return {"save": {"save gpuckpt (torch adapter)": lambda p: saving.write(p, options=options),
+                     "save PyTorch DCP": dcp_save},
+            "restore": {"restore gpuckpt (torch adapter)": (lambda p: loading.read(p), "save gpuckpt (torch adapter)"),
+                        "restore PyTorch DCP": (lambda p: dcp.load(target_sd, checkpoint_id=p), "save PyTorch DCP")}}
+
+
 def bench_api(workload: str, scale: int, fsync: bool, repeat: int, work: str) -> None:
     """The ``--api`` comparison (see the module docstring)."""
     from safetensors.numpy import load_file, save_file
@@ -177,36 +215,44 @@ def bench_api(workload: str, scale: int, fsync: bool, repeat: int, work: str) ->
     for d in dests:
         d.fill(0)
     options = gpuckpt.CheckpointOptions(fsync=fsync)
-    rounds = {"plain": 0, "gpuckpt": 0, "safetensors": 0}
+    rounds: dict[str, int] = {}
+
+    def path_of(side: str, number: int) -> str:
+        return os.path.join(work, side.replace(" ", "_").replace("(", "").replace(")", "") + f"-{number}")
 
     def fresh(side: str) -> str:
-        rounds[side] += 1
-        for old in Path(work).glob(f"{side}-{rounds[side] - 1}*"):
-            old.unlink()
-        return os.path.join(work, f"{side}-{rounds[side]}")
+        """A new path for this side's next save; its previous files are deleted outside the clock."""
+        rounds[side] = rounds.get(side, 0) + 1
+        for old in Path(work).glob(os.path.basename(path_of(side, rounds[side] - 1)) + "*"):
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+        return path_of(side, rounds[side])
 
     def st_save(path: str) -> None:
         save_file(state, path)
         if fsync:
             fsync_files([path])
 
-    results = interleaved({"save plain": lambda p: plain_write(p, state, fsync),
-                           "save gpuckpt": lambda p: source.write(p, options=options),
-                           "save safetensors": st_save}, repeat,
-                          args_for={"save plain": lambda: fresh("plain"), "save gpuckpt": lambda: fresh("gpuckpt"),
-                                    "save safetensors": lambda: fresh("safetensors")})
-    plain, ours = os.path.join(work, f"plain-{rounds['plain']}"), os.path.join(work, f"gpuckpt-{rounds['gpuckpt']}")
-    st = os.path.join(work, f"safetensors-{rounds['safetensors']}")
+    saves = {"save plain": lambda p: plain_write(p, state, fsync),
+             "save gpuckpt": lambda p: source.write(p, options=options),
+             "save safetensors": st_save}
+    torch_sides = _torch_sides(state, fsync, options)
+    saves.update(torch_sides["save"])
+    results = interleaved(saves, repeat, args_for={name: (lambda name=name: fresh(name)) for name in saves})
+    last = {name: path_of(name, rounds[name]) for name in saves}
+    plain, ours, st = last["save plain"], last["save gpuckpt"], last["save safetensors"]
     for mode in ("warm", "cold"):
         cold = mode == "cold"
-        results.update(interleaved(
-            {f"restore plain ({mode})": lambda: plain_read(plain, dests),
-             f"restore gpuckpt ({mode})": lambda: target.read(ours),
-             f"restore safetensors ({mode})": lambda: load_file(st)},
-            repeat,
-            before={f"restore plain ({mode})": (lambda: drop_cache([plain])) if cold else None,
-                    f"restore gpuckpt ({mode})": (lambda: drop_cache(files_of(ours))) if cold else None,
-                    f"restore safetensors ({mode})": (lambda: drop_cache([st])) if cold else None}))
+        sides = {f"restore plain ({mode})": lambda: plain_read(plain, dests),
+                 f"restore gpuckpt ({mode})": lambda: target.read(ours),
+                 f"restore safetensors ({mode})": lambda: load_file(st)}
+        files = {f"restore plain ({mode})": [plain], f"restore gpuckpt ({mode})": files_of(ours),
+                 f"restore safetensors ({mode})": [st]}
+        for name, (load, saved_as) in torch_sides["restore"].items():
+            where = last[saved_as]
+            sides[f"{name} ({mode})"] = lambda load=load, where=where: load(where)
+            files[f"{name} ({mode})"] = _all_files(where)
+        results.update(interleaved(sides, repeat, before={
+            name: (lambda paths=paths: drop_cache(paths)) if cold else None for name, paths in files.items()}))
     for name, value in state.items():
         assert np.array_equal(getattr(target.state, name.replace("/", "_")).numpy(), value), name
     report(results, nbytes)
@@ -221,8 +267,9 @@ def bench_api(workload: str, scale: int, fsync: bool, repeat: int, work: str) ->
     for kind in ("save", "restore"):
         for mode in (("",) if kind == "save" else (" (warm)", " (cold)")):
             ours_t = results[f"{kind} gpuckpt{mode}"]
-            print(f"{kind}{mode}: gpuckpt {results[f'{kind} plain{mode}'] / ours_t:.2f}x plain, "
-                  f"{results[f'{kind} safetensors{mode}'] / ours_t:.2f}x safetensors")
+            peers = [(name.split(" ", 1)[1].replace(mode, ""), t) for name, t in results.items()
+                     if name.startswith(kind + " ") and name.endswith(mode) and name != f"{kind} gpuckpt{mode}"]
+            print(f"{kind}{mode}: gpuckpt " + ", ".join(f"{t / ours_t:.2f}x {peer.strip()}" for peer, t in peers))
 
 
 def rss_child(path: str, workload: str, scale: int) -> None:
