@@ -295,6 +295,10 @@ class _Deferred:
     def apply(self, obj: Trackable) -> None:
         self.matching.resume(self.node_id, obj)
 
+    def superseded(self) -> None:
+        """A newer restore replaced this one on its parent: its unused values are not warned about."""
+        self.matching.state.expect_partial = True
+
     def saved_specs(self) -> dict[str, tuple[Any, tuple[int, ...]]]:
         """The saved dtype and shape of each of the node's attributes, from the checkpoint's index."""
         entries = self.matching.entries

@@ -207,3 +207,21 @@ def test_torch_tensors_are_read_into_their_own_memory(tmp_path, monkeypatch) -> 
     gpuckpt.Checkpoint(model=live).read(path).assert_consumed()
     assert (live.weight.data_ptr(), live.bias.data_ptr()) == pointers and fresh == []
     assert torch.equal(live.weight, saved.weight) and torch.equal(live.bias, saved.bias)
+
+
+def test_repeated_restores_hold_the_values_of_one_restore_for_an_object_never_created(tmp_path) -> None:
+    saved = gpuckpt.Checkpoint(model=gpuckpt.Module(), optimizer=gpuckpt.Module())
+    saved.model.w = gpuckpt.Variable(np.zeros(4, np.float32))
+    saved.optimizer.m = gpuckpt.Variable(np.ones(1 << 16, np.float32))
+    path = saved.write(tmp_path / "ck")
+    evaluated = gpuckpt.Checkpoint(model=gpuckpt.Module())
+    evaluated.model.w = gpuckpt.Variable(np.zeros(4, np.float32))
+    restores = []
+    for _ in range(5):
+        evaluated.read(path).expect_partial()  # "optimizer" waits on the root, in memory
+        restores.append(weakref.ref(evaluated._deferred_state().by_name["optimizer"][0].matching))
+    assert len(evaluated._deferred_state().by_name["optimizer"]) == 1
+    assert [r() is not None for r in restores] == [False] * 4 + [True]  # older restores' values are freed
+    evaluated.optimizer = gpuckpt.Module()
+    evaluated.optimizer.m = gpuckpt.Variable(np.zeros(1 << 16, np.float32))
+    np.testing.assert_array_equal(evaluated.optimizer.m.numpy(), np.ones(1 << 16, np.float32))
