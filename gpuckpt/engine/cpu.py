@@ -28,6 +28,7 @@ from .writer import WriterThread
 
 CHUNK_BYTES = 16 << 20
 BATCH_BYTES = 4 << 20
+SCRATCH_BYTES = 64 << 20  # scratch memory of a restore's partly needed blocks, at a time
 
 
 class _Batch:
@@ -89,29 +90,44 @@ class CpuEngine:
 
 def read_host(storage, items: Sequence[ReadItem], dests: Sequence[np.ndarray | None]) -> dict[int, DataLossError]:
     """Read planned ranges into host destinations (``dests[item.request]``, C-contiguous arrays),
-    every CRC verified; return the failures by request index. Nothing unverified is copied out of
-    a scratch buffer."""
-    targets, scratch = [], []
-    flat: dict[int, memoryview] = {}
-    for item in items:
-        if item.in_place:
+    every CRC verified; return the failures by request index.
+
+    Ranges read in place go straight into their destination, all in one parallel read. Blocks only
+    partly needed go through scratch buffers, at most ``SCRATCH_BYTES`` of them at a time (a larger
+    block alone), and only verified bytes are copied out of them.
+    """
+    failed: dict[int, DataLossError] = {}
+    in_place = [item for item in items if item.in_place]
+    if in_place:
+        flat: dict[int, memoryview] = {}
+        targets = []
+        for item in in_place:
             view = flat.get(item.request)
             if view is None:
                 view = flat[item.request] = memoryview(dests[item.request].reshape(-1).view(np.uint8))
             targets.append(ReadTarget(item.key, item.shard, item.offset, item.length, item.crc32c, view))
-        else:
-            dest = dests[item.request]
-            buf = aligned_empty(item.block_shape, dest.dtype)
-            scratch.append((len(targets), item, buf))
-            targets.append(ReadTarget(item.key, item.shard, item.offset, item.length, item.crc32c,
-                                      memoryview(buf.reshape(-1).view(np.uint8))))
-    if not targets:
-        return {}
-    report = storage.read_verified(targets)
-    failed: dict[int, DataLossError] = {}
-    for i, error in report.failed:  # one target per item, in order
-        failed.setdefault(items[i].request, error)
-    for _, item, buf in scratch:
-        if item.request not in failed:
-            dests[item.request][item.dst] = buf[item.src]
+        for i, error in storage.read_verified(targets).failed:
+            failed.setdefault(in_place[i].request, error)
+    for group in _scratch_groups([item for item in items if not item.in_place]):
+        buffers = [aligned_empty(item.block_shape, dests[item.request].dtype) for item in group]
+        targets = [ReadTarget(item.key, item.shard, item.offset, item.length, item.crc32c,
+                              memoryview(buf.reshape(-1).view(np.uint8))) for item, buf in zip(group, buffers)]
+        for i, error in storage.read_verified(targets).failed:
+            failed.setdefault(group[i].request, error)
+        for item, buf in zip(group, buffers):
+            if item.request not in failed:
+                dests[item.request][item.dst] = buf[item.src]
     return failed
+
+
+def _scratch_groups(items: Sequence[ReadItem]) -> list[list[ReadItem]]:
+    """Scratch reads in groups of at most ``SCRATCH_BYTES`` (a larger block alone)."""
+    groups: list[list[ReadItem]] = []
+    size = 0
+    for item in items:
+        if not groups or size + item.length > SCRATCH_BYTES:
+            groups.append([])
+            size = 0
+        groups[-1].append(item)
+        size += item.length
+    return groups

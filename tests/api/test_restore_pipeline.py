@@ -225,3 +225,41 @@ def test_repeated_restores_hold_the_values_of_one_restore_for_an_object_never_cr
     evaluated.optimizer = gpuckpt.Module()
     evaluated.optimizer.m = gpuckpt.Variable(np.zeros(1 << 16, np.float32))
     np.testing.assert_array_equal(evaluated.optimizer.m.numpy(), np.ones(1 << 16, np.float32))
+
+
+def test_scratch_reads_of_sliced_tensors_are_bounded(tmp_path, monkeypatch) -> None:
+    """The slices (12 and 36 bytes) are read in groups of at most SCRATCH_BYTES, one after the other."""
+    from gpuckpt.engine import cpu
+    from gpuckpt.storage.reader import FileSystemReader
+
+    monkeypatch.setattr(cpu, "SCRATCH_BYTES", 40)
+    calls = []
+    real_read = FileSystemReader.read_verified
+    monkeypatch.setattr(FileSystemReader, "read_verified",
+                        lambda self, targets, **kw: calls.append([t.length for t in targets])
+                        or real_read(self, targets, **kw))
+    test_a_sliced_checkpoint_restores_into_a_variable_in_place(tmp_path)
+    assert calls == [[12], [36], [12], [36]]  # read_into, then get_tensor
+
+
+def test_a_dropped_reader_closes_its_files_and_joins_no_thread(tmp_path) -> None:
+    """Issue 13.4: nothing that can block runs when a reader is collected (the threads are process-wide)."""
+    import threading
+
+    from gpuckpt.reader import CheckpointReader
+
+    path = gpuckpt.Checkpoint(**{f"v{i}": gpuckpt.Variable(np.full(1 << 20, i, np.float32)) for i in range(4)}
+                              ).write(tmp_path / "ck")
+    assert "__del__" not in vars(CheckpointReader)
+    reader = CheckpointReader(path)
+    out = [np.zeros(1 << 20, np.float32) for _ in range(4)]
+    reader.read_tensors([(f"v{i}/.ATTRIBUTES/VARIABLE_VALUE", o) for i, o in enumerate(out)])  # uses the pool
+    threads = {t.ident for t in threading.enumerate() if t.name.startswith("gpuckpt-read")}
+    assert threads
+    gc.disable()
+    try:
+        del reader  # no close(): the finalizer closes descriptors only
+        assert not [f for f in _fds() if str(tmp_path) in f]
+    finally:
+        gc.enable()
+    assert threads <= {t.ident for t in threading.enumerate()}  # the pool lives on, nothing was joined
