@@ -3,6 +3,18 @@
 Each comparison alternates the sides round by round and keeps each side's best time.
 
     python bench/bench_io.py [--size-mib 1024] [--no-fsync] [--no-tf] [--dir DIR]
+    python bench/bench_io.py --api {gpt2,small5000,mixed} [--scale 8] [--no-fsync] [--repeat 3]
+
+``--api`` measures what users run: ``Checkpoint.write`` of ``Variable``s and ``Checkpoint.read``
+into existing ``Variable``s (every CRC verified), beside plain writes (+fsync) and reads of the
+same bytes into aligned buffers and safetensors' ``save_file``/``load_file``, warm and cold,
+and prints the fixed cost per 1,000 tensors (gpuckpt's time minus plain I/O's). Workloads:
+``gpt2`` (GPT-2 small's 148 parameters with Adam's ``exp_avg``, ``exp_avg_sq`` and scalar
+``step`` each: 592 tensors, 1.49 GB at ``--scale 1``; ``--scale N`` divides each tensor's first
+dimension, keeping the tensor count), ``small5000`` (5,000 tensors of 1-16 KiB plus 4 large)
+and ``mixed`` (12 x 32 MiB plus 1,500 of 1-256 KiB; scaled the same way). It also prints the
+peak host RSS a restore adds beyond the restored values (a fresh process whose variables are
+allocated and touched first).
 
 The state is a few large float32 tensors (3/4 of the bytes) and many 64 KiB ones (1/4).
 Every side gets the same durability: with fsync (default) each side's files are fsynced
@@ -17,6 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,9 +39,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import gpuckpt  # noqa: E402
-from gpuckpt.arrays import aligned_empty  # noqa: E402
-from gpuckpt.saver import write_tensors  # noqa: E402
+import gpuckpt
+from gpuckpt.arrays import aligned_empty
+from gpuckpt.saver import write_tensors
 
 SMALL = 64 << 10
 
@@ -110,8 +123,179 @@ def interleaved(sides: dict, repeat: int, before: dict | None = None, args_for: 
     return {name: min(t) for name, t in times.items()}
 
 
+def gpt2_shapes() -> list[tuple[int, ...]]:
+    """GPT-2 small's parameter shapes (148 tensors)."""
+    shapes = [(50257, 768), (1024, 768)]
+    for _ in range(12):
+        shapes += [(768,), (768,), (768, 2304), (2304,), (768, 768), (768,), (768,), (768,),
+                   (768, 3072), (3072,), (3072, 768), (768,)]
+    return shapes + [(768,), (768,)]
+
+
+def api_shapes(workload: str, scale: int) -> dict[str, tuple[int, ...]]:
+    """name -> shape of the float32 tensors of an ``--api`` workload (first dimensions divided by ``scale``)."""
+    rng = np.random.default_rng(0)
+
+    def scaled(shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (max(1, shape[0] // scale),) + shape[1:]
+
+    if workload == "gpt2":
+        shapes = [scaled(s) for s in gpt2_shapes()]
+        out = {f"{part}/{i:03d}": s for part in ("param", "exp_avg", "exp_avg_sq") for i, s in enumerate(shapes)}
+        out.update({f"step/{i:03d}": () for i in range(len(shapes))})
+        return out
+    if workload == "small5000":
+        out = {f"small/{i:05d}": (int(n),) for i, n in enumerate(rng.integers(256, 4096, 5000))}
+        out.update({f"large/{i}": ((32 << 20) // 4 // scale,) for i in range(4)})
+        return out
+    out = {f"large/{i:02d}": ((32 << 20) // 4 // scale,) for i in range(12)}
+    out.update({f"small/{i:04d}": (max(1, int(n) // scale),) for i, n in enumerate(rng.integers(256, 65536, 1500))})
+    return out
+
+
+def api_state(workload: str, scale: int) -> dict[str, np.ndarray]:
+    """The workload's tensors, filled with random float32 values."""
+    rng = np.random.default_rng(1)
+    return {name: rng.standard_normal(shape, dtype=np.float32) for name, shape in api_shapes(workload, scale).items()}
+
+
+def _all_files(path: str) -> list[str]:
+    """The files of a saved checkpoint: a directory's files, a prefix's files, or the file itself."""
+    if os.path.isdir(path):
+        return [os.path.join(path, f) for f in os.listdir(path)]
+    return files_of(path) if not os.path.exists(path) else [path]
+
+
+def _torch_sides(state: dict[str, np.ndarray], fsync: bool, options) -> dict:
+    """PyTorch peers when torch is installed: gpuckpt through its PyTorch adapter (an ``nn.Module``
+    holding the tensors as parameters) and PyTorch DCP (``torch.distributed.checkpoint``)."""
+    try:
+        import torch
+        import torch.distributed.checkpoint as dcp
+    except ImportError:
+        return {"save": {}, "restore": {}}
+
+    def module(values: dict[str, np.ndarray]):
+        m = torch.nn.Module()
+        for name, value in values.items():
+            m.register_parameter(name.replace("/", "_"), torch.nn.Parameter(torch.from_numpy(value), requires_grad=False))
+        return m
+
+    source = module(state)
+    target = module({k: np.zeros_like(v) for k, v in state.items()})
+    saving, loading = gpuckpt.Checkpoint(model=source), gpuckpt.Checkpoint(model=target)
+    source_sd, target_sd = source.state_dict(), target.state_dict()
+
+    def dcp_save(path: str) -> None:
+        dcp.save(source_sd, checkpoint_id=path)
+        if fsync:
+            fsync_files(_all_files(path))
+
+    return {"save": {"save gpuckpt (torch adapter)": lambda p: saving.write(p, options=options),
+                     "save PyTorch DCP": dcp_save},
+            "restore": {"restore gpuckpt (torch adapter)": (lambda p: loading.read(p), "save gpuckpt (torch adapter)"),
+                        "restore PyTorch DCP": (lambda p: dcp.load(target_sd, checkpoint_id=p), "save PyTorch DCP")}}
+
+
+def bench_api(workload: str, scale: int, fsync: bool, repeat: int, work: str) -> None:
+    """The ``--api`` comparison (see the module docstring)."""
+    from safetensors.numpy import load_file, save_file
+
+    state = api_state(workload, scale)
+    nbytes = sum(v.nbytes for v in state.values())
+    print(f"workload {workload} (scale 1/{scale}): {len(state)} tensors, {nbytes / 1e9:.3f} GB; "
+          f"fsync={'on' if fsync else 'off'}")
+    source = gpuckpt.Checkpoint(state=gpuckpt.Module())
+    for name, value in state.items():
+        setattr(source.state, name.replace("/", "_"), gpuckpt.Variable(value))
+    target = gpuckpt.Checkpoint(state=gpuckpt.Module())
+    for name, value in state.items():
+        setattr(target.state, name.replace("/", "_"), gpuckpt.Variable(np.zeros_like(value)))
+    dests = [aligned_empty(v.shape, v.dtype) for v in state.values()]
+    for d in dests:
+        d.fill(0)
+    options = gpuckpt.CheckpointOptions(fsync=fsync)
+    rounds: dict[str, int] = {}
+
+    def path_of(side: str, number: int) -> str:
+        return os.path.join(work, side.replace(" ", "_").replace("(", "").replace(")", "") + f"-{number}")
+
+    def fresh(side: str) -> str:
+        """A new path for this side's next save; its previous files are deleted outside the clock."""
+        rounds[side] = rounds.get(side, 0) + 1
+        for old in Path(work).glob(os.path.basename(path_of(side, rounds[side] - 1)) + "*"):
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+        return path_of(side, rounds[side])
+
+    def st_save(path: str) -> None:
+        save_file(state, path)
+        if fsync:
+            fsync_files([path])
+
+    saves = {"save plain": lambda p: plain_write(p, state, fsync),
+             "save gpuckpt": lambda p: source.write(p, options=options),
+             "save safetensors": st_save}
+    torch_sides = _torch_sides(state, fsync, options)
+    saves.update(torch_sides["save"])
+    results = interleaved(saves, repeat, args_for={name: (lambda name=name: fresh(name)) for name in saves})
+    last = {name: path_of(name, rounds[name]) for name in saves}
+    plain, ours, st = last["save plain"], last["save gpuckpt"], last["save safetensors"]
+    for mode in ("warm", "cold"):
+        cold = mode == "cold"
+        sides = {f"restore plain ({mode})": lambda: plain_read(plain, dests),
+                 f"restore gpuckpt ({mode})": lambda: target.read(ours),
+                 f"restore safetensors ({mode})": lambda: load_file(st)}
+        files = {f"restore plain ({mode})": [plain], f"restore gpuckpt ({mode})": files_of(ours),
+                 f"restore safetensors ({mode})": [st]}
+        for name, (load, saved_as) in torch_sides["restore"].items():
+            where = last[saved_as]
+            sides[f"{name} ({mode})"] = lambda load=load, where=where: load(where)
+            files[f"{name} ({mode})"] = _all_files(where)
+        results.update(interleaved(sides, repeat, before={
+            name: (lambda paths=paths: drop_cache(paths)) if cold else None for name, paths in files.items()}))
+    for name, value in state.items():
+        assert np.array_equal(getattr(target.state, name.replace("/", "_")).numpy(), value), name
+    report(results, nbytes)
+    per_k = 1000 / len(state) * 1e3
+    print(f"fixed cost per 1,000 tensors beyond plain I/O: save {(results['save gpuckpt'] - results['save plain']) * per_k:.1f} ms, "
+          f"restore warm {(results['restore gpuckpt (warm)'] - results['restore plain (warm)']) * per_k:.1f} ms, "
+          f"cold {(results['restore gpuckpt (cold)'] - results['restore plain (cold)']) * per_k:.1f} ms")
+    child = subprocess.run([sys.executable, __file__, "--rss-child", ours, workload, str(scale)],
+                           capture_output=True, text=True, check=True)
+    print(f"host RSS of a restore beyond the restored values (peak - before, fresh process): "
+          f"{int(child.stdout.split()[-1]) / 2**20:.1f} MiB for {nbytes / 2**20:.0f} MiB of values")
+    for kind in ("save", "restore"):
+        for mode in (("",) if kind == "save" else (" (warm)", " (cold)")):
+            ours_t = results[f"{kind} gpuckpt{mode}"]
+            peers = [(name.split(" ", 1)[1].replace(mode, ""), t) for name, t in results.items()
+                     if name.startswith(kind + " ") and name.endswith(mode) and name != f"{kind} gpuckpt{mode}"]
+            print(f"{kind}{mode}: gpuckpt " + ", ".join(f"{t / ours_t:.2f}x {peer.strip()}" for peer, t in peers))
+
+
+def rss_child(path: str, workload: str, scale: int) -> None:
+    """Print the peak RSS a ``Checkpoint.read`` adds beyond its variables (already allocated and touched).
+
+    The peak is VmHWM (this process's own; ``ru_maxrss`` would carry the parent's peak across exec)."""
+    shapes = api_shapes(workload, scale)
+    target = gpuckpt.Checkpoint(state=gpuckpt.Module())
+    for name, shape in shapes.items():
+        setattr(target.state, name.replace("/", "_"), gpuckpt.Variable(np.zeros(shape, np.float32)))
+    with open("/proc/self/statm") as f:
+        before = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    target.read(path)
+    with open("/proc/self/status") as f:
+        peak = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    print(max(0, peak - before))
+
+
 def main() -> int:
+    if len(sys.argv) == 5 and sys.argv[1] == "--rss-child":
+        rss_child(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--api", choices=("gpt2", "small5000", "mixed"), default=None,
+                    help="measure Checkpoint.write/read with Variables on this workload (see above)")
+    ap.add_argument("--scale", type=int, default=1, help="--api: divide each tensor's first dimension by this")
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--no-fsync", action="store_true")
     ap.add_argument("--no-tf", action="store_true", help="skip TensorFlow (also skipped when it is not installed)")
@@ -119,6 +303,13 @@ def main() -> int:
     ap.add_argument("--dir", default=None, help="where to write (default: a temporary directory)")
     args = ap.parse_args()
     fsync = not args.no_fsync
+    if args.api:
+        work = tempfile.mkdtemp(prefix="gpuckpt-bench-", dir=args.dir)
+        try:
+            bench_api(args.api, args.scale, fsync, args.repeat, work)
+        finally:
+            shutil.rmtree(work)
+        return 0
     state = make_state(args.size_mib << 20)
     nbytes = sum(v.nbytes for v in state.values())
     work = tempfile.mkdtemp(prefix="gpuckpt-bench-", dir=args.dir)
@@ -219,7 +410,7 @@ def report(results: dict[str, float], nbytes: int) -> None:
         print(f"{k:32s} {v:8.2f}")
     print("\nratios (gpuckpt / peer):")
     pairs = [("save", "plain"), ("save", "TensorFlow")]
-    pairs += [(f"restore", f"plain ({m})") for m in ("warm", "cold")] + [("restore", f"TensorFlow ({m})") for m in ("warm", "cold")]
+    pairs += [("restore", f"plain ({m})") for m in ("warm", "cold")] + [("restore", f"TensorFlow ({m})") for m in ("warm", "cold")]
     for op, peer in pairs:
         mode = peer[peer.find("(") :] if "(" in peer else ""
         ours, theirs = f"{op} gpuckpt {mode}".strip(), f"{op} {peer}"

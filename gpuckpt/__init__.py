@@ -1,6 +1,6 @@
 """gpuckpt: fast, safe, TensorFlow-compatible checkpoints of training state, on GPU or CPU."""
 
-from .errors import CheckpointError, DataLossError, InvalidArgumentError, NotFoundError
+from .errors import CheckpointError, DataLossError, InvalidArgumentError, NotFoundError, PartialRestoreError
 from .reader import CheckpointReader, latest_checkpoint, list_variables, load_checkpoint
 from .checkpoint import Checkpoint
 from .manager import CheckpointManager
@@ -30,4 +30,5 @@ __all__ = [
     "DataLossError",
     "InvalidArgumentError",
     "NotFoundError",
+    "PartialRestoreError",
 ]

@@ -22,7 +22,7 @@ from .futures import AsyncSaver, SaveHandle
 from .graph import LiveGraph, walk
 from .options import CheckpointOptions, callback_arity
 from .reader import latest_checkpoint
-from .restorer import open_session
+from .session import open_session
 from .status import CheckpointLoadStatus, InitializationOnlyStatus, NameBasedSaverStatus, load_status
 from .storage import filesystem
 from .trackable.base import Trackable, as_trackable, is_trackable
@@ -277,7 +277,8 @@ class Checkpoint(AutoTrackable):
         if self._self_async is not None:
             self._self_async.wait()  # restore what is committed; a background error stays for sync()
         session = open_session(os.fspath(save_path), skip_slots=options.experimental_skip_slot_variables,
-                               engines=self._self_engines, io_device=options.io_device)
+                               engines=self._self_engines, io_device=options.io_device,
+                               atomic=options.atomic_restore, ring_bytes=options.restore_ring_bytes)
         session.start(self._root(), self._attached())
         return load_status(session, self._graph)
 

@@ -43,3 +43,19 @@ def describe(path: str | os.PathLike | None, key: str | None = None) -> str:
     if key is not None:
         parts.append(f"key {key!r}")
     return ", ".join(parts)
+
+
+class PartialRestoreError(DataLossError):
+    """A restore found corrupt bytes after it had begun writing into variables' own memory.
+
+    ``restored`` names the checkpoint keys whose values were verified and assigned; ``failed``
+    those whose bytes failed verification (their in-place destinations were zero-filled, so no
+    variable holds unverified bytes; values restored through ``_restore_tensors`` kept their
+    old value). Restore with ``CheckpointOptions(atomic_restore=True)`` to change nothing instead.
+    """
+
+    def __init__(self, message: str, *, restored: tuple[str, ...], failed: tuple[str, ...],
+                 path: str | os.PathLike | None = None, key: str | None = None):
+        super().__init__(message, path=path, key=key)
+        self.restored = restored
+        self.failed = failed

@@ -26,6 +26,7 @@ from .errors import CheckpointError, InvalidArgumentError
 from .format.statefile import CheckpointState
 from .options import CheckpointOptions
 from .retention import CheckpointInfo
+from .session import restore_newest_verified
 from .storage import filesystem, recovery
 
 log = logging.getLogger(__name__)
@@ -201,14 +202,17 @@ class CheckpointManager:
         """Restore the latest checkpoint and return its path; else run ``init_fn`` and return None.
 
         First puts back a checkpoint whose overwrite a crash interrupted (best effort: skipped
-        where the directory cannot be locked, e.g. when it is read-only).
+        where the directory cannot be locked, e.g. when it is read-only). A checkpoint whose data
+        fails verification is skipped, with a warning naming it, for the newest older one that
+        verifies; if none does, the newest one's error is raised (training never silently restarts).
         """
         if self._latest is not None:
             recovery.try_sweep(os.path.dirname(self._prefix), os.path.basename(self._prefix))
-            self._checkpoint.restore(self._latest)
+            candidates = [self._latest] + [p for p in reversed(self.checkpoints) if p != self._latest]
+            restored = restore_newest_verified(self._checkpoint, candidates)
             if self._checkpoint_interval is not None:
                 self._last_checkpoint_step = int(np.asarray(self._step_counter))
-            return self._latest
+            return restored
         if self._init_fn is not None:
             self._init_fn()
         return None

@@ -5,9 +5,9 @@ variable's graph name (``dense/kernel``, ``dense/kernel/Adam``, ``global_step``)
 ``_CHECKPOINTABLE_OBJECT_GRAPH`` entry (spec 9.1). TensorFlow restores such a checkpoint into
 objects by name (spec 10, step 1): every live object reachable from the root, slot
 variables included, is looked up under its ``full_name`` (a Variable's ``name``), and the
-values found are assigned. gpuckpt does the same, with its usual rules: dtypes and shapes
-must match exactly, every value is checked and read (CRC-verified) before any is
-assigned, and a failure leaves every object unchanged.
+values found are assigned. gpuckpt does the same, as a strategy of the one restore pipeline
+(``gpuckpt.session``): dtypes and shapes must match exactly (a mismatch changes nothing), and
+values are read through the same plan and engines as object-graph restores.
 
 Differences from TensorFlow: only the objects that exist when ``restore()`` runs are
 restored (TF also restores variables created later through Keras' ``add_weight``), and only
@@ -19,18 +19,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .arrays import describe
-from .engine.select import EngineCache
 from .format.objgraph import OBJECT_GRAPH_KEY
 from .graph import LiveGraph, pretty_path, walk
-from .reader import CheckpointReader
-from .restorer import Assignment, RestoreSession, slot_node_ids
-from .trackable import restore_order
+from .session import RestoreSession, Target, slot_node_ids, target
 from .trackable.base import Trackable
 from .trackable.variable import VARIABLE_VALUE
 
 
-def is_name_based(reader: CheckpointReader) -> bool:
+def is_name_based(reader) -> bool:
     """True for a checkpoint without an object graph (TF1 ``Saver``): it can only be matched by name."""
     return not reader.has_tensor(OBJECT_GRAPH_KEY)
 
@@ -48,61 +44,38 @@ class NameBasedResult:
     unused_keys: tuple[str, ...]
 
 
-class NameBasedRestoreSession(RestoreSession):
-    """A restore of a TF1 checkpoint into live objects, matching ``full_name`` to checkpoint key.
+class NameBasedMatching:
+    """Matches every live ``VARIABLE_VALUE`` by its ``full_name`` to a checkpoint key; defers nothing."""
 
-    It reuses :class:`RestoreSession`'s checks and reads (all or nothing, GPU destinations
-    through the GPU engine) but has no saved object graph and no deferred values.
-    """
-
-    def __init__(self, reader: CheckpointReader, *, skip_slots: bool = False, engines: EngineCache | None = None):
-        # RestoreSession.__init__ would decode the object graph, which this checkpoint lacks; these
-        # are the attributes its _read_all/_mismatch use
-        self.engines = engines
-        self.reader = reader
-        self.prefix = reader.prefix
+    def __init__(self, *, skip_slots: bool = False):
         self.skip_slots = skip_slots
         self.names: list[str] = []  # live paths, by node id of the live graph (used in messages)
         self.result = NameBasedResult((), (), ())
 
-    def start(self, root: Trackable, attached: Sequence[tuple[str, Trackable]] = ()) -> None:
-        """Match every existing object by name, then check, read and assign all values, or none."""
+    def start(self, session: RestoreSession, root: Trackable, attached: Sequence[tuple[str, Trackable]]) -> None:
+        """Match every existing object by name, then restore them through the session."""
         live = walk(root, attached)
         self.names = [pretty_path(path) for path in live.paths]
-        assignments, missing = self._plan_by_name(live)
-        values = self._read_all(assignments)
-        grouped: dict[int, tuple[Trackable, dict]] = {}
-        for a, value in zip(assignments, values):
-            grouped.setdefault(id(a.obj), (a.obj, {}))[1][a.name] = value
-        uid = restore_order.next_restore_uid()
-        for obj, named in grouped.values():
-            restore_order.claim(obj, uid)  # the newest restore: older deferred values no longer overwrite these
-            obj._restore_tensors(named)
-        used = {a.key for a in assignments}
+        keys = session.entries
+        targets, missing = self._targets(live, keys)
+        session.restore_targets(targets)
+        used = {t.request.key for t in targets}
         self.result = NameBasedResult(
-            restored=tuple((self.names[a.node_id], a.key) for a in assignments),
+            restored=tuple((self.names[t.node_id], t.request.key) for t in targets),
             missing=tuple(missing),
-            unused_keys=tuple(k for k in self.reader.keys() if k not in used))
+            unused_keys=tuple(k for k in keys if k not in used))
 
-    def _plan_by_name(self, live: LiveGraph) -> tuple[list[Assignment], list[tuple[str, str]]]:
-        """One assignment per live ``VARIABLE_VALUE`` whose full name is a checkpoint key."""
+    def _targets(self, live: LiveGraph, keys) -> tuple[list[Target], list[tuple[str, str]]]:
+        """One target per live ``VARIABLE_VALUE`` whose full name is a checkpoint key."""
         skipped = slot_node_ids(live.graph) if self.skip_slots else set()
-        assignments: list[Assignment] = []
+        targets: list[Target] = []
         missing: list[tuple[str, str]] = []
         for node_id, (obj, values) in enumerate(zip(live.objects, live.tensors)):
             if VARIABLE_VALUE not in values or node_id in skipped:
                 continue
             key = obj._checkpoint_full_name()
-            if key and self.reader.has_tensor(key):
-                assignments.append(Assignment(node_id, obj, VARIABLE_VALUE, key, describe(values[VARIABLE_VALUE])))
+            if key and key in keys:
+                targets.append(target(node_id, obj, VARIABLE_VALUE, key, self.names[node_id], values[VARIABLE_VALUE]))
             else:
                 missing.append((self.names[node_id], key))
-        return assignments, missing
-
-    def resume(self, node_id: int, obj: Trackable) -> None:
-        """Never called: a name-based restore defers nothing (there are no saved nodes to wait for)."""
-        raise NotImplementedError("name-based restores defer nothing")
-
-    def unresolved_nodes(self) -> list[int]:
-        """No saved nodes, so none unresolved; ``result.missing`` has what did not match."""
-        return []
+        return targets, missing

@@ -52,6 +52,10 @@ class CheckpointOptions:
     order once the checkpoint is committed. ``experimental_skip_slot_variables``: restore
     ignores optimizer slots. ``experimental_sharding_callback``: None or a gpuckpt sharding
     policy. ``fsync``: flush data and directory entries to disk before the commit.
+    ``atomic_restore``: a restore reads every value into new buffers and assigns only once
+    all of them verified (all or nothing, at the cost of a copy of the state in host memory);
+    by default values are read straight into the variables (see docs/api.md, "Failed restores").
+    ``restore_ring_bytes``: device memory a GPU restore may hold (its staging ring).
     """
 
     io_device: str | None = None
@@ -63,14 +67,20 @@ class CheckpointOptions:
     experimental_write_callbacks: tuple[Callable, ...] | None = None
     experimental_skip_slot_variables: bool = False
     experimental_sharding_callback: ShardingPolicy | None = field(default=None)
+    atomic_restore: bool = False
+    restore_ring_bytes: int = 256 << 20
 
     def __post_init__(self) -> None:
         for name in ("enable_async", "fsync", "experimental_enable_async_checkpoint",
-                     "experimental_skip_slot_variables"):
+                     "experimental_skip_slot_variables", "atomic_restore"):
             _check_bool(name, getattr(self, name))
         if isinstance(self.max_in_flight, bool) or not isinstance(self.max_in_flight, int) or self.max_in_flight < 1:
             raise InvalidArgumentError(f"CheckpointOptions.max_in_flight must be an int of at least 1, "
                                        f"got {self.max_in_flight!r}")
+        if (isinstance(self.restore_ring_bytes, bool) or not isinstance(self.restore_ring_bytes, int)
+                or self.restore_ring_bytes < 4096):
+            raise InvalidArgumentError(f"CheckpointOptions.restore_ring_bytes must be an int of at least 4096, "
+                                       f"got {self.restore_ring_bytes!r}")
         enable_async = self.enable_async or self.experimental_enable_async_checkpoint
         object.__setattr__(self, "enable_async", enable_async)
         object.__setattr__(self, "experimental_enable_async_checkpoint", enable_async)

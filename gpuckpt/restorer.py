@@ -1,27 +1,33 @@
-"""The restore pipeline: match a saved object graph to live objects, then assign all or nothing.
+"""Object-graph matching: the restore strategy for checkpoints with an object graph (spec 10).
 
-``match`` is pure: it pairs saved nodes with live objects breadth-first by local name
-(spec 10) and lists what must wait for objects that do not exist yet. ``RestoreSession``
-then checks every matched value (dtype, shape), reads every tensor (CRC-verified), and only
-then assigns; a failure anywhere leaves every variable as it was. Deferred values stay with
-the session and are restored, by the same steps, when their object appears.
+``match`` is pure: it pairs saved nodes with live objects breadth-first by local name and
+lists what must wait for objects that do not exist yet. :class:`ObjectGraphMatching` turns the
+pairs into targets that ``session.RestoreSession`` plans, reads and assigns; the values of saved
+nodes no live object took yet are read in the same pass and kept in memory (bounded by what is
+pending), so no file stays open. They are assigned, after the same dtype and shape checks, when
+their object appears (deferred restoration).
+
+References: a live parent holds its deferred restorations, which hold this strategy, which
+refers to bound objects only weakly (as TensorFlow's restore coordinator does), so no cycle
+keeps a restored model alive: the unused-values warning fires when the last reference to the
+restore (its status and any object still waiting) goes.
 """
 
 from __future__ import annotations
 
 import warnings
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-
-from .arrays import ValueSpec, aligned_empty, describe
-from .engine.select import EngineCache, gpu_usable
 from .errors import DataLossError, InvalidArgumentError
+from .format.bundle import BundleEntry
 from .format.objgraph import OBJECT_GRAPH_KEY, ObjectGraph, SlotRef, decode
 from .graph import children_of, pretty_names
-from .reader import CheckpointReader
+from .restore_plan import Request, check_requests
+from .session import RestoreSession, Target, read_stored_string, slot_node_ids, target
+from .storage.reader import FileSystemReader
 from .trackable import restore_order
 from .trackable.base import Trackable
 
@@ -123,17 +129,6 @@ def _match_slots(candidates: Sequence[SlotWait], bound: Mapping[int, Trackable],
     return slot_deferrals, waits
 
 
-@dataclass(frozen=True)
-class Assignment:
-    """One value to restore: attribute ``name`` of ``obj`` (node ``node_id``) from ``key``."""
-
-    node_id: int
-    obj: Trackable
-    name: str
-    key: str
-    current: ValueSpec
-
-
 @dataclass
 class RestoreState:
     """What a session has done so far, by node id; statuses and the unused-values warning read it.
@@ -148,94 +143,133 @@ class RestoreState:
     expect_partial: bool = False
 
 
-class RestoreSession:
-    """One ``read()`` of one checkpoint into one object graph, deferred values included."""
+class _Bindings(Mapping):
+    """Saved node id → live object, held weakly where the object allows it (tuples do not).
 
-    def __init__(self, prefix: str, *, skip_slots: bool = False, engines: EngineCache | None = None,
-                 io_device: str | None = None, reader: CheckpointReader | None = None):
-        self.engines = engines if io_device != "cpu" and gpu_usable() else None  # for device destinations
-        self.reader = reader if reader is not None else CheckpointReader(prefix)
-        self.prefix = self.reader.prefix
-        self.saved = _read_graph(self.reader)
-        self.names = pretty_names(self.saved)
+    A node whose object has gone stays counted as bound; ``get`` then returns None.
+    """
+
+    def __init__(self) -> None:
+        self._refs: dict[int, Any] = {}
+
+    def __getitem__(self, node_id: int) -> Trackable:
+        ref = self._refs[node_id]
+        obj = ref() if isinstance(ref, weakref.ref) else ref
+        if obj is None:
+            raise KeyError(node_id)
+        return obj
+
+    def get(self, node_id: int, default: Any = None) -> Any:
+        try:
+            return self[node_id]
+        except KeyError:
+            return default
+
+    def __contains__(self, node_id: object) -> bool:
+        return node_id in self._refs
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._refs)
+
+    def __len__(self) -> int:
+        return len(self._refs)
+
+    def values(self):  # live objects only
+        return [obj for obj in (self.get(n) for n in self._refs) if obj is not None]
+
+    def update(self, pairs: Iterable[tuple[int, Trackable]]) -> None:
+        for node_id, obj in pairs:
+            try:
+                self._refs[node_id] = weakref.ref(obj)
+            except TypeError:
+                self._refs[node_id] = obj
+
+
+class ObjectGraphMatching:
+    """One restore of an object-graph checkpoint into one object graph, deferred values included."""
+
+    def __init__(self, saved: ObjectGraph, entries: Mapping[str, BundleEntry], prefix: str, *,
+                 skip_slots: bool = False):
+        self.saved = saved
+        self.names = pretty_names(saved)
+        self.entries = entries
+        self.prefix = prefix
         self.skip_slots = skip_slots
         self.state = RestoreState()
-        self.bound: dict[int, Trackable] = {}
-        self.uid = restore_order.next_restore_uid()  # a newer restore's values win over this one's
+        self.bound = _Bindings()
+        self.pending: dict[str, Any] = {}  # verified values of saved nodes not bound yet, by key
+        self.uid = 0  # the session's restore number (trackable.restore_order), set by start
 
-    def start(self, root: Trackable, attached: Sequence[tuple[str, Trackable]] = ()) -> None:
-        """Match from the root and restore everything that already exists.
+    @classmethod
+    def from_storage(cls, storage: FileSystemReader, *, skip_slots: bool = False) -> ObjectGraphMatching:
+        return cls(_read_graph(storage), storage.index.entries, storage.prefix, skip_slots=skip_slots)
 
-        Once that succeeded, the session warns when it is collected about values never used.
+    def start(self, session: RestoreSession, root: Trackable, attached: Sequence[tuple[str, Trackable]]) -> None:
+        """Match from the root, restore everything that exists, and read what waits into memory.
+
+        Once that succeeded, a warning about values never used is issued when this goes away.
         """
-        self._restore([(0, root)], attached)
+        self.uid = session.uid
+        found = match(self.saved, [(0, root)], self.bound, slot_waits=self.state.slot_waits, attached=attached,
+                      skip_slots=self.skip_slots)
+        targets, unused = self._targets(found.bindings)
+        pending = self._pending_requests(found)
+        values = session.restore_targets(targets, pending)
+        self.pending = {r.key: v for r, v in zip(pending, values)}
+        self._commit(found, unused)
         finalizer = weakref.finalize(self, _warn_unused, self.state, self.saved, self.names, self.prefix,
                                      self.skip_slots)
         finalizer.atexit = False
 
     def resume(self, node_id: int, obj: Trackable) -> None:
-        """Restore a deferred node into ``obj``, which has just been attached."""
-        self._restore([(node_id, obj)], ())
+        """Restore a deferred node into ``obj``, which has just been attached, from the values in memory."""
+        found = match(self.saved, [(node_id, obj)], self.bound, slot_waits=self.state.slot_waits,
+                      skip_slots=self.skip_slots)
+        targets, unused = self._targets(found.bindings)
+        for t in targets:
+            if t.request.key not in self.entries:
+                raise DataLossError(f"checkpoint {self.prefix} lists key {t.request.key!r} for {t.request.label} "
+                                    "but has no such tensor", path=self.prefix, key=t.request.key)
+        check_requests(self.entries, [t.request for t in targets], prefix=self.prefix)
+        grouped: dict[int, tuple[Trackable, dict[str, Any]]] = {}
+        for t in targets:
+            if not restore_order.claim(t.obj, self.uid):
+                continue  # a newer restore already set this object (TF's rule: the newest restore wins)
+            grouped.setdefault(id(t.obj), (t.obj, {}))[1][t.name] = self.pending[t.request.key]
+        for owner, named in grouped.values():
+            owner._restore_tensors(named)
+        for t in targets:
+            self.pending.pop(t.request.key, None)
+        self._commit(found, unused)
 
-    def _restore(self, start: list[tuple[int, Trackable]], attached: Sequence[tuple[str, Trackable]]) -> None:
-        found = match(self.saved, start, self.bound, slot_waits=self.state.slot_waits,
-                      attached=attached, skip_slots=self.skip_slots)
-        assignments, unused = self._plan(found.bindings)
-        values = self._read_all(assignments)
-        self._commit(found, assignments, values, unused)
-
-    def _plan(self, bindings: Sequence[tuple[int, Trackable]]) -> tuple[list[Assignment], dict[int, list[str]]]:
-        assignments, unused = [], {}
+    def _targets(self, bindings: Sequence[tuple[int, Trackable]]) -> tuple[list[Target], dict[int, list[str]]]:
+        out, unused = [], {}
         for node_id, obj in bindings:
             attributes = self.saved.nodes[node_id].attributes
             current = obj._serialize_tensors() if attributes else {}
             for attr in attributes:
                 if attr.name in current:
-                    assignments.append(Assignment(node_id, obj, attr.name, attr.checkpoint_key,
-                                                  describe(current[attr.name])))
+                    out.append(target(node_id, obj, attr.name, attr.checkpoint_key, self.names[node_id],
+                                      current[attr.name]))
                 else:
                     unused.setdefault(node_id, []).append(attr.name)
-        return assignments, unused
+        return out, unused
 
-    def _read_all(self, assignments: Sequence[Assignment]) -> list[Any]:
-        """Check every value against its destination, then read them all (CRC-verified)."""
-        problems = [(a.key, p) for a in assignments if (p := self._mismatch(a))]
-        if problems:
-            raise InvalidArgumentError(
-                f"cannot restore from checkpoint {self.prefix}: " + "; ".join(p for _, p in problems),
-                path=self.prefix, key=problems[0][0])
-        on_gpu = [a for a in assignments if self._gpu_readable(a)]
-        gpu_keys = {a.key for a in on_gpu}
-        numeric = [(a.key, aligned_empty(a.current.shape, a.current.dtype.numpy)) for a in assignments
-                   if not a.current.dtype.is_string and a.key not in gpu_keys]
-        self.reader.read_tensors(numeric)
-        by_key = dict(numeric)
-        if on_gpu:
-            items = list({a.key: self.reader.entry(a.key) for a in on_gpu}.items())
-            by_key.update(zip((k for k, _ in items), self.engines.gpu().read(self.reader, items)))
-        return [by_key[a.key] if a.key in by_key else self.reader.get_tensor(a.key) for a in assignments]
+    def _pending_requests(self, found: Match) -> list[Request]:
+        """What saved nodes that stay unbound hold: read now, assigned when their object appears."""
+        bound = {n for n, _ in found.bindings}
+        ignored = slot_node_ids(self.saved) if self.skip_slots else set()
+        out = []
+        for node_id, node in enumerate(self.saved.nodes):
+            if node_id in bound or node_id in ignored or node_id in self.bound:
+                continue
+            for attr in node.attributes:
+                entry = self.entries.get(attr.checkpoint_key)
+                if entry is not None:
+                    out.append(Request(attr.checkpoint_key, self.names[node_id], entry.dtype, entry.shape))
+        return out
 
-    def _gpu_readable(self, a: Assignment) -> bool:
-        """Device destinations go through the GPU engine (verified on the device) when there is one."""
-        return (self.engines is not None and a.current.on_device and not a.current.dtype.is_string
-                and not self.reader.entry(a.key).is_sliced)
-
-    def _mismatch(self, a: Assignment) -> str | None:
-        if not self.reader.has_tensor(a.key):
-            raise DataLossError(f"checkpoint {self.prefix} lists key {a.key!r} in its object graph "
-                                f"but has no such tensor", path=self.prefix, key=a.key)
-        entry = self.reader.entry(a.key)
-        wanted = a.current.dtype
-        where = f"key {a.key!r} ({self.names[a.node_id]})"
-        if entry.dtype != wanted:
-            return f"{where}: expected dtype {wanted.name} does not equal original dtype {entry.dtype.name}"
-        if tuple(entry.shape) != tuple(a.current.shape):
-            return (f"{where}: received incompatible tensor with shape {tuple(entry.shape)} when attempting "
-                    f"to restore variable with shape {tuple(a.current.shape)}")
-        return None
-
-    def _commit(self, found: Match, assignments: Sequence[Assignment], values: Sequence[Any],
-                unused: Mapping[int, list[str]]) -> None:
+    def _commit(self, found: Match, unused: Mapping[int, list[str]]) -> None:
         state = self.state
         self.bound.update(found.bindings)
         state.bound.update(node_id for node_id, _ in found.bindings)
@@ -244,12 +278,6 @@ class RestoreSession:
         for wait in found.slot_waits:
             state.slot_waits.setdefault(wait.ref.original_variable_node_id, []).append(wait)
         state.unused_attributes.update(unused)
-        grouped: dict[int, tuple[Trackable, dict[str, Any]]] = {}
-        for a, value in zip(assignments, values):
-            grouped.setdefault(id(a.obj), (a.obj, {}))[1][a.name] = value
-        for obj, named in grouped.values():
-            if restore_order.claim(obj, self.uid):  # else a newer restore already assigned it (TF's rule)
-                obj._restore_tensors(named)
         for d in found.deferrals:
             d.parent._defer_dependency(d.local_name, _Deferred(self, d.node_id))
         for d in found.slot_deferrals:
@@ -262,55 +290,36 @@ class RestoreSession:
         return _unresolved(self.saved, self.state, self.skip_slots)
 
 
-def open_session(prefix: str, *, skip_slots: bool = False, engines: EngineCache | None = None,
-                 io_device: str | None = None) -> RestoreSession:
-    """A restore session for the checkpoint at ``prefix``: object-based when it has an object
-    graph, name-based (``gpuckpt.namebased``) when it was written by TF1's ``Saver``."""
-    from .namebased import NameBasedRestoreSession, is_name_based
-
-    reader = CheckpointReader(prefix)
-    if is_name_based(reader):
-        return NameBasedRestoreSession(reader, skip_slots=skip_slots,
-                                       engines=engines if io_device != "cpu" and gpu_usable() else None)
-    return RestoreSession(prefix, skip_slots=skip_slots, engines=engines, io_device=io_device, reader=reader)
-
-
 @dataclass(frozen=True)
 class _Deferred:
     """A deferred restoration kept on a live parent; ``apply`` restores into the new child."""
 
-    session: RestoreSession
+    matching: ObjectGraphMatching
     node_id: int
 
     def apply(self, obj: Trackable) -> None:
-        self.session.resume(self.node_id, obj)
+        self.matching.resume(self.node_id, obj)
+
+    def superseded(self) -> None:
+        """A newer restore replaced this one on its parent: its unused values are not warned about."""
+        self.matching.state.expect_partial = True
 
     def saved_specs(self) -> dict[str, tuple[Any, tuple[int, ...]]]:
         """The saved dtype and shape of each of the node's attributes, from the checkpoint's index."""
-        entries = {a.name: self.session.reader.entry(a.checkpoint_key)
-                   for a in self.session.saved.nodes[self.node_id].attributes}
-        return {name: (entry.dtype, tuple(entry.shape)) for name, entry in entries.items()}
+        entries = self.matching.entries
+        return {a.name: (entries[a.checkpoint_key].dtype, tuple(entries[a.checkpoint_key].shape))
+                for a in self.matching.saved.nodes[self.node_id].attributes if a.checkpoint_key in entries}
 
 
-def _read_graph(reader: CheckpointReader) -> ObjectGraph:
-    if not reader.has_tensor(OBJECT_GRAPH_KEY):
-        raise InvalidArgumentError(
-            f"checkpoint {reader.prefix} has no {OBJECT_GRAPH_KEY} entry: it is a TF1 name-based "
-            "checkpoint; open it with restorer.open_session, which matches it by name",
-            path=reader.prefix, key=OBJECT_GRAPH_KEY)
-    graph = decode(reader.get_tensor(OBJECT_GRAPH_KEY), path=reader.prefix)
+def _read_graph(storage: FileSystemReader) -> ObjectGraph:
+    graph = decode(read_stored_string(storage, OBJECT_GRAPH_KEY), path=storage.prefix)
     for node_id, node in enumerate(graph.nodes):
         if node.registered_saver is not None:
             raise InvalidArgumentError(
-                f"checkpoint {reader.prefix}: node {node_id} uses the registered saver "
+                f"checkpoint {storage.prefix}: node {node_id} uses the registered saver "
                 f"{node.registered_saver!r}, whose data lives outside the bundle; gpuckpt cannot restore it",
-                path=reader.prefix)
+                path=storage.prefix)
     return graph
-
-
-def slot_node_ids(saved: ObjectGraph) -> set[int]:
-    """Ids of the saved slot-variable nodes."""
-    return {ref.slot_variable_node_id for node in saved.nodes for ref in node.slot_variables}
 
 
 def _unresolved(saved: ObjectGraph, state: RestoreState, skip_slots: bool) -> list[int]:
@@ -321,7 +330,7 @@ def _unresolved(saved: ObjectGraph, state: RestoreState, skip_slots: bool) -> li
 
 def _warn_unused(state: RestoreState, saved: ObjectGraph, names: Sequence[str], prefix: str,
                  skip_slots: bool) -> None:
-    """At the end of a session, name the values no object received (unless expect_partial)."""
+    """At the end of a restore, name the values no object received (unless expect_partial)."""
     if state.expect_partial:
         return
     lines = [f"Value in checkpoint could not be found in the restored object: {names[i]}"

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Mapping, Sequence
 
 from .arrays import as_tensor
 from .engine.cpu import CpuEngine
 from .engine.select import EngineCache, to_host, wants_gpu
-from .format.bundle import BundleEntry, build_index
+from .format import sstable
+from .format.bundle import BundleEntry, encode_entry, encode_header
 from .plan import SavePlan, TensorSpec, build_save_plan
 from .storage.filesystem import FileSystemWriter, PosixIO
 
@@ -33,6 +35,31 @@ def write_planned(plan: SavePlan, described: Sequence, writer, *, use_gpu: bool,
         item.key: BundleEntry(item.dtype, item.shape, item.shard, item.offset, item.nbytes, value)
         for item, value in zip(plan.items, crcs)
     }
+
+
+_CRC_TAG = b"\x35"  # BundleEntryProto.crc32c: field 6, fixed32; the last field of an unsliced entry
+_ENTRY_PREFIXES: dict[tuple, bytes] = {}  # an entry's bytes up to its CRC, reused by every save of that layout
+_MAX_PREFIXES = 1 << 16
+
+
+def _entry_bytes(item, crc_value: int) -> bytes:
+    """``encode_entry`` of one planned, unsliced tensor, from its cached prefix plus the CRC field
+    (proto3 omits a zero CRC, as ``encode_entry`` does)."""
+    layout = (item.dtype.enum, item.shape, item.shard, item.offset, item.nbytes)
+    prefix = _ENTRY_PREFIXES.get(layout)
+    if prefix is None:
+        if len(_ENTRY_PREFIXES) >= _MAX_PREFIXES:
+            _ENTRY_PREFIXES.clear()
+        prefix = _ENTRY_PREFIXES[layout] = encode_entry(
+            BundleEntry(item.dtype, item.shape, item.shard, item.offset, item.nbytes, 0))
+    return prefix + _CRC_TAG + struct.pack("<I", crc_value) if crc_value else prefix
+
+
+def index_bytes(plan: SavePlan, crcs: Sequence[int]) -> bytes:
+    """The ``.index`` of a single-process save (the bytes ``build_index`` gives for the same entries),
+    built without an entry object per tensor."""
+    rows = sorted((item.key.encode("utf-8"), _entry_bytes(item, value)) for item, value in zip(plan.items, crcs))
+    return sstable.build_table([(b"", encode_header(plan.num_shards)), *rows])
 
 
 def plan_for(keys: Sequence[str], described: Sequence, max_shard_size: int | None = None) -> SavePlan:
@@ -65,8 +92,8 @@ def write_tensors(
     writer = FileSystemWriter(prefix, plan.num_shards, fsync=fsync, **({"io": io} if io else {}))
     cache = engines if engines is not None else EngineCache()
     try:
-        entries = write_planned(plan, described, writer, use_gpu=use_gpu, engines=cache)
-        writer.commit(build_index(plan.num_shards, entries))
+        crcs = (cache.gpu() if use_gpu else CpuEngine()).write(plan, described, writer)
+        writer.commit(index_bytes(plan, crcs))
     except BaseException:
         writer.abort()
         raise

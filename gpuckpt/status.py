@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .graph import LiveGraph, pretty_path
-from .namebased import NameBasedRestoreSession, NameBasedResult
-from .restorer import RestoreSession, slot_node_ids
+from .namebased import NameBasedMatching, NameBasedResult
+from .restorer import ObjectGraphMatching
+from .session import RestoreSession, slot_node_ids
 
 _MAX_SHOWN = 10
 
@@ -19,8 +20,8 @@ _MAX_SHOWN = 10
 class CheckpointLoadStatus:
     """Returned by ``Checkpoint.read``/``restore``; every method returns ``self`` or raises."""
 
-    def __init__(self, session: RestoreSession, live_graph: Callable[[], LiveGraph]):
-        self._session = session
+    def __init__(self, matching: ObjectGraphMatching, live_graph: Callable[[], LiveGraph]):
+        self._session = matching  # what the restore matched (its files are closed already)
         self._live_graph = live_graph
 
     def assert_consumed(self) -> "CheckpointLoadStatus":
@@ -91,12 +92,12 @@ class CheckpointLoadStatus:
                 if live.tensors[i] and id(obj) not in bound and i not in skipped]
 
 
-def _names(session: RestoreSession, node_ids: list[int]) -> str:
+def _names(session: ObjectGraphMatching, node_ids: list[int]) -> str:
     shown = [session.names[i] for i in node_ids[:_MAX_SHOWN]]
     return ", ".join(shown) + (", ..." if len(node_ids) > _MAX_SHOWN else "")
 
 
-def _describe_node(session: RestoreSession, node_id: int) -> str:
+def _describe_node(session: ObjectGraphMatching, node_id: int) -> str:
     node = session.saved.nodes[node_id]
     keys = ", ".join(repr(a.checkpoint_key) for a in node.attributes)
     return f"attributes {[a.name for a in node.attributes]} (keys {keys})"
@@ -105,9 +106,10 @@ def _describe_node(session: RestoreSession, node_id: int) -> str:
 def load_status(session: RestoreSession, live_graph: Callable[[], LiveGraph]
                 ) -> "CheckpointLoadStatus | NameBasedSaverStatus":
     """The status of a started session: name-based sessions get :class:`NameBasedSaverStatus`."""
-    if isinstance(session, NameBasedRestoreSession):
-        return NameBasedSaverStatus(session.result)
-    return CheckpointLoadStatus(session, live_graph)
+    strategy = session.strategy
+    if isinstance(strategy, NameBasedMatching):
+        return NameBasedSaverStatus(strategy.result)
+    return CheckpointLoadStatus(strategy, live_graph)
 
 
 class NameBasedSaverStatus:

@@ -130,6 +130,14 @@ class TorchTensor(_Adapter):
     def _serialize_tensors(self) -> Mapping[str, Any]:
         return {VARIABLE_VALUE: tensor_view(self.tensor)}
 
+    def _restore_destinations(self) -> Mapping[str, Any]:
+        """The tensor's own memory, for restores that read in place: a NumPy view of a CPU tensor,
+        or the CUDA tensor itself (not the host copies ``tensor_view`` makes of some CUDA dtypes)."""
+        t = self.tensor.detach()
+        if t.device.type == "cpu" or (t.device.type == "cuda" and t.dtype not in _VIEWED):
+            return {VARIABLE_VALUE: tensor_view(t)}
+        return {}
+
     def _restore_tensors(self, values: Mapping[str, Any]) -> None:
         copy_into(self.tensor, values[VARIABLE_VALUE])
 

@@ -6,6 +6,10 @@ entry, or the whole tensor). Each stored block that overlaps the target is read 
 verified, and the common region is copied into place, so any save layout restores into any
 restore layout (resharding).
 
+The reads are one ``restore_plan`` (each target a request for its block) run by the CPU
+engine's ``read_host``, the same plan and reads as a single-process restore; values are read
+into new buffers, since nothing may be assigned before every rank agrees.
+
 Trade-off: a stored block's CRC covers the whole block, so a block that overlaps the target is
 read *whole* even when only part of it is needed; bytes are never used unverified. With a
 restore layout equal to (or coarser than, along the split axis) the save layout nothing extra
@@ -32,14 +36,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..arrays import aligned_empty, as_tensor
-from ..errors import InvalidArgumentError, NotFoundError
-from ..format import objgraph
-from ..format.bundle import BundleEntry
-from ..format.slices import slice_key
+from ..engine.cpu import read_host
+from ..errors import InvalidArgumentError
+from ..format import dtypes, objgraph
 from ..reader import CheckpointReader
+from ..restore_plan import Request, build_restore_plan
+from ..session import read_string
 from .comm import ROOT, Failure, Group
 from .errors import DistributedError
-from .layout import Box, Sharded, layout_of, overlaps
+from .layout import Box, Sharded, layout_of
 
 REPLICATED_STRATEGIES = ("read", "broadcast")
 
@@ -55,15 +60,6 @@ class Target:
     global_shape: tuple[int, ...]
     dtype: np.dtype
     replicated: bool
-
-
-@dataclass(frozen=True)
-class Read:
-    """One stored block to read whole, and the part of it the target needs."""
-
-    entry: BundleEntry
-    stored: Box
-    common: Box
 
 
 @dataclass(frozen=True)
@@ -98,73 +94,35 @@ def _dtype_and_shape(key: str, value: object) -> tuple[np.dtype, tuple[int, ...]
     return (np.dtype(object) if described.dtype.is_string else described.dtype.numpy), tuple(described.shape)
 
 
-def stored_blocks(reader: CheckpointReader, key: str) -> list[tuple[Box, BundleEntry]]:
-    """The stored blocks of ``key``: its slices (spec 7.6), or the whole tensor as one block."""
-    entry = reader.entry(key)
-    if not entry.is_sliced:
-        return [(Box((0,) * len(entry.shape), entry.shape), entry)]
-    blocks = []
-    for extents in entry.slices:
-        offsets = tuple(e.start for e in extents)
-        lengths = tuple(dim - e.start if e.length is None else e.length for e, dim in zip(extents, entry.shape))
-        piece = reader.index.slice_entries.get(slice_key(key, extents))
-        if piece is None:
-            raise NotFoundError(f"slice {list(zip(offsets, lengths))} of key {key!r} is missing from "
-                                f"{reader.index_path!r}", path=reader.index_path, key=key)
-        blocks.append((Box(offsets, lengths), piece))
-    return blocks
-
-
-def plan_target(reader: CheckpointReader, target: Target) -> list[Read]:
-    """The stored blocks to read for one target, checked against the stored dtype and shape."""
-    entry = reader.entry(target.key)
-    if entry.shape != target.global_shape or entry.dtype.numpy != target.dtype:
-        raise InvalidArgumentError(
-            f"key {target.key!r} is stored as {entry.dtype.name} {list(entry.shape)} but the live variable is "
-            f"{target.dtype} {list(target.global_shape)} (global shape)", key=target.key, path=reader.index_path)
-    blocks = stored_blocks(reader, target.key)
-    return [Read(blocks[i][1], blocks[i][0], common) for i, common in overlaps(target.box, [b for b, _ in blocks])]
+def _request(target: Target, reader: CheckpointReader) -> Request:
+    """The restore-plan request of a target: the whole tensor, or this rank's block of it."""
+    reader.entry(target.key)  # NotFoundError naming the key when the checkpoint lacks it
+    if target.dtype == object:
+        if not target.replicated:
+            raise InvalidArgumentError(f"key {target.key!r}: string tensors cannot be Sharded", key=target.key)
+        return Request(target.key, target.key, dtypes.STRING, target.global_shape)
+    block = None if target.replicated else (target.box.offsets, target.box.lengths)
+    return Request(target.key, target.key, dtypes.from_numpy(target.dtype), target.global_shape, block)
 
 
 def read_targets(reader: CheckpointReader, targets: Sequence[Target]) -> tuple[list[np.ndarray], int]:
-    """Read and verify every stored block the targets overlap, then cut out each target's part.
+    """Read and verify every stored block the targets overlap (one restore plan), then cut out each
+    target's part. A target that is exactly one stored block is read straight into its buffer; a
+    block that is only partly needed is read whole (its CRC covers all of it) and the overlap copied.
 
-    A target that is exactly one stored block is read straight into its destination. Returns the
-    filled arrays (in target order) and the number of bytes read.
+    Returns the filled arrays (in target order) and the number of bytes read.
     """
-    outs, jobs, cuts = [], [], []
-    strings = 0
-    for target in targets:
-        if target.dtype == object:  # string tensors: replicated only, read whole with their own CRC check
-            if not target.replicated:
-                raise InvalidArgumentError(f"key {target.key!r}: string tensors cannot be Sharded", key=target.key)
-            outs.append(_read_string(reader, target))
-            strings += reader.entry(target.key).size
-            continue
-        out = aligned_empty(target.box.lengths, target.dtype)
-        outs.append(out)
-        reads = plan_target(reader, target)
-        if len(reads) == 1 and reads[0].stored == target.box:
-            jobs.append((target.key, reads[0].entry, out))
-            continue
-        for read in reads:
-            buf = aligned_empty(read.stored.lengths, target.dtype)
-            jobs.append((target.key, read.entry, buf))
-            cuts.append((out, target.box, buf, read))
-    reader.read_entries(jobs)
-    for out, box, buf, read in cuts:
-        out[read.common.region(box.offsets)] = buf[read.common.region(read.stored.offsets)]
-    return outs, strings + sum(job[1].size for job in jobs)
-
-
-def _read_string(reader: CheckpointReader, target: Target) -> np.ndarray:
-    entry = reader.entry(target.key)
-    if not entry.dtype.is_string or entry.shape != target.global_shape:
-        raise InvalidArgumentError(
-            f"key {target.key!r} is stored as {entry.dtype.name} {list(entry.shape)} but the live variable is a "
-            f"string tensor of shape {list(target.global_shape)}", key=target.key, path=reader.index_path)
-    value = reader.get_tensor(target.key)
-    return np.array(value, dtype=object) if isinstance(value, bytes) else value
+    requests = [_request(t, reader) for t in targets]
+    plan = build_restore_plan(reader.index, requests, reader.storage.shard_size, prefix=reader.prefix,
+                              shard_path=reader.storage.shard_path)
+    outs: list = [None if r.dtype.is_string else aligned_empty(r.dest_shape, r.dtype.numpy) for r in requests]
+    failed = read_host(reader.storage, plan.reads, outs)
+    if failed:
+        raise failed[min(failed)]
+    for item in plan.strings:
+        value = read_string(reader.storage, item)
+        outs[item.request] = np.array(value, dtype=object) if isinstance(value, bytes) else value
+    return outs, plan.total_bytes
 
 
 def _checked(group: Group, report: str | None, what: str, started: float) -> None:

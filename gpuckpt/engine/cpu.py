@@ -1,9 +1,15 @@
-"""The CPU engine: checksums host tensors and hands their bytes to storage, overlapping the two.
+"""The CPU engine: checksums host tensors and hands their bytes to storage, overlapping the two;
+on restore, has storage read file bytes straight into each destination's host memory.
 
 CRC32C runs on the calling thread (the ``crc32c`` package releases the GIL) while one writer
 thread issues positional writes, so checksumming hides behind the disk. Large tensors are
 written straight from their own memory in ``CHUNK_BYTES`` pieces; runs of small tensors are
 gathered into one vectored write, so thousands of variables cost a few system calls, not thousands.
+
+Restore (:func:`read_host`) is the mirror: each planned range read in place goes straight into
+its destination (the variable's own array when it offers one), verified by the storage reader's
+threads; blocks that are only partly needed (slices, a rank's part of a tensor) go through a
+scratch buffer of their own size, and the needed part is copied once verified.
 """
 
 from __future__ import annotations
@@ -12,13 +18,17 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..arrays import HostTensor
+from ..arrays import HostTensor, aligned_empty
+from ..errors import DataLossError
 from ..format import crc
 from ..plan import SavePlan
+from ..restore_plan import ReadItem
+from ..storage.base import ReadTarget
 from .writer import WriterThread
 
 CHUNK_BYTES = 16 << 20
 BATCH_BYTES = 4 << 20
+SCRATCH_BYTES = 64 << 20  # scratch memory of a restore's partly needed blocks, at a time
 
 
 class _Batch:
@@ -76,3 +86,48 @@ class CpuEngine:
             value = crc.crc32c(chunk, value)
             out.put(shard, offset + start, chunk)
         return tensor.string_crc if tensor.string_crc is not None else crc.mask(value)
+
+
+def read_host(storage, items: Sequence[ReadItem], dests: Sequence[np.ndarray | None]) -> dict[int, DataLossError]:
+    """Read planned ranges into host destinations (``dests[item.request]``, C-contiguous arrays),
+    every CRC verified; return the failures by request index.
+
+    Ranges read in place go straight into their destination, all in one parallel read. Blocks only
+    partly needed go through scratch buffers, at most ``SCRATCH_BYTES`` of them at a time (a larger
+    block alone), and only verified bytes are copied out of them.
+    """
+    failed: dict[int, DataLossError] = {}
+    in_place = [item for item in items if item.in_place]
+    if in_place:
+        flat: dict[int, memoryview] = {}
+        targets = []
+        for item in in_place:
+            view = flat.get(item.request)
+            if view is None:
+                view = flat[item.request] = memoryview(dests[item.request].reshape(-1).view(np.uint8))
+            targets.append(ReadTarget(item.key, item.shard, item.offset, item.length, item.crc32c, view))
+        for i, error in storage.read_verified(targets).failed:
+            failed.setdefault(in_place[i].request, error)
+    for group in _scratch_groups([item for item in items if not item.in_place]):
+        buffers = [aligned_empty(item.block_shape, dests[item.request].dtype) for item in group]
+        targets = [ReadTarget(item.key, item.shard, item.offset, item.length, item.crc32c,
+                              memoryview(buf.reshape(-1).view(np.uint8))) for item, buf in zip(group, buffers)]
+        for i, error in storage.read_verified(targets).failed:
+            failed.setdefault(group[i].request, error)
+        for item, buf in zip(group, buffers):
+            if item.request not in failed:
+                dests[item.request][item.dst] = buf[item.src]
+    return failed
+
+
+def _scratch_groups(items: Sequence[ReadItem]) -> list[list[ReadItem]]:
+    """Scratch reads in groups of at most ``SCRATCH_BYTES`` (a larger block alone)."""
+    groups: list[list[ReadItem]] = []
+    size = 0
+    for item in items:
+        if not groups or size + item.length > SCRATCH_BYTES:
+            groups.append([])
+            size = 0
+        groups[-1].append(item)
+        size += item.length
+    return groups

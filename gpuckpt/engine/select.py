@@ -53,6 +53,7 @@ class EngineCache:
     def __init__(self, staging_bytes: int | None = None):
         self.staging_bytes = staging_bytes
         self._gpu = None
+        self._ring = None
 
     def gpu(self):
         """The GPU engine, created on first use."""
@@ -62,7 +63,28 @@ class EngineCache:
             self._gpu = GpuEngine() if self.staging_bytes is None else GpuEngine(self.staging_bytes)
         return self._gpu
 
+    def ring(self, ring_bytes: int | None = None):
+        """The GPU restore ring of ``ring_bytes`` (default: ``gpu_restore.DEFAULT_RING_BYTES``), created on
+        first use; a restore releases it when it ends (``release_ring``)."""
+        from .gpu_restore import DEFAULT_RING_BYTES, RestoreRing
+
+        size = ring_bytes or DEFAULT_RING_BYTES
+        if self._ring is None or self._ring.ring_bytes != size:
+            if self._ring is not None:
+                self._ring.close()
+            self._ring = RestoreRing(size)
+        return self._ring
+
+    def release_ring(self) -> None:
+        """Free the restore ring (a restore runs once in a while; its memory goes back at once)."""
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+
     def close(self) -> None:
         if self._gpu is not None:
             self._gpu.close()
             self._gpu = None
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None

@@ -12,6 +12,11 @@ the methods it needs (each has a do-nothing default):
 ``_restore_tensors(values: Mapping[str, array]) -> None``
     Receives checkpointed values, already checked against the arrays that
     ``_serialize_tensors`` returns (same dtype, same shape), under the same names.
+``_restore_destinations() -> Mapping[str, array]``
+    Optional: memory a restore may write checkpointed values into directly, by attribute
+    name: the object's own C-contiguous, writable NumPy array of the value's dtype and
+    shape, or its device array. Values read there are verified in place and never passed
+    to ``_restore_tensors``; attributes not offered (the default: none) go through it.
 ``_slot_variables() -> Sequence[SlotVariable]``
     For optimizers: per-variable state ("slots") keyed by the variable it belongs to.
     Saved as TF1-style ``slot_variables`` (spec 9.3/9.4); the slot-name order of the
@@ -81,6 +86,11 @@ class Trackable:
     def _restore_tensors(self, values: Mapping[str, Any]) -> None:
         """Accept checkpointed values (already validated); nothing to do by default."""
 
+    def _restore_destinations(self) -> Mapping[str, Any]:
+        """Arrays a restore may fill in place, by attribute name; none by default (values then go
+        through ``_restore_tensors``)."""
+        return {}
+
     def _slot_variables(self) -> Sequence[SlotVariable]:
         """Optimizer slots; none by default."""
         return ()
@@ -113,12 +123,25 @@ class Trackable:
         return state
 
     def _defer_dependency(self, name: str, restoration: DeferredRestoration) -> None:
-        """Keep ``restoration`` until a dependency called ``name`` is added."""
-        self._deferred_state().by_name.setdefault(name, []).append(restoration)
+        """Keep ``restoration`` until a dependency called ``name`` is added.
+
+        It replaces one kept from an earlier restore: the newest restore wins anyway, and each
+        holds its values in memory, so an evaluation loop restoring a checkpoint again and
+        again into objects that never gain ``name`` holds one restore's values, not all of them.
+        """
+        for older in self._deferred_state().by_name.get(name, ()):
+            _superseded(older)
+        self._deferred_state().by_name[name] = [restoration]
 
     def _defer_slot(self, slot_name: str, original: "Trackable", restoration: DeferredRestoration) -> None:
-        """Keep ``restoration`` until this optimizer creates ``slot_name`` for ``original``."""
-        self._deferred_state().slots.append((slot_name, original, restoration))
+        """Keep ``restoration`` until this optimizer creates ``slot_name`` for ``original`` (replacing
+        one kept from an earlier restore, as ``_defer_dependency`` does)."""
+        state = self._deferred_state()
+        for entry in state.slots:
+            if entry[0] == slot_name and entry[1] is original:
+                _superseded(entry[2])
+        state.slots = [e for e in state.slots if not (e[0] == slot_name and e[1] is original)]
+        state.slots.append((slot_name, original, restoration))
 
     def _has_deferred(self) -> bool:
         state = self.__dict__.get("_self_deferred")
@@ -149,6 +172,14 @@ class Trackable:
             except BaseException:
                 self._deferred_state().by_name[name] = waiting[index:]
                 raise
+
+
+def _superseded(restoration: DeferredRestoration) -> None:
+    """Tell a replaced restoration that a newer restore took its place (it then does not warn about
+    values never used); restorations without a ``superseded`` method are just dropped."""
+    superseded = getattr(restoration, "superseded", None)
+    if superseded is not None:
+        superseded()
 
 
 # Frameworks whose objects become trackable through an adapter module: (top-level package,

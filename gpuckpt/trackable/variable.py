@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..arrays import as_device_array, is_device_array
+from ..arrays import aligned_empty, as_device_array, is_device_array
 from ..errors import InvalidArgumentError
 from ..format import dtypes
 from .base import Trackable
@@ -15,15 +15,23 @@ from .base import Trackable
 VARIABLE_VALUE = "VARIABLE_VALUE"
 
 
+_ALIGNED_FROM = 256 << 10  # arrays this large start on a page: reads into them run faster (the restore's reads)
+
+
 def _to_array(value: Any, dtype: dtypes.DType | None) -> np.ndarray:
-    """A fresh NumPy array from ``value``; strings become object arrays of UTF-8 bytes."""
+    """A fresh NumPy array from ``value`` (page-aligned when large); strings become object arrays of UTF-8 bytes."""
     if isinstance(value, Variable):
         value = value.value()
     if dtype is None:
         dtype = _infer_dtype(value)
     if dtype.is_string:
         return np.vectorize(_as_bytes, otypes=[object])(np.array(value, dtype=object))
-    return np.array(value, dtype=dtype.numpy)
+    source = np.asarray(value, dtype=dtype.numpy)
+    if source.nbytes < _ALIGNED_FROM:
+        return np.array(source, copy=True)
+    out = aligned_empty(source.shape, source.dtype)
+    np.copyto(out, source)
+    return out
 
 
 def _infer_dtype(value: Any) -> dtypes.DType:
@@ -178,6 +186,14 @@ class Variable(Trackable):
 
     def _serialize_tensors(self) -> Mapping[str, Any]:
         return {VARIABLE_VALUE: self.value()}
+
+    def _restore_destinations(self) -> Mapping[str, Any]:
+        """The variable's own memory (host array or device array), for restores that read in place."""
+        if self._device is not None:
+            return {VARIABLE_VALUE: self._device}
+        if self._array.dtype == object:
+            return {}
+        return {VARIABLE_VALUE: self._array}
 
     def _restore_tensors(self, values: Mapping[str, Any]) -> None:
         value = values[VARIABLE_VALUE]

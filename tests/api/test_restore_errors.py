@@ -51,16 +51,36 @@ def test_every_mismatch_is_listed(path: str) -> None:
         ckpt.read(path)
 
 
-def test_corrupt_tensor_changes_no_variable(path: str) -> None:
+def _corrupt_b(path: str) -> None:
     data = Path(path + ".data-00000-of-00001")
     raw = bytearray(data.read_bytes())
     raw[8] ^= 0xFF  # inside b, the second payload; a comes first and is intact
     data.write_bytes(bytes(raw))
-    ckpt = fresh(gpuckpt.Variable([0.0, 0.0]))
-    with pytest.raises(gpuckpt.DataLossError, match="b/.ATTRIBUTES/VARIABLE_VALUE"):
+
+
+def test_corrupt_tensor_is_zeroed_and_named_the_rest_restored(path: str) -> None:
+    """Default (in-place reads): what verified is assigned, what failed is zero-filled, both are named."""
+    _corrupt_b(path)
+    ckpt = fresh(gpuckpt.Variable([7.0, 7.0]))
+    with pytest.raises(gpuckpt.PartialRestoreError, match="b/.ATTRIBUTES/VARIABLE_VALUE") as info:
         ckpt.read(path)
+    assert isinstance(info.value, gpuckpt.DataLossError)
+    assert info.value.failed == ("b/.ATTRIBUTES/VARIABLE_VALUE",)
+    assert set(info.value.restored) == {"a/.ATTRIBUTES/VARIABLE_VALUE", "s/.ATTRIBUTES/VARIABLE_VALUE"}
+    assert "computed" not in str(info.value)
+    np.testing.assert_array_equal(ckpt.a.numpy(), [1.0, 2.0])
+    np.testing.assert_array_equal(ckpt.b.numpy(), [0.0, 0.0])  # never the corrupt bytes
+    assert ckpt.s.numpy() == b"text"
+
+
+def test_corrupt_tensor_changes_no_variable_in_atomic_mode(path: str) -> None:
+    _corrupt_b(path)
+    ckpt = fresh(gpuckpt.Variable([7.0, 7.0]))
+    with pytest.raises(gpuckpt.DataLossError, match="b/.ATTRIBUTES/VARIABLE_VALUE") as info:
+        ckpt.read(path, options=gpuckpt.CheckpointOptions(atomic_restore=True))
+    assert not isinstance(info.value, gpuckpt.PartialRestoreError)
     assert_untouched(ckpt)
-    np.testing.assert_array_equal(ckpt.b.numpy(), [0.0, 0.0])
+    np.testing.assert_array_equal(ckpt.b.numpy(), [7.0, 7.0])
 
 
 def test_deferred_mismatch_raises_on_attach_and_stays_pending(path: str) -> None:

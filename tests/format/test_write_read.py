@@ -51,7 +51,7 @@ def test_several_shards(tmp_path) -> None:
 
 
 def test_large_tensor_read_in_chunks_with_combined_crcs(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr("gpuckpt.reader.READ_TASK_BYTES", 4096)
+    monkeypatch.setattr("gpuckpt.storage.reader.READ_TASK_BYTES", 4096)
     monkeypatch.setattr("gpuckpt.engine.cpu.CHUNK_BYTES", 5000)
     value = np.random.default_rng(1).standard_normal(100_003).astype(np.float32)
     write_tensors(tmp_path / "ck", {"big": value, "small": np.arange(3)})
@@ -129,3 +129,21 @@ def test_read_tensors_detects_corruption_in_a_batch(tmp_path) -> None:
     outs = [(k, np.empty(4, np.int64)) for k in values]
     with pytest.raises(gpuckpt.DataLossError, match="'v5'"):
         gpuckpt.load_checkpoint(tmp_path / "ck").read_tensors(outs)
+
+
+def test_saved_index_bytes_equal_build_index_of_the_same_entries() -> None:
+    from gpuckpt.format.bundle import BundleEntry, build_index
+    from gpuckpt.format.dtypes import BY_NAME
+    from gpuckpt.plan import TensorSpec, build_save_plan
+    from gpuckpt.saver import index_bytes
+
+    rng = np.random.default_rng(5)
+    specs = [TensorSpec(f"k/{i}", BY_NAME[["float32", "int8", "bool", "float64"][i % 4]],
+                        tuple(int(d) for d in rng.integers(0, 5, i % 3)), int(rng.integers(0, 300)))
+             for i in range(200)]
+    plan = build_save_plan(specs, max_shard_size=2000)
+    crcs = [0 if i % 7 == 0 else int(rng.integers(1, 2**32)) for i in range(len(specs))]
+    entries = {it.key: BundleEntry(it.dtype, it.shape, it.shard, it.offset, it.nbytes, c)
+               for it, c in zip(plan.items, crcs)}
+    assert index_bytes(plan, crcs) == build_index(plan.num_shards, entries)
+    assert index_bytes(plan, crcs) == build_index(plan.num_shards, entries)  # from the cached prefixes

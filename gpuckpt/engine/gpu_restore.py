@@ -1,0 +1,167 @@
+"""GPU restore: file bytes reach device variables through a bounded ring, verified on the device.
+
+The save path's pinned staging in reverse. The ring is ``slots`` pairs of (pinned host slot,
+device slot) of ``ring_bytes / slots`` each, allocated once and reused by every restore, so the
+device memory a restore holds is the ring's, whatever the size of the checkpoint. For each
+batch of planned ranges that fits one slot:
+
+1. read: the ranges are read (positioned reads, no CRC) into the pinned slot, by a reader
+   thread while the previous slot is on the device;
+2. DMA: one host-to-device copy moves the slot to its device slot;
+3. verify: one ``gpuckpt.kernels.crc_segments`` launch checksums every range in the slot
+   (ranges of one tensor split over slots are joined on the host with the GF(2) combine);
+4. assign: only then are the bytes copied, device to device, into each destination's memory.
+
+A tensor that fits in one slot never reaches its variable unverified. A larger one is copied
+piece by piece as each slot verifies; if a later piece fails, the session zero-fills that
+destination (it reports which). The first failing slot stops the ring: ranges not yet copied
+are reported untouched, so a restore that fits in one slot is all-or-nothing at no cost.
+Uses Numba's CUDA API only, so the same code runs on Numba's CUDA simulator in CI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._deps import import_optional
+from ..errors import DataLossError
+from ..format import crc
+from ..restore_plan import ReadItem
+from ..storage.reader import read_pool
+
+DEFAULT_RING_BYTES = 256 << 20
+SLOTS = 2
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """Bytes ``[start, start + nbytes)`` of read ``item`` (an index), at ``slot_offset`` in its slot."""
+
+    item: int
+    start: int
+    nbytes: int
+    slot_offset: int
+
+
+@dataclass(frozen=True)
+class RingOutcome:
+    """Requests whose bytes failed verification, and requests whose destination was never written."""
+
+    failed: dict[int, DataLossError]
+    untouched: frozenset[int]
+
+
+def slot_batches(sizes: Sequence[int], slot_bytes: int) -> list[list[_Piece]]:
+    """Cut ranges of the given sizes into pieces of at most ``slot_bytes``, packed into slot-sized batches."""
+    batches: list[list[_Piece]] = [[]]
+    used = 0
+    for index, nbytes in enumerate(sizes):
+        for start in range(0, max(nbytes, 1), slot_bytes):
+            n = min(slot_bytes, nbytes - start)
+            if used + n > slot_bytes:
+                batches.append([])
+                used = 0
+            batches[-1].append(_Piece(index, start, n, used))
+            used += n
+    return [b for b in batches if b]
+
+
+class RestoreRing:
+    """Pinned and device slots of a bounded GPU restore; created once, reused, ``close()``-d."""
+
+    def __init__(self, ring_bytes: int = DEFAULT_RING_BYTES, slots: int = SLOTS):
+        self._cuda = import_optional("numba.cuda", extra="gpu")
+        self._kernels = import_optional("gpuckpt.kernels", extra="gpu")
+        self.ring_bytes = ring_bytes
+        self.slot_bytes = max(ring_bytes // slots, 1)
+        self._pinned = [self._cuda.pinned_array(self.slot_bytes, np.uint8) for _ in range(slots)]
+        self._device = [self._cuda.device_array(self.slot_bytes, np.uint8) for _ in range(slots)]
+        self._stream = self._cuda.stream()
+
+    @property
+    def device_bytes(self) -> int:
+        """Device memory the ring holds (and so the most a restore through it holds)."""
+        return self.slot_bytes * len(self._device)
+
+    def read(self, storage, items: Sequence[ReadItem], dests: Sequence) -> RingOutcome:
+        """Fill device destinations (``dests[item.request]``: flat uint8 device arrays) with the
+        planned ranges (all read in place), every CRC checked on the device before its bytes are copied.
+
+        While one slot is on the device (DMA, kernel, copies), a reader thread fills the next
+        slot's pinned memory."""
+        parts: list[list[tuple[int, int]]] = [[] for _ in items]
+        written: set[int] = set()
+        batches = slot_batches([it.length for it in items], self.slot_bytes)
+        pool = read_pool()
+        pending = pool.submit(self._fill, storage, items, batches[0], self._pinned[0]) if batches else None
+        try:
+            for number, batch in enumerate(batches):
+                pinned, device = self._pinned[number % len(self._pinned)], self._device[number % len(self._device)]
+                pending.result()  # 1. this slot's bytes are in pinned memory
+                pending = None
+                if number + 1 < len(batches):  # the next slot fills while this one is on the device
+                    following = self._pinned[(number + 1) % len(self._pinned)]
+                    pending = pool.submit(self._fill, storage, items, batches[number + 1], following)
+                values = self._verify_on_device(batch, pinned, device)
+                for p, value in zip(batch, values):
+                    parts[p.item].append((p.nbytes, int(value)))
+                failed = self._check_finished(storage, items, batch, parts)
+                if failed:
+                    return self._outcome(items, failed, written)
+                for p in batch:  # 4. verified (or part of a tensor still being verified): into the destination
+                    if p.nbytes:
+                        dest = dests[items[p.item].request]
+                        dest[p.start:p.start + p.nbytes].copy_to_device(
+                            device[p.slot_offset:p.slot_offset + p.nbytes], stream=self._stream)
+                    written.add(items[p.item].request)
+                self._stream.synchronize()
+        finally:
+            if pending is not None:
+                pending.result()  # never leave a thread writing into the ring after returning
+        return self._outcome(items, {}, written)
+
+    @staticmethod
+    def _fill(storage, items: Sequence[ReadItem], batch: Sequence[_Piece], pinned) -> None:
+        """1. Read one slot's pieces (positioned reads, unverified) into pinned memory."""
+        for p in batch:
+            if p.nbytes:
+                it = items[p.item]
+                view = memoryview(pinned[p.slot_offset:p.slot_offset + p.nbytes])
+                storage.read_raw(it.shard, it.offset + p.start, view, it.key)
+
+    def _verify_on_device(self, batch: Sequence[_Piece], pinned, device):
+        """2. one DMA of the slot to the device, 3. one CRC launch over its pieces; raw CRCs."""
+        total = batch[-1].slot_offset + batch[-1].nbytes
+        if not total:
+            return [0] * len(batch)
+        device[:total].copy_to_device(pinned[:total], stream=self._stream)
+        offsets = np.array([p.slot_offset for p in batch], np.int64)
+        sizes = np.array([p.nbytes for p in batch], np.int64)
+        return self._kernels.crc_segments(device[:total], offsets, sizes, stream=self._stream)
+
+    def _check_finished(self, storage, items: Sequence[ReadItem], batch: Sequence[_Piece],
+                        parts: list[list[tuple[int, int]]]) -> dict[int, DataLossError]:
+        """CRC errors of the items whose last piece is in ``batch``."""
+        failed = {}
+        for p in batch:
+            it = items[p.item]
+            if p.start + p.nbytes < it.length:
+                continue
+            (_, value), *rest = parts[p.item]
+            for length, part in rest:
+                value = crc.combine(value, part, length)
+            if crc.mask(value) != it.crc32c:
+                failed[it.request] = storage.crc_error(it.key, it.shard, it.crc32c, " (verified on the GPU)")
+        return failed
+
+    @staticmethod
+    def _outcome(items: Sequence[ReadItem], failed: dict[int, DataLossError], written: set[int]) -> RingOutcome:
+        requests = {it.request for it in items}
+        return RingOutcome(failed, frozenset(requests - written))
+
+    def close(self) -> None:
+        self._pinned = []
+        self._device = []

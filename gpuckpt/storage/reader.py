@@ -1,0 +1,228 @@
+"""FileSystemReader: positioned, parallel, CRC-verified reads of one checkpoint's data files.
+
+The index and the data shards are opened as one version by ``storage.snapshot.open_snapshot``.
+``read_verified`` cuts the requested byte ranges into tasks of up to ``READ_TASK_BYTES`` (runs of
+adjacent small ranges share one vectored ``preadv``; large ranges are split and their CRCs
+joined with the GF(2) combine) and runs them on a small process-wide thread pool. Each thread
+checksums what it has just read, ``READ_CACHE_BYTES`` at a time, while the bytes are still in the
+CPU cache (``crc32c`` releases the GIL), so the bytes land in their destination once and are
+read from memory once more by the CRC, never copied.
+
+The pool lives as long as the process; a reader owns only file descriptors, which ``close``
+(or, as a last resort, collection) releases without waiting on anything.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from ..errors import DataLossError, InvalidArgumentError
+from ..format import crc
+from ..format.bundle import BundleIndex, parse_index
+from .base import ReadReport, ReadTarget
+from .filesystem import advance
+from .snapshot import ShardFiles, open_snapshot
+
+READ_TASK_BYTES = 8 << 20
+READ_CACHE_BYTES = 512 << 10
+READ_THREADS = 2
+_IOV_MAX = 1024
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def read_pool() -> ThreadPoolExecutor:
+    """The process-wide reader threads (created on first use, never shut down by a reader)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="gpuckpt-read")
+        return _pool
+
+
+# (shard, file offset, target index, destination view)
+_Piece = tuple[int, int, int, memoryview]
+
+
+def _group_tasks(pieces: list[_Piece], task_bytes: int) -> list[list[_Piece]]:
+    """Merge sorted pieces into tasks that each cover one contiguous range of one shard."""
+    tasks: list[list[_Piece]] = []
+    task: list[_Piece] = []
+    size = end = 0
+    shard = -1
+    for piece in pieces:
+        p_shard, offset, _, view = piece
+        if task and (p_shard != shard or offset != end or size + view.nbytes > task_bytes):
+            tasks.append(task)
+            task, size = [], 0
+        task.append(piece)
+        shard, end = p_shard, offset + view.nbytes
+        size += view.nbytes
+    if task:
+        tasks.append(task)
+    return tasks
+
+
+class FileSystemReader:
+    """A :class:`gpuckpt.storage.base.StorageReader` over POSIX files (see the module docstring)."""
+
+    def __init__(self, prefix: str | os.PathLike):
+        self.prefix = os.fspath(prefix)
+        self.index_path = self.prefix + ".index"
+        index, files = open_snapshot(self.prefix, parse_index)
+        self.index: BundleIndex = index
+        self._files: ShardFiles = files
+        self._closer = weakref.finalize(self, files.close)  # closing descriptors never blocks
+        self._closer.atexit = False
+
+    # -- 2. planning ------------------------------------------------------------------------
+    def _open(self, shard: int) -> tuple[int, int]:
+        if not self._closer.alive:
+            raise InvalidArgumentError(f"the reader of checkpoint {self.prefix!r} is closed", path=self.prefix)
+        return self._files.open(shard)
+
+    def shard_size(self, shard: int) -> int:
+        """The size in bytes of data shard ``shard`` (opened now if it was not yet)."""
+        return self._open(shard)[1]
+
+    def shard_path(self, shard: int) -> str:
+        return self._files.path(shard)
+
+    # -- 3. reading ------------------------------------------------------------------------
+    def read_verified(self, targets: Sequence[ReadTarget], *, task_bytes: int | None = None) -> ReadReport:
+        """Fill every target's destination and check its CRC; report the targets that failed."""
+        task_bytes = task_bytes or READ_TASK_BYTES
+        for shard in {t.shard for t in targets}:
+            self._open(shard)
+        pieces: list[_Piece] = []
+        for i, t in enumerate(targets):
+            if t.dest.nbytes != t.length:
+                raise InvalidArgumentError(f"buffer of {t.dest.nbytes} bytes for {t.length} stored bytes of key "
+                                           f"{t.key!r}", key=t.key)
+            if t.length <= task_bytes:
+                if t.length:
+                    pieces.append((t.shard, t.offset, i, t.dest))
+                continue
+            for start in range(0, t.length, task_bytes):
+                pieces.append((t.shard, t.offset + start, i, t.dest[start : start + task_bytes]))
+        if any(a[0] > b[0] or a[0] == b[0] and a[1] > b[1] for a, b in zip(pieces, pieces[1:])):
+            pieces.sort(key=lambda p: (p[0], p[1]))  # plans come in file order already
+        tasks = _group_tasks(pieces, task_bytes)
+        if len(tasks) > 1:
+            results = list(read_pool().map(self._run_task, tasks))
+        else:
+            results = [self._run_task(t) for t in tasks]
+        return self._verify(targets, tasks, results)
+
+    def _verify(self, targets: Sequence[ReadTarget], tasks: list[list[_Piece]], results: list) -> ReadReport:
+        parts: dict[int, list[tuple[int, int]]] = {}
+        broken: dict[int, DataLossError] = {}
+        for task, outcome in zip(tasks, results):
+            if isinstance(outcome, DataLossError):
+                for _, _, i, _ in task:
+                    broken.setdefault(i, outcome)
+                continue
+            for (_, _, i, view), value in zip(task, outcome):
+                parts.setdefault(i, []).append((view.nbytes, value))
+        failed = []
+        for i, t in enumerate(targets):
+            if i in broken:
+                failed.append((i, broken[i]))
+                continue
+            pieces = parts.get(i, ())
+            value = pieces[0][1] if len(pieces) == 1 else 0
+            for length, part in pieces if len(pieces) > 1 else ():
+                value = crc.combine(value, part, length)
+            if crc.mask(value) != t.crc32c:
+                failed.append((i, self.crc_error(t.key, t.shard, t.crc32c)))
+        return ReadReport(tuple(failed))
+
+    def crc_error(self, key: str, shard: int, stored: int, where: str = "") -> DataLossError:
+        """The error for bytes of ``key`` that fail their CRC. It names the stored value, the key and
+        the file, never a CRC computed over the bytes read (which would disclose them)."""
+        path = self.shard_path(shard)
+        return DataLossError(f"checksum mismatch for key {key!r} in {path!r}{where}: the bytes read do not match "
+                             f"the stored CRC32C {stored:#010x}", path=path, key=key)
+
+    def _run_task(self, task: list[_Piece]) -> list[int] | DataLossError:
+        """Read one contiguous file range into its views and checksum them, ``READ_CACHE_BYTES`` at a
+        time, so each byte is checksummed while it is still in the CPU cache."""
+        shard, offset = task[0][0], task[0][1]
+        try:
+            fd, _ = self._files.open(shard)
+            crcs = [0] * len(task)
+            batch: list[tuple[int, memoryview]] = []
+            size = 0
+            for i, (_, _, _, view) in enumerate(task):
+                if view.nbytes <= READ_CACHE_BYTES:
+                    batch.append((i, view))
+                    size += view.nbytes
+                else:
+                    for start in range(0, view.nbytes, READ_CACHE_BYTES):
+                        sub = view[start : start + READ_CACHE_BYTES]
+                        batch.append((i, sub))
+                        size += sub.nbytes
+                        if size >= READ_CACHE_BYTES:
+                            offset = self._read_batch(fd, shard, offset, batch, crcs)
+                            batch, size = [], 0
+                    continue
+                if size >= READ_CACHE_BYTES:
+                    offset = self._read_batch(fd, shard, offset, batch, crcs)
+                    batch, size = [], 0
+            if batch:
+                self._read_batch(fd, shard, offset, batch, crcs)
+            return crcs
+        except DataLossError as exc:
+            return exc
+        except OSError as exc:
+            path = self.shard_path(shard)
+            return DataLossError(f"cannot read data file {path!r}: {exc.strerror}", path=path)
+
+    def _read_batch(self, fd: int, shard: int, offset: int, batch: list[tuple[int, memoryview]],
+                    crcs: list[int]) -> int:
+        pending = [v for _, v in batch]
+        while pending:
+            n = os.preadv(fd, pending[:_IOV_MAX], offset)
+            if n == 0:
+                path = self.shard_path(shard)
+                raise DataLossError(f"data file {path!r} ended at offset {offset} while reading", path=path)
+            offset += n
+            pending = advance(pending, n)
+        for i, view in batch:
+            crcs[i] = crc.crc32c(view, crcs[i])
+        return offset
+
+    def read_raw(self, shard: int, offset: int, dest: memoryview, key: str) -> None:
+        """Fill ``dest`` from ``offset`` of ``shard``, unverified (the caller checks the CRC)."""
+        fd, _ = self._open(shard)
+        view = dest
+        try:
+            while view:
+                n = os.preadv(fd, [view], offset)
+                if n == 0:
+                    path = self.shard_path(shard)
+                    raise DataLossError(f"data file {path!r} ended while reading key {key!r}", path=path, key=key)
+                view, offset = view[n:], offset + n
+        except OSError as exc:
+            path = self.shard_path(shard)
+            raise DataLossError(f"cannot read data file {path!r}: {exc.strerror}", path=path, key=key) from exc
+
+    # -- 4. closing ------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close every file; safe to call twice."""
+        self._closer()
+
+    @property
+    def closed(self) -> bool:
+        return not self._closer.alive
+
+    def __enter__(self) -> FileSystemReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
