@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 
 from ..errors import CheckpointError, NotFoundError
 from ..format.statefile import CheckpointState
-from ..storage.filesystem import LEFTOVER, STATE_FILE, owner_alive, read_state
+from ..storage.filesystem import HOST_TAG, LEFTOVER, STATE_FILE, owner_alive, read_state
 from ..storage.recovery import LOCK_FILE
 from .common import Column, human, natural_key, print_columns
 
@@ -106,8 +106,11 @@ def _stray(directory: str, name: str, prefixes: set[str]) -> Stray | None:
     path = os.path.join(directory, name)
     leftover = LEFTOVER.fullmatch(name)
     if leftover:
-        alive = owner_alive(int(leftover["pid"]), leftover["host"])
-        writer = f"writer pid {leftover['pid']} {'still running' if alive else 'gone'}"
+        if leftover["host"] != HOST_TAG:
+            writer = f"writer pid {leftover['pid']} on another host"
+        else:
+            alive = owner_alive(int(leftover["pid"]), leftover["host"])
+            writer = f"writer pid {leftover['pid']} {'still running' if alive else 'gone'}"
         kind = "temporary" if leftover["kind"] == "tmp" else "aside"
         what = f"of {leftover['original']}"
         return Stray(name, kind, _size(path), f"{what}; {writer}; the next save's sweep removes it once the writer is gone")
