@@ -27,7 +27,7 @@ from gpuckpt.reader import CheckpointReader
 from gpuckpt.storage.filesystem import shard_files
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import results as results_json  # noqa: E402
+import results as results_json  # noqa: E402 - bench/ is not a package
 
 
 def make_checkpoint(directory: str, params: int, total: int) -> str:
@@ -112,7 +112,7 @@ def main() -> int:
             nbytes = sum(e.size for e in r.index.entries.values())
         print(f"checkpoint: {tensors} tensors, {nbytes / 2**30:.2f} GiB in {len(data)} data file(s); dir={work}")
         cli = [sys.executable, "-m", "gpuckpt.cli"]
-        open_index = lambda: CheckpointReader(prefix).close()  # noqa: E731
+        open_index = lambda: CheckpointReader(prefix).close()  # noqa: E731 - beside the other lambdas
         times = best({
             "python -c 'import gpuckpt' (start-up)": lambda: process_time([sys.executable, "-c", "import gpuckpt"]),
             "open and parse the index (in-process)": open_index,

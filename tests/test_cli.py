@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from tests.api.models import Adam, Dense
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tf"
 SUBCOMMANDS = ("ls", "inspect", "diff", "verify", "convert")
+DOCS = Path(__file__).parents[1] / "docs" / "cli.md"
 
 
 def make(tmp_path):
@@ -52,7 +54,7 @@ def test_inspect_lists_keys_with_totals(tmp_path, capsys) -> None:
 def test_inspect_never_cuts_keys_when_piped(tmp_path) -> None:
     keys = [f"model/layer_{i}/" + "x" * 150 + f"/exp_avg{suffix}" for i in range(3) for suffix in ("", "_sq")]
     write_tensors(tmp_path / "ck", {k: np.zeros(2, np.float32) for k in keys})
-    out = subprocess.run([sys.executable, "-m", "gpuckpt.cli", "inspect", str(tmp_path / "ck")],
+    out = subprocess.run([sys.executable, "-m", "gpuckpt.cli", "inspect", str(tmp_path / "ck")], check=False,
                          capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "80"})
     assert out.returncode == 0, out.stderr
     assert [line.split()[-1] for line in out.stdout.splitlines()[2:]] == sorted(keys)
@@ -257,7 +259,7 @@ def test_version_everywhere(command, capsys) -> None:
 
 
 def test_help_has_no_markup_and_documents_every_option() -> None:
-    docs = (Path(__file__).parents[1] / "docs" / "cli.md").read_text()
+    docs = DOCS.read_text()
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     for name in SUBCOMMANDS:
@@ -272,8 +274,36 @@ def test_help_has_no_markup_and_documents_every_option() -> None:
     assert "``" not in parser.format_help()
 
 
-def test_demo_help_has_no_markup(capsys) -> None:
+def test_demo_help_has_no_markup_and_is_documented(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["demo", "--help"])
     out = capsys.readouterr().out
     assert "``" not in out and "--save-every" in out
+    docs = DOCS.read_text()
+    for flag in re.findall(r"(--[a-z-]+)", out):
+        if flag != "--help":
+            assert f"`{flag}" in docs, flag
+
+
+def test_docs_cli_blocks_run_in_order(tmp_path) -> None:
+    """docs/cli.md's python and bash blocks, in order, against the directory its first block makes
+    (moved into a temporary directory); ``console`` blocks are sample output and are not run."""
+    text = DOCS.read_text()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "gpuckpt").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m gpuckpt.cli "$@"\n')
+    (bin_dir / "gpuckpt").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    blocks = re.findall(r"```(python|bash)\n(.*?)```", text, re.S)
+    assert [lang for lang, _ in blocks].count("bash") >= 6
+    for lang, code in blocks:
+        code = code.replace("/tmp/cli-demo", str(tmp_path / "cli-demo"))
+        if lang == "python":
+            exec(compile(code, "docs/cli.md", "exec"), {})
+        else:
+            result = subprocess.run(["bash", "-e", "-c", code], env=env, capture_output=True, text=True, timeout=600,
+                                    check=False)
+            assert result.returncode == 0, f"{code}\n{result.stdout}\n{result.stderr}"
+            assert "Traceback" not in result.stderr, result.stderr
+    assert json.loads((tmp_path / "cli-demo-inspect.json").read_text())["totals"]["tensors"] == 1
+    assert (tmp_path / "cli-demo-back" / "ckpt.index").exists()

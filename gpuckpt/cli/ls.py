@@ -25,7 +25,7 @@ from .common import Column, human, natural_key, print_columns
 SCHEMA = "gpuckpt.ls/1"
 _DATA = re.compile(r"(?P<prefix>.+)\.data-(?P<shard>\d{5,})-of-(?P<count>\d{5,})$")
 _NUMBER = re.compile(r".*-(\d+)$")
-PRESERVED_SLACK_S = 60.0  # an index written this long after the last preserved timestamp is not that one
+PRESERVED_SLACK_S = 1.0  # a manager stamps a checkpoint just after its index is written
 
 
 @dataclass(frozen=True)
