@@ -30,6 +30,9 @@ import gpuckpt  # noqa: E402
 from gpuckpt.arrays import aligned_empty  # noqa: E402
 from gpuckpt.saver import write_tensors  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import results as results_json  # noqa: E402 - bench/ is not a package
+
 SMALL = 64 << 10
 
 
@@ -117,6 +120,7 @@ def main() -> int:
     ap.add_argument("--no-tf", action="store_true", help="skip TensorFlow (also skipped when it is not installed)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--dir", default=None, help="where to write (default: a temporary directory)")
+    results_json.add_option(ap)
     args = ap.parse_args()
     fsync = not args.no_fsync
     state = make_state(args.size_mib << 20)
@@ -167,6 +171,8 @@ def main() -> int:
         results.update(bench_tf(state, work, fsync, args.repeat))
     shutil.rmtree(work)
     report(results, nbytes)
+    results_json.write(args.json, "io", {"size_mib": args.size_mib, "fsync": fsync, "repeat": args.repeat,
+                                         "tensors": len(state)}, {"bytes": nbytes, "seconds": results})
     return 0
 
 

@@ -122,6 +122,8 @@ def array_module():
 
 
 def _progress(total: int, label: str):
+    if not sys.stdout.isatty():
+        return None, None  # a bar is for people; piped output stays plain
     try:
         from rich.progress import Progress
     except ImportError:
