@@ -163,7 +163,7 @@ def _flatten(obj, prefix: str, out: dict, path: str) -> None:
     if isinstance(obj, dict):
         for k, v in obj.items():
             _flatten(v, f"{prefix}.{k}" if prefix else str(k), out, path)
-    elif isinstance(obj, (list, tuple)) and obj and all(_is_bytes_tree(x) for x in obj):
+    elif isinstance(obj, list) and _is_bytes_tree(obj):  # a string tensor (an empty list: of shape [0])
         elements, shape = _bytes_tree(obj)
         out[prefix] = _string_value(shape, elements)
     elif isinstance(obj, (list, tuple)):
@@ -179,13 +179,15 @@ def _flatten(obj, prefix: str, out: dict, path: str) -> None:
 
 
 def _is_bytes_tree(x) -> bool:
-    return isinstance(x, bytes) or isinstance(x, list) and bool(x) and all(_is_bytes_tree(y) for y in x)
+    return isinstance(x, bytes) or isinstance(x, list) and all(_is_bytes_tree(y) for y in x)
 
 
 def _bytes_tree(x) -> tuple[list[bytes], list[int]]:
     if isinstance(x, bytes):
         return [x], []
     parts = [_bytes_tree(y) for y in x]
+    if not parts:
+        return [], [0]
     shapes = {tuple(s) for _, s in parts}
     if len(shapes) != 1:
         raise InvalidArgumentError("a nested list of bytes is ragged; it cannot be a string tensor")

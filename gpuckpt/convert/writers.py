@@ -135,7 +135,7 @@ def write_torch(reader: CheckpointReader, ex: Exported, dst: str, *, force: bool
     for name, value in ex.strings.items():
         import base64
 
-        flat = [base64.b64decode(v) for v in value["base64"]]
+        flat = [base64.b64decode(v) or _EMPTY_BYTES for v in value["base64"]]
         state[name] = _nest(flat, value["shape"])
     archive = os.path.splitext(os.path.basename(dst))[0] or "archive"
 
@@ -160,7 +160,20 @@ def write_torch(reader: CheckpointReader, ex: Exported, dst: str, *, force: bool
         _record(zf, f"{archive}/.data/serialization_id", [os.urandom(20).hex().encode()[:40]])
 
 
-def _nest(flat: list[bytes], shape: list[int]):
+class _EmptyBytes:
+    """``b""``: pickle's protocol 2 (torch's) writes it as a call of ``bytes``, which
+    ``torch.load(weights_only=True)`` refuses; ``_codecs.encode("", "latin1")`` is allowed and equal."""
+
+    def __reduce__(self):
+        import _codecs
+
+        return (_codecs.encode, ("", "latin1"))
+
+
+_EMPTY_BYTES = _EmptyBytes()
+
+
+def _nest(flat: list, shape: list[int]):
     if not shape:
         return flat[0]
     if len(shape) == 1:
