@@ -107,6 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CheckpointError as exc:
         print(f"gpuckpt {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
+    except ImportError as exc:  # an optional dependency (torch for torch files): its message says which extra
+        print(f"gpuckpt {args.command}: {exc}", file=sys.stderr)
+        return 2
     except BrokenPipeError:  # `gpuckpt inspect ... | head`: the reader left, which is not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

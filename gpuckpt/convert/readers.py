@@ -23,7 +23,7 @@ from ..errors import CheckpointError, DataLossError, InvalidArgumentError, NotFo
 from ..format import dtypes as tf_dtypes
 from ..format.objgraph import OBJECT_GRAPH_KEY, AttributeRef, ChildRef, GraphNode, ObjectGraph, decode, encode
 from ..saver import write_tensors
-from . import dtypes
+from . import _torch, dtypes
 from .names import key_to_name, name_to_key, object_path_of
 
 MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit
@@ -116,7 +116,7 @@ def _key(name: str, path: str) -> str:
 def load_torch(path: str) -> Loaded:
     """``torch.load(weights_only=True)``, memory-mapped where the file allows it; nested dicts and
     lists are flattened with ``.``; Python numbers become scalars, ``bytes``/``str`` string tensors."""
-    import torch
+    torch = _torch.torch()
 
     if not os.path.exists(path):
         raise NotFoundError(f"no file {path!r}", path=path)
@@ -158,7 +158,7 @@ def _graph_keys(graph, path: str) -> set[str]:
 
 
 def _flatten(obj, prefix: str, out: dict, path: str) -> None:
-    import torch
+    torch = _torch.torch()
 
     if isinstance(obj, dict):
         for k, v in obj.items():
@@ -196,7 +196,7 @@ def _bytes_tree(x) -> tuple[list[bytes], list[int]]:
 
 def _numpy(t, name: str, path: str) -> np.ndarray:
     """A torch tensor's bytes as a NumPy array of the same dtype, without a copy when contiguous."""
-    import torch
+    torch = _torch.torch()
 
     dtype_name = dtypes.FROM_TORCH.get(str(t.dtype).removeprefix("torch."))
     if dtype_name is None:

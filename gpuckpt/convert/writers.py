@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import CheckpointError, InvalidArgumentError
 from ..reader import CheckpointReader
 from ..storage.filesystem import writer_token
-from . import dtypes
+from . import _torch, dtypes
 from .source import FORMAT_TAG, Exported, chunks
 
 _ALIGN = 64  # torch aligns each storage to 64 bytes so that torch.load(mmap=True) can map it
@@ -109,8 +109,7 @@ class _Tensor:
         self.storage, self.shape, self.dtype = storage, shape, dtype
 
     def __reduce__(self):
-        import torch._utils
-
+        torch = _torch.torch()
         stride = tuple(int(s) for s in np.cumprod((1, *self.shape[:0:-1]))[::-1]) if self.shape else ()
         return (torch._utils._rebuild_tensor_v3,
                 (self.storage, 0, self.shape, stride, False, collections.OrderedDict(), self.dtype))
@@ -120,7 +119,7 @@ def write_torch(reader: CheckpointReader, ex: Exported, dst: str, *, force: bool
     """A ``torch.save`` file of ``{name: tensor}``: aliases are entries sharing one storage (torch
     loads them tied), strings are ``bytes`` values (nested lists of them for arrays). Readable by
     ``torch.load(weights_only=True)`` and, being aligned, with ``mmap=True``."""
-    import torch
+    torch = _torch.torch()
 
     state: dict = {}
     storages = []
