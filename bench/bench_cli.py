@@ -5,14 +5,16 @@
 Writes a GPT-2-like checkpoint (parameters plus Adam's two slots per parameter: ~5,000 tensors,
 a few large embeddings, ~1 GiB), then times, each as a fresh process like a user's shell:
 ``python -c 'import gpuckpt'`` (start-up alone), ``gpuckpt inspect`` (piped), ``inspect --json``,
-``inspect --graph``, and, in-process, opening the index alone; then ``gpuckpt verify`` beside
-plain reads of the same data files into one buffer, warm and cold (page cache dropped with
+``inspect --graph``, and, in-process, opening the index alone and ``inspect``; then ``gpuckpt
+verify`` (as a process and in-process) beside plain reads of the same data files into one
+buffer, warm and cold (page cache dropped with
 ``posix_fadvise(DONTNEED)``). Best of ``--repeat``; sides interleaved.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import subprocess
@@ -23,6 +25,7 @@ import time
 import numpy as np
 
 import gpuckpt
+from gpuckpt.cli import inspect, verify
 from gpuckpt.reader import CheckpointReader
 from gpuckpt.storage.filesystem import shard_files
 
@@ -55,6 +58,12 @@ def process_time(argv: list[str]) -> float:
     t = time.perf_counter()
     subprocess.run(argv, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - t
+
+
+def in_process(fn) -> None:
+    """Run ``fn`` with its output going nowhere (what a pipe to a fast reader costs, roughly)."""
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        fn()
 
 
 def drop_cache(paths: list[str]) -> None:
@@ -116,6 +125,7 @@ def main() -> int:
         times = best({
             "python -c 'import gpuckpt' (start-up)": lambda: process_time([sys.executable, "-c", "import gpuckpt"]),
             "open and parse the index (in-process)": open_index,
+            "inspect (in-process)": lambda: in_process(lambda: inspect.run(prefix)),
             "gpuckpt inspect": lambda: process_time([*cli, "inspect", prefix]),
             "gpuckpt inspect --json": lambda: process_time([*cli, "inspect", "--json", prefix]),
             "gpuckpt inspect --graph": lambda: process_time([*cli, "inspect", "--graph", prefix]),
@@ -127,13 +137,14 @@ def main() -> int:
             times.update(best({
                 f"plain read of the data files ({mode})": lambda: plain_read(data, buf),
                 f"gpuckpt verify ({mode})": lambda: process_time([*cli, "verify", "--no-progress", prefix]),
+                f"verify (in-process, {mode})": lambda: verify.verify_one(prefix),
             }, args.repeat, before))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"\n{'measurement':44s} {'seconds':>8s} {'GB/s':>7s}")
     rows = []
     for name, t in times.items():
-        rate = nbytes / t / 1e9 if "read" in name or "verify" in name else None
+        rate = nbytes / t / 1e9 if "read of" in name or "verify" in name else None
         rows.append({"measurement": name, "seconds": t, "gb_per_s": rate})
         print(f"{name:44s} {t:8.3f} {('' if rate is None else f'{rate:7.2f}'):>7s}")
     results_json.write(args.json, "cli", {"params": args.params, "size_mib": args.size_mib, "repeat": args.repeat,
