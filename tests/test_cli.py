@@ -307,3 +307,22 @@ def test_docs_cli_blocks_run_in_order(tmp_path) -> None:
             assert "Traceback" not in result.stderr, result.stderr
     assert json.loads((tmp_path / "cli-demo-inspect.json").read_text())["totals"]["tensors"] == 1
     assert (tmp_path / "cli-demo-back" / "ckpt.index").exists()
+
+
+def test_damaged_index_is_one_line_for_every_command(tmp_path, capsys) -> None:
+    prefix = make(tmp_path)
+    good = write_tensors(tmp_path / "good", {"w": np.zeros(2, np.float32)})
+    (tmp_path / "ck.index").write_bytes(b"\x00" * 100)
+    for argv, status in ((["inspect", str(prefix)], 2), (["inspect", "--graph", str(prefix)], 2),
+                         (["diff", good, str(prefix)], 2), (["verify", str(prefix)], 1),
+                         (["convert", str(prefix), str(tmp_path / "x.npz"), "--to", "npz"], 2)):
+        assert main(argv) == status, argv
+        err = capsys.readouterr().err
+        assert "DataLossError" in err and "ck.index" in err and "Traceback" not in err, (argv, err)
+        assert len(err.strip().splitlines()) == 1, err
+
+
+def test_verify_progress_bar_when_asked(tmp_path, capsys) -> None:
+    prefix = make(tmp_path)
+    assert main(["verify", "--progress", str(prefix)]) == 0
+    assert "all 2 tensors verified" in capsys.readouterr().out
