@@ -209,7 +209,10 @@ def test_ls_shows_checkpoints_kept_and_leftovers_without_changing_anything(tmp_p
     assert doc["schema"] == "gpuckpt.ls/1"
     assert [c["number"] for c in doc["checkpoints"]] == [2, 4, 5]
     assert all(c["shards"] == c["shards_present"] == 1 for c in doc["checkpoints"])
-    assert {s["kind"] for s in doc["other"]} == {"orphan data", "temporary"}
+    assert {s["kind"] for s in doc["other"]} == {"orphan data", "temporary"} and doc["missing"] == []
+    (tmp_path / "ckpt-4.index").unlink()
+    assert main(["ls", str(tmp_path)]) == 0
+    assert "the state file names ckpt-4, which has no index here" in capsys.readouterr().out
 
 
 def test_ls_of_tensorflow_managers_directory(capsys) -> None:

@@ -128,10 +128,12 @@ def run(directory: str, *, as_json: bool = False) -> int:
     if not os.path.isdir(directory):
         raise NotFoundError(f"{directory!r} is not a directory", path=directory)
     state, listed, strays = scan(directory)
+    missing = _missing(directory, state, listed)
     if as_json:
         json.dump({"schema": SCHEMA, "directory": directory,
                    "state_file": None if state is None else asdict(state),
-                   "checkpoints": [asdict(c) for c in listed], "other": [asdict(s) for s in strays]},
+                   "checkpoints": [asdict(c) for c in listed], "other": [asdict(s) for s in strays],
+                   "missing": missing},
                   sys.stdout, indent=1)
         sys.stdout.write("\n")
         return 0
@@ -142,11 +144,22 @@ def run(directory: str, *, as_json: bool = False) -> int:
                  f"{c.shards_present}/{c.shards}", c.status, c.name) for c in listed]
         print_columns((Column("number", right=True), Column("written"), Column("size", right=True),
                        Column("shards"), Column("status"), Column("name")), rows)
+    for path in missing:
+        print(f"the state file names {path}, which has no index here")
     if strays:
         print(f"not part of a committed checkpoint ({len(strays)}):")
         print_columns((Column("kind"), Column("size", right=True), Column("name"), Column("note")),
                       [(s.kind, human(s.bytes), s.name, s.note) for s in strays])
     return 0
+
+
+def _missing(directory: str, state: CheckpointState | None, listed: list[Listed]) -> list[str]:
+    """Checkpoints the state file names (as written there) whose index is not in the directory."""
+    if state is None:
+        return []
+    here = {os.path.abspath(os.path.join(directory, c.name)) for c in listed}
+    named = dict.fromkeys((state.model_checkpoint_path, *state.all_model_checkpoint_paths))
+    return [p for p in named if os.path.abspath(os.path.join(directory, p)) not in here]
 
 
 def _when(stamp: float) -> str:
