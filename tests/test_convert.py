@@ -229,3 +229,12 @@ def test_tensorflow_fixtures_round_trip_through_torch_and_safetensors(tmp_path, 
     export(prefix, tmp_path / "x.safetensors", "safetensors", match=keep.__contains__)
     import_file(tmp_path / "x.safetensors", tmp_path / "s", "safetensors")
     assert tensors_of(tmp_path / "s") == {k: v for k, v in tensors_of(prefix).items() if k in keep}
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "torch"])
+def test_a_one_shard_checkpoint_comes_back_byte_for_byte(tmp_path, fmt) -> None:
+    _, _, prefix = model_and_checkpoint(tmp_path)
+    export(prefix, tmp_path / "x", fmt)
+    import_file(tmp_path / "x", tmp_path / "back", fmt)
+    assert (tmp_path / "back.index").read_bytes() == open(prefix + ".index", "rb").read()
+    assert (tmp_path / "back.data-00000-of-00001").read_bytes() == open(prefix + ".data-00000-of-00001", "rb").read()

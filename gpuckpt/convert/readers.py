@@ -102,8 +102,11 @@ def load_safetensors(path: str) -> Loaded:
     values.update(_strings_from(meta, path))
     try:
         aliases = json.loads(meta.get("gpuckpt.aliases", "{}"))
-    except ValueError as exc:
-        raise DataLossError(f"{path!r}: malformed gpuckpt.aliases metadata", path=path) from exc
+        order = [name_to_key(n) for n in json.loads(meta.get("gpuckpt.order", "[]"))]
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise DataLossError(f"{path!r}: malformed gpuckpt metadata", path=path) from exc
+    if sorted(order) == sorted(values):  # the checkpoint's own order of bytes, when it is complete
+        values = {k: values[k] for k in order}
     return Loaded(values, aliases)
 
 
@@ -131,7 +134,7 @@ def load_torch(path: str) -> Loaded:
     _flatten(obj, "", flat, path)
     groups: dict[tuple, list[str]] = {}
     values: dict[str, object] = {}
-    for name in sorted(flat):
+    for name in flat:  # in the file's order
         value = flat[name]
         if isinstance(value, torch.Tensor) and value.numel():
             ident = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape),
@@ -141,12 +144,20 @@ def load_torch(path: str) -> Loaded:
             values[_key(name, path)] = _numpy(value, name, path) if isinstance(value, torch.Tensor) else value
     graph_keys = _graph_keys(values.get(OBJECT_GRAPH_KEY), path)
     aliases: dict[str, str] = {}
+    primaries = set()
     for names in groups.values():
         # the tensor is stored once: under the name its object graph uses, else the first name
         primary = next((n for n in names if name_to_key(n) in graph_keys), names[0])
-        values[_key(primary, path)] = _numpy(flat[primary], primary, path)
+        primaries.add(primary)
         aliases.update({n: primary for n in names if n != primary})
-    return Loaded(values, aliases)
+    ordered: dict[str, object] = {}
+    for name, value in flat.items():  # the file's order, each stored tensor once
+        key = _key(name, path)
+        if key in values:
+            ordered[key] = values[key]
+        elif name in primaries:
+            ordered[key] = _numpy(value, name, path)
+    return Loaded(ordered, aliases)
 
 
 def _graph_keys(graph, path: str) -> set[str]:
@@ -255,4 +266,4 @@ def write_checkpoint(loaded: Loaded, dst: str, *, force: bool = False) -> str:
     values = dict(loaded.values)
     if OBJECT_GRAPH_KEY not in values:
         values[OBJECT_GRAPH_KEY] = graph_for(list(values), loaded.aliases)
-    return write_tensors(dst, {k: values[k] for k in sorted(values)})
+    return write_tensors(dst, values)  # in the loaded order: a checkpoint's own order comes back as it was

@@ -45,6 +45,7 @@ class Exported:
 
     items: tuple[Item, ...]
     strings: dict[str, dict]  # name -> {"shape": [...], "base64": [...]}
+    order: tuple[str, ...]  # every name (tensors and strings) in the order of its bytes in the data files
 
 
 def exported(reader: CheckpointReader, match: Callable[[str], bool]) -> Exported:
@@ -52,7 +53,7 @@ def exported(reader: CheckpointReader, match: Callable[[str], bool]) -> Exported
     graph = _graph(reader)
     aliases = _alias_names(graph) if graph is not None else {}
     items, strings = [], {}
-    for key, entry in entries.items():
+    for key, entry in sorted(entries.items(), key=_file_order):
         if not match(key):
             continue
         if entry.dtype.is_string:
@@ -63,7 +64,16 @@ def exported(reader: CheckpointReader, match: Callable[[str], bool]) -> Exported
         else:
             names = tuple(a for a in aliases.get(key, ()) if match(a))
             items.append(Item(key_to_name(key), key, entry, tuple(key_to_name(a) for a in names)))
-    return Exported(tuple(items), strings)
+    order = tuple(key_to_name(k) for k, e in sorted(entries.items(), key=_file_order) if match(k))
+    return Exported(tuple(items), strings, order)
+
+
+def _file_order(item: tuple[str, BundleEntry]) -> tuple:
+    """Where a tensor's bytes are (shard, offset); an empty tensor before the one starting where it
+    points (it was placed first: the next one moved the end on); partitioned tensors last, by key.
+    Exported in this order, and written back in it, a one-shard checkpoint comes back byte for byte."""
+    key, entry = item
+    return (1, 0, 0, 0, key) if entry.is_sliced else (0, entry.shard_id, entry.offset, entry.size > 0, key)
 
 
 def _graph(reader: CheckpointReader) -> ObjectGraph | None:

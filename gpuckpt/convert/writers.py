@@ -50,6 +50,7 @@ def _metadata(ex: Exported) -> dict[str, str]:
         meta["gpuckpt.aliases"] = json.dumps(aliases, sort_keys=True)
     if ex.strings:
         meta["gpuckpt.strings"] = json.dumps(ex.strings, sort_keys=True)
+    meta["gpuckpt.order"] = json.dumps(list(ex.order))
     return meta
 
 
@@ -121,9 +122,17 @@ def write_torch(reader: CheckpointReader, ex: Exported, dst: str, *, force: bool
     ``torch.load(weights_only=True)`` and, being aligned, with ``mmap=True``."""
     torch = _torch.torch()
 
+    import base64
+
     state: dict = {}
     storages = []
-    for item in ex.items:
+    by_name = {item.name: item for item in ex.items}
+    for name in ex.order:  # entries in the order of their bytes: converted back, the files come back the same
+        if name in ex.strings:
+            value = ex.strings[name]
+            state[name] = _nest([base64.b64decode(v) or _EMPTY_BYTES for v in value["base64"]], value["shape"])
+            continue
+        item = by_name[name]
         dtypes.check(dtypes.TORCH, item.entry.dtype.name, item.key, "torch")
         storage = _Storage(str(len(storages)), item.nbytes)
         storages.append((storage, item))
@@ -131,11 +140,6 @@ def write_torch(reader: CheckpointReader, ex: Exported, dst: str, *, force: bool
         state[item.name] = tensor
         for alias in item.aliases:
             state[alias] = tensor
-    for name, value in ex.strings.items():
-        import base64
-
-        flat = [base64.b64decode(v) or _EMPTY_BYTES for v in value["base64"]]
-        state[name] = _nest(flat, value["shape"])
     archive = os.path.splitext(os.path.basename(dst))[0] or "archive"
 
     class Pickler(pickle.Pickler):
