@@ -237,7 +237,8 @@ def _report(c: Comparison, save_every: int) -> None:
           "after a warm-up")
     blocks = np.array(c.save_block_s) * 1e3
     if blocks.size:
-        print(f"   per-save blocking time: mean {blocks.mean():.2f} ms, max {blocks.max():.2f} ms over {blocks.size} saves")
+        print(f"   per-save blocking time: mean {blocks.mean():.2f} ms, max {blocks.max():.2f} ms "
+              f"over {blocks.size} saves")
 
 
 

@@ -115,7 +115,8 @@ def test_a_plain_torch_state_dict_with_tied_weights(tmp_path, capsys) -> None:
     import_file(tmp_path / "plain.pt", tmp_path / "ck", "torch")
     with gpuckpt.load_checkpoint(tmp_path / "ck") as reader:
         keys = set(reader.keys())
-        assert "embed/weight/.ATTRIBUTES/VARIABLE_VALUE" in keys and "head/weight/.ATTRIBUTES/VARIABLE_VALUE" not in keys
+        assert "embed/weight/.ATTRIBUTES/VARIABLE_VALUE" in keys
+        assert "head/weight/.ATTRIBUTES/VARIABLE_VALUE" not in keys
         assert reader.get_tensor("opt/param_groups/0/lr/.ATTRIBUTES/VARIABLE_VALUE") == 0.5
         assert reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE") == 3
         np.testing.assert_array_equal(reader.get_tensor("embed/weight/.ATTRIBUTES/VARIABLE_VALUE").astype(np.float32),
@@ -147,7 +148,8 @@ def test_a_safetensors_file_from_safetensors_itself(tmp_path) -> None:
 @pytest.mark.parametrize("key", [
     "model/w/.ATTRIBUTES/VARIABLE_VALUE", "a..b/.ATTRIBUTES/VARIABLE_VALUE", "global_step", "/x", "//y",
     "dense/kernel", "w/.OPTIMIZER_SLOT/opt/m/.ATTRIBUTES/VARIABLE_VALUE", "/.ATTRIBUTES/VARIABLE_VALUE",
-    "a//b/.ATTRIBUTES/VARIABLE_VALUE", "x/.ATTRIBUTES/OTHER", "_CHECKPOINTABLE_OBJECT_GRAPH", "a.S/.ATTRIBUTES/VARIABLE_VALUE",
+    "a//b/.ATTRIBUTES/VARIABLE_VALUE", "x/.ATTRIBUTES/OTHER", "_CHECKPOINTABLE_OBJECT_GRAPH",
+    "a.S/.ATTRIBUTES/VARIABLE_VALUE",
 ])
 def test_names_map_back_to_their_keys(key) -> None:
     assert name_to_key(key_to_name(key)) == key

@@ -52,7 +52,8 @@ def run(a: str, b: str, *, values: bool = False, pattern: str | None = None, as_
         changed = [k for k in common if (ea[k].dtype, ea[k].shape) != (eb[k].dtype, eb[k].shape)]
         same_type = [k for k in common if (ea[k].dtype, ea[k].shape) == (eb[k].dtype, eb[k].shape)]
         # unequal CRCs of whole (unsliced) entries prove the bytes differ, from the indexes alone
-        crc_differs = [k for k in same_type if not ea[k].is_sliced and not eb[k].is_sliced and ea[k].crc32c != eb[k].crc32c]
+        crc_differs = [k for k in same_type
+                       if not ea[k].is_sliced and not eb[k].is_sliced and ea[k].crc32c != eb[k].crc32c]
         diffs = [d for d in (compare(ra, rb, k) for k in same_type) if d.differing] if values else []
     if as_json:
         doc = {"schema": SCHEMA, "a": ra.prefix, "b": rb.prefix, "added": added, "removed": removed,

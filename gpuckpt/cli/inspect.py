@@ -102,7 +102,8 @@ def graph_json(graph: ObjectGraph) -> list[dict]:
         "aliases": [list(a) for a in paths.aliases[i]],
         "children": [{"name": c.local_name, "node": c.node_id} for c in node.children],
         "attributes": [{"name": a.name, "key": a.checkpoint_key} for a in node.attributes],
-        "slots": [{"name": s.slot_name, "variable_node": s.original_variable_node_id, "slot_node": s.slot_variable_node_id}
+        "slots": [{"name": s.slot_name, "variable_node": s.original_variable_node_id,
+                   "slot_node": s.slot_variable_node_id}
                   for s in node.slot_variables],
     } for i, node in enumerate(graph.nodes)]
 

@@ -113,7 +113,8 @@ def _stray(directory: str, name: str, prefixes: set[str]) -> Stray | None:
             writer = f"writer pid {leftover['pid']} {'still running' if alive else 'gone'}"
         kind = "temporary" if leftover["kind"] == "tmp" else "aside"
         what = f"of {leftover['original']}"
-        return Stray(name, kind, _size(path), f"{what}; {writer}; the next save's sweep removes it once the writer is gone")
+        note = f"{what}; {writer}; the next save's sweep removes it once the writer is gone"
+        return Stray(name, kind, _size(path), note)
     if name.endswith(".index") or name in (STATE_FILE, LOCK_FILE):
         return None
     data = _DATA.fullmatch(name)

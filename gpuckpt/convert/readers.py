@@ -129,7 +129,8 @@ def load_torch(path: str) -> Loaded:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise DataLossError(f"{path!r} is not a file torch.load(weights_only=True) reads: {exc}", path=path) from exc
+            raise DataLossError(f"{path!r} is not a file torch.load(weights_only=True) reads: {exc}",
+                                path=path) from exc
     flat: dict[str, object] = {}
     _flatten(obj, "", flat, path)
     groups: dict[tuple, list[str]] = {}

@@ -61,7 +61,8 @@ def write_safetensors(reader: CheckpointReader, ex: Exported, dst: str, *, force
     offset = 0
     for item in ex.items:
         code = dtypes.check(dtypes.SAFETENSORS, item.entry.dtype.name, item.key, "safetensors")
-        header[item.name] = {"dtype": code, "shape": list(item.entry.shape), "data_offsets": [offset, offset + item.nbytes]}
+        header[item.name] = {"dtype": code, "shape": list(item.entry.shape),
+                             "data_offsets": [offset, offset + item.nbytes]}
         offset += item.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % 8)
