@@ -7,7 +7,7 @@ import fnmatch
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from ..errors import InvalidArgumentError, NotFoundError
@@ -113,7 +113,7 @@ class Column:
     right: bool = False
 
 
-def print_columns(columns: Iterable[Column], rows: list[tuple[str, ...]], out=None) -> None:
+def print_columns(columns: Iterable[Column], rows: Sequence[Sequence[str]], out=None) -> None:
     """Rows as aligned columns with nothing cut: the last column is never padded, so long keys go
     last and ``grep``/``awk`` see whole values."""
     out = sys.stdout if out is None else out

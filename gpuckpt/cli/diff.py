@@ -89,7 +89,7 @@ def compare(ra: CheckpointReader, rb: CheckpointReader, key: str) -> ValueDiff:
     stats = _Stats(entry)
     itemsize = entry.dtype.itemsize
     step = max(CHUNK_BYTES // max(itemsize, 1), 1) * itemsize
-    buffers = [aligned_empty((min(step, entry.size),), np.uint8) for _ in range(2)]
+    buffers = [aligned_empty((min(step, entry.size),), np.dtype(np.uint8)) for _ in range(2)]
     crcs = [0, 0]
     for start in range(0, entry.size, step):
         n = min(step, entry.size - start)

@@ -98,7 +98,7 @@ def graph_json(graph: ObjectGraph) -> list[dict]:
 
     paths = node_paths(graph)
     return [{
-        "id": i, "path": None if paths.first[i] is None else list(paths.first[i]),
+        "id": i, "path": _listed(paths.first[i]),
         "aliases": [list(a) for a in paths.aliases[i]],
         "children": [{"name": c.local_name, "node": c.node_id} for c in node.children],
         "attributes": [{"name": a.name, "key": a.checkpoint_key} for a in node.attributes],
@@ -106,6 +106,10 @@ def graph_json(graph: ObjectGraph) -> list[dict]:
                    "slot_node": s.slot_variable_node_id}
                   for s in node.slot_variables],
     } for i, node in enumerate(graph.nodes)]
+
+
+def _listed(path: tuple[str, ...] | None) -> list[str] | None:
+    return None if path is None else list(path)
 
 
 def _print_tree(reader: CheckpointReader, graph: ObjectGraph | None, match) -> None:

@@ -113,7 +113,7 @@ def _check_all(reader: CheckpointReader, failures: Failures, advance: Callable[[
     entries = reader.index.entries
     plain = sorted((k for k, e in entries.items() if not e.is_sliced and not e.dtype.is_string),
                    key=lambda k: (entries[k].shard_id, entries[k].offset))
-    arena = aligned_empty((BATCH_BYTES + _ALIGN * 1024,), np.uint8)
+    arena = aligned_empty((BATCH_BYTES + _ALIGN * 1024,), np.dtype(np.uint8))
     total = 0
     for batch in _batches(reader, plain):
         total += _check_batch(reader, batch, arena, failures)

@@ -82,7 +82,7 @@ def load_safetensors(path: str) -> Loaded:
     for name, info in header.items():
         key = _key(name, path)
         try:
-            dtype = tf_dtypes.BY_NAME[dtypes.FROM_SAFETENSORS[info["dtype"]]].numpy
+            dtype = np.dtype(tf_dtypes.BY_NAME[dtypes.FROM_SAFETENSORS[info["dtype"]]].numpy)
             shape = [int(d) for d in info["shape"]]
             begin, end = (int(x) for x in info["data_offsets"])
         except (KeyError, TypeError, ValueError) as exc:
@@ -214,7 +214,7 @@ def _numpy(t, name: str, path: str) -> np.ndarray:
     if dtype_name is None:
         raise InvalidArgumentError(f"{path!r}: tensor {name!r} has dtype {t.dtype}, which a checkpoint cannot hold",
                                    path=path, key=name)
-    np_dtype = tf_dtypes.BY_NAME[dtype_name].numpy
+    np_dtype = np.dtype(tf_dtypes.BY_NAME[dtype_name].numpy)
     t = t.detach().contiguous()
     raw = t.reshape(-1).view(torch.uint8).numpy() if t.numel() else np.zeros(0, np.uint8)
     return raw.view(np_dtype).reshape(tuple(t.shape))
@@ -223,7 +223,7 @@ def _numpy(t, name: str, path: str) -> np.ndarray:
 def graph_for(keys: list[str], aliases: dict[str, str]) -> bytes:
     """An object graph for keys named by the first rule: one node per object path, a variable node
     per key, and each alias as a further edge to its tensor's node (TF's tied-weight layout)."""
-    paths = {}
+    paths: dict[tuple[str, ...], str] = {}
     for key in keys:
         p = object_path_of(key_to_name(key))
         if p is not None:
@@ -246,12 +246,12 @@ def graph_for(keys: list[str], aliases: dict[str, str]) -> bytes:
         ensure(a[:-1])
         edges[a[:-1]][a[-1]] = t
     ids: dict[tuple, int] = {(): 0}
-    order = [()]
-    for p in order:
-        for target in edges[p].values():
-            if target not in ids:
-                ids[target] = len(order)
-                order.append(target)
+    order: list[tuple[str, ...]] = [()]
+    for node_path in order:
+        for child_path in edges[node_path].values():
+            if child_path not in ids:
+                ids[child_path] = len(order)
+                order.append(child_path)
     nodes = []
     for p in order:
         attrs = (AttributeRef("VARIABLE_VALUE", key_to_name(paths[p]), paths[p]),) if p in paths else ()

@@ -100,11 +100,11 @@ def chunks(reader: CheckpointReader, item: Item) -> Iterator[memoryview]:
     A partitioned tensor is assembled whole by the reader (its slices are verified one by one)."""
     entry = item.entry
     if entry.is_sliced:
-        yield memoryview(reader.get_tensor(item.key).reshape(-1).view(np.uint8))
+        yield reader.get_tensor(item.key).reshape(-1).view(np.uint8).data
         return
     if not entry.size:
         return
-    buf = aligned_empty((min(CHUNK_BYTES, entry.size),), np.uint8)
+    buf = aligned_empty((min(CHUNK_BYTES, entry.size),), np.dtype(np.uint8))
     value = 0
     for start in range(0, entry.size, CHUNK_BYTES):
         view = buf[: min(CHUNK_BYTES, entry.size - start)]
@@ -114,4 +114,4 @@ def chunks(reader: CheckpointReader, item: Item) -> Iterator[memoryview]:
             path = data_file_name(reader.prefix, entry.shard_id, reader.index.num_shards)
             raise DataLossError(f"checksum mismatch for key {item.key!r} in {path!r}: stored {entry.crc32c:#010x}",
                                 path=path, key=item.key)
-        yield memoryview(view)
+        yield view.data

@@ -22,7 +22,7 @@ from ..errors import CheckpointError, InvalidArgumentError
 from ..reader import CheckpointReader
 from ..storage.filesystem import writer_token
 from . import _torch, dtypes
-from .source import FORMAT_TAG, Exported, chunks
+from .source import FORMAT_TAG, Exported, Item, chunks
 
 _ALIGN = 64  # torch aligns each storage to 64 bytes so that torch.load(mmap=True) can map it
 
@@ -126,7 +126,7 @@ def write_torch(reader: CheckpointReader, ex: Exported, dst: str, *, force: bool
     import base64
 
     state: dict = {}
-    storages = []
+    storages: list[tuple[_Storage, Item]] = []
     by_name = {item.name: item for item in ex.items}
     for name in ex.order:  # entries in the order of their bytes: converted back, the files come back the same
         if name in ex.strings:
@@ -194,6 +194,7 @@ def _record(zf: zipfile.ZipFile, name: str, parts, size: int | None = None) -> N
     info.compress_type = zipfile.ZIP_STORED
     info.file_size = size
     zip64 = size * 1.05 > zipfile.ZIP64_LIMIT
+    assert zf.fp is not None  # open for writing
     start = zf.fp.tell() + 30 + len(name.encode()) + (20 if zip64 else 0)
     pad = -(start + 4) % _ALIGN
     info.extra = struct.pack("<HH", 0x4246, pad) + b"Z" * pad  # 'FB', as torch's own writer pads
