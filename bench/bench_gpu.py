@@ -28,6 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gpuckpt.format import crc  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import results as results_json  # noqa: E402 - bench/ is not a package
+
 SMALL = 64 << 10
 
 
@@ -131,6 +134,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-gib", type=float, default=None, help="state size (default 4 on a GPU, 1 on the CPU)")
     ap.add_argument("--staging-mib", type=int, default=256)
+    results_json.add_option(ap)
     args = ap.parse_args()
     on_gpu = gpu_available()
     total = int((args.size_gib or (4 if on_gpu else 1)) * (1 << 30))
@@ -138,6 +142,8 @@ def main() -> int:
     rows = (run_gpu if on_gpu else run_cpu)(total, args.staging_mib << 20)
     for name, value in rows:
         print(f"  {name:40s} {value:8.2f} GB/s")
+    results_json.write(args.json, "gpu", {"bytes": total, "staging_mib": args.staging_mib, "on_gpu": on_gpu},
+                       {"rows": [{"measurement": n, "gb_per_s": v} for n, v in rows]})
     return 0
 
 

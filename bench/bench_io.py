@@ -43,6 +43,9 @@ import gpuckpt
 from gpuckpt.arrays import aligned_empty
 from gpuckpt.saver import write_tensors
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import results as results_json  # noqa: E402 - bench/ is not a package
+
 SMALL = 64 << 10
 
 
@@ -301,6 +304,7 @@ def main() -> int:
     ap.add_argument("--no-tf", action="store_true", help="skip TensorFlow (also skipped when it is not installed)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--dir", default=None, help="where to write (default: a temporary directory)")
+    results_json.add_option(ap)
     args = ap.parse_args()
     fsync = not args.no_fsync
     if args.api:
@@ -358,6 +362,8 @@ def main() -> int:
         results.update(bench_tf(state, work, fsync, args.repeat))
     shutil.rmtree(work)
     report(results, nbytes)
+    results_json.write(args.json, "io", {"size_mib": args.size_mib, "fsync": fsync, "repeat": args.repeat,
+                                         "tensors": len(state)}, {"bytes": nbytes, "seconds": results})
     return 0
 
 

@@ -33,6 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import gpuckpt  # noqa: E402
 from gpuckpt.distributed import DistributedCheckpoint, Sharded, set_layout  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import results as results_json  # noqa: E402 - bench/ is not a package
+
 LARGE, REPLICATED = 4, 16
 
 
@@ -182,6 +185,7 @@ def main() -> None:
                         help="share of the bytes in replicated tensors (the rest is sharded)")
     parser.add_argument("--dir", default=None)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    results_json.add_option(parser)
     args = parser.parse_args()
     set_replicated_fraction(args.replicated_fraction)
     if args.worker:
@@ -195,11 +199,16 @@ def main() -> None:
               f"cold restores, best of {args.rounds}, {os.cpu_count()} CPUs")
         print(f"{'':24}{'save GiB/s':>12}{'restore GiB/s':>15}{'restore, bcast':>16}")
         one = single_process(args)
+        rows = [{"setup": "single process", "save_s": one["save"], "restore_s": one["restore"]}]
         print(f"{'single process':24}{gib / one['save']:12.2f}{gib / one['restore']:15.2f}{'':>16}", flush=True)
         for n in args.ranks:
             r = distributed(args, n)
+            rows.append({"setup": f"MPI, {n} ranks", "ranks": n, "save_s": r["save"], "restore_s": r["restore_read"],
+                         "restore_broadcast_s": r["restore_broadcast"]})
             print(f"{f'MPI, {n} rank' + ('s' if n > 1 else ''):24}{gib / r['save']:12.2f}"
                   f"{gib / r['restore_read']:15.2f}{gib / r['restore_broadcast']:16.2f}", flush=True)
+        config = {"size_mib": args.size_mib, "rounds": args.rounds, "fsync": not args.no_fsync}
+        results_json.write(args.json, "mpi", config, {"bytes": global_bytes(args.size_mib << 20), "rows": rows})
     finally:
         if own_dir:
             shutil.rmtree(args.dir, ignore_errors=True)

@@ -21,6 +21,7 @@ import argparse
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -30,6 +31,9 @@ import numpy as np
 
 import gpuckpt
 from gpuckpt.demo import array_module
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import results as results_json  # noqa: E402 - bench/ is not a package
 
 SIDE = 512  # each matrix is SIDE x SIDE float32: 1 MiB
 INNER = 32
@@ -204,6 +208,14 @@ def report(runs: list[Run], baselines: dict[str, float], state_bytes: int) -> No
           "duration, so it has no steps in flight.")
 
 
+def _json(run: Run) -> dict:
+    """A run for bench/report.py: step and save times in seconds from the first step's start."""
+    t0 = run.step_spans[0][0] if run.step_spans else 0.0
+    return {"name": run.name, "total_s": run.total_s, "step_s": run.step_s,
+            "step_start_s": [a - t0 for a, _ in run.step_spans], "save_block_s": run.save_block_s,
+            "in_flight_s": [[a - t0, b - t0] for a, b in run.in_flight]}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--state-mib", type=int, default=256)
@@ -212,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-tf", action="store_true", help="skip TensorFlow's loop")
     ap.add_argument("--dali", action="store_true", help="also run the gpuckpt loops fed by a DALI input pipeline")
     ap.add_argument("--dir", default=None, help="where to write (default: a temporary directory)")
+    results_json.add_option(ap)
     args = ap.parse_args(argv)
     xp, where = array_module()
     root = tempfile.mkdtemp(prefix="gpuckpt-overlap-", dir=args.dir)
@@ -232,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         baselines = {run.name.split(":")[0]: statistics.median(run.step_s)
                      for run in runs if run.name.endswith("no checkpoints")}
         report(runs, baselines, args.state_mib << 20)
+        config = {"state_mib": args.state_mib, "steps": args.steps, "every": args.every, "loop": where}
+        results_json.write(args.json, "overlap", config, {"baselines": baselines, "runs": [_json(r) for r in runs]})
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return 0
