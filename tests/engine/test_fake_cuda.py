@@ -1,0 +1,150 @@
+"""The GPU engine on the reordering fake CUDA runtime, over many seeds: queued work runs in any
+order CUDA allows, released staging is poisoned, two devices, channels_last, bf16, a producer
+writing on a side stream, a write error followed by a good save."""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from gpuckpt.arrays import as_tensor
+from gpuckpt.format import crc
+from gpuckpt.plan import TensorSpec, build_save_plan
+from gpuckpt.testing.fake_cuda import POISON, FakeRuntime, WrongDeviceError
+
+gather = pytest.importorskip("gpuckpt.kernels.gather")
+from gpuckpt.engine import gpu  # noqa: E402
+
+SEEDS = range(100)
+
+
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch):
+    monkeypatch.setattr(gather, "CHUNK_BYTES", 256)
+
+
+class Collecting:
+    """Storage that keeps what is written, per shard."""
+
+    def __init__(self, fail_first: bool = False) -> None:
+        self.shards: dict[int, bytearray] = {}
+        self.fail_first = fail_first
+
+    def write(self, shard, offset, data) -> None:
+        if self.fail_first:
+            self.fail_first = False
+            raise OSError(28, "No space left on device")
+        raw = b"".join(bytes(np.asarray(d)) for d in data) if isinstance(data, list) else bytes(np.asarray(data))
+        buf = self.shards.setdefault(shard, bytearray())
+        buf.extend(b"\0" * max(0, offset + len(raw) - len(buf)))
+        buf[offset : offset + len(raw)] = raw
+
+
+def state(rng: np.random.Generator) -> dict[str, tuple[np.ndarray, int, tuple[int, ...] | None]]:
+    """name -> (values, device, layout): odd sizes, a tensor larger than a slot, bf16, channels_last."""
+    return {
+        "w": (rng.standard_normal(700).astype(np.float32), 0, None),  # 2800 B: spans slots of 1024 B
+        "b16": (rng.standard_normal((3, 5)).astype(ml_dtypes.bfloat16), 1, None),
+        "conv": (rng.standard_normal((2, 3, 4, 5)).astype(np.float32), 0, (0, 2, 3, 1)),  # channels_last
+        "odd": (rng.integers(0, 255, 37).astype(np.uint8), 1, None),
+        "f8": (rng.standard_normal(9).astype(ml_dtypes.float8_e4m3fn), 0, None),
+        "empty": (np.zeros((0, 3), np.int64), 1, None),
+        "i64": (rng.integers(-9, 9, (4, 6)).astype(np.int64), 1, (1, 0)),  # a transposed layout
+    }
+
+
+def save(rt: FakeRuntime, engine, arrays: dict, writer=None):
+    tensors = [as_tensor(a, k) for k, a in arrays.items()]
+    plan = build_save_plan([TensorSpec(k, t.dtype, t.shape, t.nbytes) for k, t in zip(arrays, tensors)])
+    writer = writer or Collecting()
+    crcs = engine.write(plan, tensors, writer)
+    return plan, crcs, writer
+
+
+def expect(plan, crcs, writer, values: dict[str, np.ndarray]) -> None:
+    data = bytes(writer.shards.get(0, b""))
+    for item, masked, (key, value) in zip(plan.items, crcs, values.items()):
+        want = np.ascontiguousarray(value).tobytes()
+        got = data[item.offset : item.offset + len(want)]
+        assert got == want, f"bytes of {key} differ"
+        assert masked == crc.masked_crc32c(np.frombuffer(want, np.uint8)), key
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_saves_are_exact_in_any_order_the_device_may_run_them(seed):
+    rng = np.random.default_rng(seed)
+    rt = FakeRuntime(seed, devices=2)
+    engine = gpu.GpuEngine(staging_bytes=3 * 1024, runtime=rt)
+    spec = state(rng)
+    arrays = {k: rt.array(v, d, layout) for k, (v, d, layout) in spec.items()}
+    # training queues an update of "w" in two halves on a side stream of device 0, just before the save
+    side = rt.stream()
+    rt.set_current_stream(0, side)
+    new_w = rng.standard_normal(700).astype(np.float32)
+    w = arrays["w"].host
+    rt.launch(side, lambda: w.__setitem__(slice(0, 350), new_w[:350]))
+    rt.launch(side, lambda: w.__setitem__(slice(350, None), new_w[350:]))
+    values = {k: v for k, (v, _, _) in spec.items()} | {"w": new_w}
+    plan, crcs, writer = save(rt, engine, arrays)
+    expect(plan, crcs, writer, values)  # the snapshot holds the update: queued before the save
+    assert engine.pool.in_use == 0
+    # a second save of the same tensors reuses the cached pointer tables
+    builds = {d: r.table_builds for d, r in engine._rings.items()}
+    plan, crcs, writer = save(rt, engine, arrays)
+    expect(plan, crcs, writer, values)
+    assert {d: r.table_builds for d, r in engine._rings.items()} == builds
+    assert sorted(engine._rings) == [0, 1]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_write_error_then_a_successful_save(seed):
+    rng = np.random.default_rng(seed)
+    rt = FakeRuntime(seed, devices=2)
+    engine = gpu.GpuEngine(staging_bytes=3 * 1024, runtime=rt)
+    spec = state(rng)
+    arrays = {k: rt.array(v, d, layout) for k, (v, d, layout) in spec.items()}
+    with pytest.raises(OSError, match="No space"):
+        save(rt, engine, arrays, Collecting(fail_first=True))
+    assert engine.pool.in_use == 0  # every pinned slot given back, each after its copy had run
+    plan, crcs, writer = save(rt, engine, arrays)
+    expect(plan, crcs, writer, {k: v for k, (v, _, _) in spec.items()})
+
+
+def test_the_fake_catches_a_missing_producer_fence(monkeypatch):
+    """Without the fence, some seeds copy the tensor mid-update: the double must expose it."""
+    monkeypatch.setattr(gpu, "fence_producers", lambda *a: [])
+    torn = 0
+    for seed in range(40):
+        rt = FakeRuntime(seed)
+        engine = gpu.GpuEngine(staging_bytes=3 * 1024, runtime=rt)
+        arr = rt.array(np.zeros(256, np.float32))
+        side = rt.stream()
+        rt.set_current_stream(0, side)
+        rt.launch(side, lambda h=arr.host: h.__setitem__(slice(0, 128), 1.0))
+        rt.launch(side, lambda h=arr.host: h.__setitem__(slice(128, None), 1.0))
+        _, _, writer = save(rt, engine, {"x": arr})
+        got = np.frombuffer(bytes(writer.shards[0]), np.float32)
+        torn += int(0 < got.sum() < 256)
+    assert torn > 0
+
+
+def test_the_fake_catches_a_write_before_the_copy_lands(monkeypatch):
+    """If the writer did not wait for the DMA event, it would write poisoned or stale bytes."""
+    seen_poison = 0
+    for seed in range(20):
+        rt = FakeRuntime(seed, eager=0.0)
+        monkeypatch.setattr(rt, "host_wait", lambda *a: None)
+        engine = gpu.GpuEngine(staging_bytes=3 * 1024, runtime=rt)
+        arr = rt.array(np.ones(200, np.float32))
+        _, _, writer = save(rt, engine, {"x": arr})
+        seen_poison += bytes(writer.shards[0]).count(bytes([POISON]))
+    assert seen_poison > 0
+
+
+def test_work_from_the_wrong_device_context_is_refused():
+    rt = FakeRuntime(0, devices=2)
+    with rt.activate(1):
+        s1 = rt.stream()
+    with pytest.raises(WrongDeviceError):
+        rt.record(rt.event(), s1)  # device 0 is current here
