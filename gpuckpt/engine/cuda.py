@@ -67,8 +67,10 @@ def flat_bytes(view):
     by one gather launch when the memory is not C-contiguous)."""
     cuda = _cuda()
     if view.contiguous:
-        if simulated():
-            return view.owner.reshape(view.owner.size).view(np.uint8) if view.nbytes else cuda.device_array(0, np.uint8)
+        if simulated():  # simulated device memory is host memory
+            from ..kernels.gather import _host_bytes
+
+            return cuda.to_device(_host_bytes(view.address, view.nbytes).copy())
         return device_array_at(view.address, view.nbytes, view.owner)
     from ..kernels import gather
 
@@ -90,6 +92,9 @@ def producer_stream(runtime, view):
     """The stream whose queued work produces ``view``'s values, as a runtime stream, or None when
     the producer was waited for on the host (JAX) or declared none (legacy default stream)."""
     owner = view.owner
+    declared = getattr(owner, "_gpuckpt_stream", None)  # a snapshot: produced by its capture stream
+    if declared is not None:
+        return declared
     if view.runtime is not None:
         return view.runtime.current_stream(view.device)
     module = type(owner).__module__ or ""
@@ -241,6 +246,12 @@ class NumbaRuntime:
 
     def release(self, host: np.ndarray) -> None:
         """The engine is done with ``host``'s bytes (the test double poisons them)."""
+
+    def address_of(self, dev) -> int:
+        """Device address of a buffer this runtime made."""
+        if self.simulated:
+            return int(dev._ary.ctypes.data)
+        return int(dev.device_ctypes_pointer.value or 0)
 
     def view_of(self, dev, dtype: np.dtype, shape: tuple[int, ...]):
         """A typed device array over the first bytes of ``dev``."""

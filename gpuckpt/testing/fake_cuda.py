@@ -288,9 +288,23 @@ class FakeRuntime:
         nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
         return FakeDeviceArray(self, dev.array[:nbytes].view(dtype).reshape(shape), dev.device)
 
+    def address_of(self, dev: FakeBuffer) -> int:
+        return int(dev.array.__array_interface__["data"][0])
+
+    def bytes_of(self, view: DeviceView) -> FakeBuffer:
+        """The contiguous memory of ``view`` as a flat uint8 buffer (no copy)."""
+        from ..kernels.gather import _host_bytes
+
+        return FakeBuffer(_host_bytes(view.address, view.nbytes), view.device)
+
     def flat_bytes(self, view: DeviceView) -> FakeBuffer:
         self.drain()
-        return FakeBuffer(np.ascontiguousarray(view.owner.host).reshape(-1).view(np.uint8).copy(), view.device)
+        from ..kernels import gather
+
+        shape, strides = view.runs()
+        out = np.zeros(view.nbytes, np.uint8)
+        gather.gather_host(gather.gather_table([(view.address, 0, 0, view.nbytes, view.itemsize, shape, strides)]), out)
+        return FakeBuffer(out, view.device)
 
     # -- copies and kernels ----------------------------------------------------------------
     def _check(self, stream: FakeStream, *buffers: FakeBuffer) -> None:

@@ -148,3 +148,39 @@ def test_work_from_the_wrong_device_context_is_refused():
         s1 = rt.stream()
     with pytest.raises(WrongDeviceError):
         rt.record(rt.event(), s1)  # device 0 is current here
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("room", [True, False], ids=["device-snapshot", "pinned-snapshot"])
+def test_async_capture_holds_the_values_of_the_call(seed, room):
+    """Updates queued before the capture are in it; training queued after it returns is not."""
+    from gpuckpt.engine.capture import SPARE_BYTES, CapturePool
+
+    rng = np.random.default_rng(seed)
+    rt = FakeRuntime(seed, devices=2, free_bytes=(1 << 40) if room else SPARE_BYTES)
+    spec = state(rng)
+    arrays = {k: rt.array(v, d, layout) for k, (v, d, layout) in spec.items()}
+    side = rt.stream()
+    rt.set_current_stream(0, side)
+    before = rng.standard_normal(700).astype(np.float32)
+    w = arrays["w"].host
+    rt.launch(side, lambda: w.__setitem__(slice(0, 350), before[:350]))
+    rt.launch(side, lambda: w.__setitem__(slice(350, None), before[350:]))
+    pool = CapturePool()
+    captured = pool.capture(arrays)
+    assert bool(captured.device_buffers) == room
+    conv = arrays["conv"].host
+    rt.launch(side, lambda: w.__setitem__(slice(None), -1.0))  # the next training step
+    rt.launch(rt.current_stream(0), lambda: conv.__setitem__(Ellipsis, -1.0))
+    engine = gpu.GpuEngine(staging_bytes=3 * 1024, runtime=rt)
+    if room:
+        plan, crcs, writer = save(rt, engine, captured.tensors)
+    else:
+        tensors = [as_tensor(v, k) for k, v in captured.tensors.items()]
+        plan = build_save_plan([TensorSpec(k, t.dtype, t.shape, t.nbytes) for k, t in zip(arrays, tensors)])
+        writer = Collecting()
+        crcs = engine.write(plan, tensors, writer)
+    expect(plan, crcs, writer, {k: v for k, (v, _, _) in spec.items()} | {"w": before})
+    pool.release(captured)
+    rt.drain()
+    assert (w == -1).all()  # training did run afterwards
