@@ -232,7 +232,7 @@ def device_view(value, key: str = "?") -> DeviceView:
 
             value = import_optional("cupy", extra="gpu").from_dlpack(value)
         view = _interface_view(value)
-    if any(st < 0 for st in view.strides):
+    if view.strides and min(view.strides) < 0:
         raise InvalidArgumentError(f"device array for {key!r} has negative strides; gpuckpt cannot save it", key=key)
     return view
 

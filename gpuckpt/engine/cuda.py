@@ -268,3 +268,61 @@ def default_runtime() -> NumbaRuntime:
     if _DEFAULT is None:
         _DEFAULT = NumbaRuntime()
     return _DEFAULT
+
+
+# ------------------------------------------------------------------ can the kernels load here?
+
+
+def isa_of_cuda(version: tuple[int, int]) -> tuple[int, int]:
+    """The newest PTX ISA a CUDA release (driver JIT or toolchain) accepts: 13.x -> 9.x, 12.x -> 8.x
+    (12.9 accepts 8.8)."""
+    major, minor = version[:2]
+    if major >= 13:
+        return (9 + major - 13, minor)
+    if major == 12:
+        return (8, min(minor, 8))
+    return (7, minor)
+
+
+def kernel_toolchain_problem(driver: tuple[int, int], ptx_isa: tuple[int, int],
+                             nvjitlink: tuple[int, int] | None) -> str | None:
+    """Why kernels compiled to ``ptx_isa`` would not load under ``driver``, or None when they will:
+    the driver's JIT takes the PTX, or nvJitLink (new enough for that ISA) turns it into SASS first."""
+    if ptx_isa <= isa_of_cuda(driver):
+        return None
+    if nvjitlink is not None and isa_of_cuda(nvjitlink) >= ptx_isa:
+        return None
+    linker = "no nvJitLink" if nvjitlink is None else f"nvJitLink {nvjitlink[0]}.{nvjitlink[1]}"
+    return (f"gpuckpt's kernels compile to PTX ISA {ptx_isa[0]}.{ptx_isa[1]}, but this CUDA {driver[0]}.{driver[1]} "
+            f"driver accepts at most {'.'.join(map(str, isa_of_cuda(driver)))} and {linker} is installed; "
+            "install an nvJitLink at least as new as NVVM (pip install 'gpuckpt[gpu]', which pins "
+            "nvidia-nvjitlink) or an NVVM no newer than the driver")
+
+
+_TOOLCHAIN_CHECKED = False
+
+
+def check_kernel_toolchain() -> None:
+    """On a real GPU, once per process: InvalidArgumentError if the kernels could not be loaded."""
+    global _TOOLCHAIN_CHECKED
+    if _TOOLCHAIN_CHECKED or simulated():
+        return
+    import re
+
+    from numba.cuda.cudadrv import driver
+
+    cuda = _cuda()
+    raw = driver.driver.get_version()
+    ptx, _ = cuda.compile_ptx(lambda out: None, "void(int32[::1])", cc=(9, 0))
+    found = re.search(r"^\.version (\d+)\.(\d+)", ptx, re.M)
+    isa = (int(found.group(1)), int(found.group(2))) if found else (0, 0)
+    try:
+        from cuda.bindings import nvjitlink
+
+        linker = tuple(nvjitlink.version())[:2] if driver._have_nvjitlink() else None
+    except Exception:
+        linker = None
+    problem = kernel_toolchain_problem(tuple(raw)[:2], isa, linker)
+    if problem:
+        raise InvalidArgumentError(problem)
+    _TOOLCHAIN_CHECKED = True

@@ -41,7 +41,7 @@ from ..format import crc
 from ..format.bundle import BundleEntry
 from ..plan import SavePlan, WriteItem
 from .cpu import CpuEngine
-from .cuda import WAIT_TIMEOUT_S, NumbaRuntime, default_runtime, fence_producers
+from .cuda import WAIT_TIMEOUT_S, NumbaRuntime, check_kernel_toolchain, default_runtime, fence_producers
 from .staging import DEFAULT_BYTES, StagingPool
 from .writer import WriterThread
 
@@ -281,6 +281,8 @@ class GpuEngine:
     def __init__(self, staging_bytes: int = DEFAULT_BYTES, runtime=None, slots: int = RING_SLOTS,
                  timeout: float = WAIT_TIMEOUT_S):
         self.runtime = runtime if runtime is not None else default_runtime()
+        if isinstance(self.runtime, NumbaRuntime):
+            check_kernel_toolchain()  # a clear error now rather than a JIT failure at the first launch
         self._cuda = import_optional("numba.cuda", extra="gpu")
         self._kernels = import_optional("gpuckpt.kernels", extra="gpu")
         self.pool = StagingPool(staging_bytes, allocator=self.runtime.pinned)

@@ -101,3 +101,14 @@ def test_kernels_use_nothing_beyond_isa_9_0(ptx_dir, tmp_path):
         if "Unsupported .version" in result.stderr:
             pytest.skip(f"this ptxas is older than CUDA 13.0: {result.stderr.strip()}")
         assert result.returncode == 0, f"{path.name}: {result.stderr}"
+
+
+def test_the_engine_names_a_toolchain_that_cannot_load_its_kernels():
+    from gpuckpt.engine.cuda import isa_of_cuda, kernel_toolchain_problem
+
+    assert isa_of_cuda((13, 0)) == (9, 0) and isa_of_cuda((13, 5)) == (9, 5) and isa_of_cuda((12, 9)) == (8, 8)
+    assert kernel_toolchain_problem((13, 0), (9, 0), None) is None  # the driver JIT takes it
+    assert kernel_toolchain_problem((13, 0), (9, 5), (13, 5)) is None  # nvJitLink makes SASS
+    problem = kernel_toolchain_problem((13, 0), (9, 5), None)
+    assert problem and "nvjitlink" in problem.lower() and "9.5" in problem and "13.0" in problem
+    assert kernel_toolchain_problem((13, 0), (9, 5), (13, 2)) is not None  # a linker older than NVVM
