@@ -146,7 +146,7 @@ def step_nvcomp(out: Path) -> dict:
     except (OSError, AttributeError) as exc:
         return {"status": "skipped", "reason": f"libnvcomp with nvcompBatchedCRC32Async not loadable: {exc}"}
     if SIM:
-        return {"status": "skipped", "reason": "simulator: libnvcomp and its CRC entry points load; no device to run on"}
+        return {"status": "skipped", "reason": "simulator: libnvcomp and its CRC entry point load; no device to run"}
     import crc32c
     from numba import cuda
 
