@@ -218,6 +218,12 @@ class NumbaRuntime:
 
         gather.launch_gather(table_dev, nrows, slot, stream)
 
+    def scatter(self, table_dev, nrows: int, slot, stream) -> None:
+        """The gather's inverse (restores): slot bytes to the tensors the table names."""
+        from ..kernels import gather
+
+        gather.launch_scatter(table_dev, nrows, slot, stream)
+
     def crc(self, slot, offsets: np.ndarray, sizes: np.ndarray, stream):
         """Enqueue the CRC launches over slot segments; returns the device uint32 CRCs (raw, unmasked)."""
         from ..kernels import pack

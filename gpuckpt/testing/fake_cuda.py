@@ -332,6 +332,21 @@ class FakeRuntime:
 
         self._enqueue(stream, "run", run)
 
+    def scatter(self, table_dev: FakeBuffer, nrows: int, slot: FakeBuffer, stream: FakeStream) -> None:
+        from ..kernels import gather
+
+        self._check(stream, table_dev, slot)
+
+        def run() -> None:
+            table = table_dev.array[:nrows]
+            for dst in table[:, 0]:
+                owner = self.device_of(int(dst))
+                if owner is not None and owner != stream.device:
+                    raise WrongDeviceError(f"scatter on {stream} writes memory of device {owner}")
+            gather.scatter_host(table, slot.array)
+
+        self._enqueue(stream, "run", run)
+
     def crc(self, slot: FakeBuffer, offsets: np.ndarray, sizes: np.ndarray, stream: FakeStream) -> FakeBuffer:
         self._check(stream, slot)
         out = FakeBuffer(np.zeros(max(sizes.size, 1), np.uint32), slot.device)

@@ -75,7 +75,7 @@ def expect(plan, crcs, writer, values: dict[str, np.ndarray]) -> None:
 def test_saves_are_exact_in_any_order_the_device_may_run_them(seed):
     rng = np.random.default_rng(seed)
     rt = FakeRuntime(seed, devices=2)
-    engine = gpu.GpuEngine(staging_bytes=3 * 1024, runtime=rt)
+    engine = gpu.GpuEngine(staging_bytes=3 * 1024, runtime=rt, slots=1 + seed % 3)  # rings of 1, 2 and 3 slots
     spec = state(rng)
     arrays = {k: rt.array(v, d, layout) for k, (v, d, layout) in spec.items()}
     # training queues an update of "w" in two halves on a side stream of device 0, just before the save
@@ -184,3 +184,30 @@ def test_async_capture_holds_the_values_of_the_call(seed, room):
     pool.release(captured)
     rt.drain()
     assert (w == -1).all()  # training did run afterwards
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_scatter_on_the_fake_lands_after_the_copies_it_waits_for(seed):
+    """The restore direction's building block: H2D into a slot, then one scatter into strided tensors."""
+    rng = np.random.default_rng(seed)
+    rt = FakeRuntime(seed)
+    want = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    target = rt.array(np.zeros_like(want), 0, (0, 2, 3, 1))  # channels_last destination
+    view = target.__gpuckpt_device_view__()
+    table = gather.gather_table([(view.address, 0, 0, view.nbytes, view.itemsize, *view.runs())])
+    stream = rt.stream()
+    slot, table_dev = rt.device_buffer(view.nbytes), rt.table_buffer(table.shape[0])
+    rt.upload(table, table_dev, stream)
+    rt.upload(np.frombuffer(want.tobytes(), np.uint8), slot, stream)
+    rt.scatter(table_dev, table.shape[0], slot, stream)
+    done = rt.event()
+    rt.record(done, stream)
+    rt.host_wait(done, 10, "scatter")
+    assert np.array_equal(target.host, want)
+    other = rt.array(np.zeros(4, np.float32), 1)
+    bad = other.__gpuckpt_device_view__()
+    wrong = rt.table_buffer(1)
+    rt.upload(gather.gather_table([(bad.address, 0, 0, 16, 4, *bad.runs())]), wrong, stream)
+    with pytest.raises(WrongDeviceError, match="device 1"):  # when it runs (maybe at once: eager)
+        rt.scatter(wrong, 1, slot, stream)
+        rt.drain()

@@ -59,3 +59,28 @@ def test_views_merge_contiguous_dims_and_keep_permuted_strides():
 def test_too_many_unmergeable_dims_are_refused():
     with pytest.raises(ValueError, match="non-mergeable"):
         gather.gather_table([(0, 0, 0, 8, 1, (2,) * 7, (64, 32, 16, 8, 4, 2, 1))])
+
+
+def test_scatter_undoes_the_gather_into_any_layout():
+    """Restores run the table backwards: C-order slot bytes land in strided destinations."""
+    rng = np.random.default_rng(8)
+    nhwc = rng.standard_normal((2, 4, 5, 3)).astype(np.float32)
+    sources = [cuda.to_device(rng.integers(0, 255, 77).astype(np.uint8)), cuda.to_device(nhwc).transpose((0, 3, 1, 2)),
+               cuda.to_device(rng.standard_normal(21).astype(ml_dtypes.bfloat16))]
+    table, total = entries_for(sources)
+    slot = cuda.to_device(np.zeros(total, np.uint8))
+    gather.launch_gather(cuda.to_device(table), table.shape[0], slot, 0)
+    targets = [cuda.to_device(np.zeros(77, np.uint8)), cuda.to_device(np.zeros_like(nhwc)).transpose((0, 3, 1, 2)),
+               cuda.to_device(np.zeros(21, ml_dtypes.bfloat16))]
+    back, _ = entries_for(targets)
+    gather.launch_scatter(cuda.to_device(back), back.shape[0], slot, 0)
+
+    def c_bytes(a) -> bytes:
+        return np.ascontiguousarray(a.copy_to_host()).tobytes()
+
+    assert [c_bytes(t) for t in targets] == [c_bytes(s) for s in sources]
+    again = [cuda.to_device(np.zeros(77, np.uint8)), cuda.to_device(np.zeros_like(nhwc)).transpose((0, 3, 1, 2)),
+             cuda.to_device(np.zeros(21, ml_dtypes.bfloat16))]
+    rows, _ = entries_for(again)
+    gather.scatter_host(rows, slot.copy_to_host())  # the NumPy reference does the same
+    assert [c_bytes(t) for t in again] == [c_bytes(s) for s in sources]

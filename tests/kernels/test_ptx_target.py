@@ -29,6 +29,8 @@ GATHER = """
 from gpuckpt.kernels import gather
 ptx, _ = cuda.compile_ptx(gather.gather_kernel_source, "void(int64[:, ::1], uint8[::1], uint64[::1])", cc=(9, 0))
 open(f"{sys.argv[1]}/gather.ptx", "w").write(ptx)
+ptx, _ = cuda.compile_ptx(gather.scatter_kernel_source, "void(int64[:, ::1], uint8[::1], uint64[::1])", cc=(9, 0))
+open(f"{sys.argv[1]}/scatter.ptx", "w").write(ptx)
 """
 
 
@@ -72,6 +74,11 @@ def test_gather_kernel_reads_through_pointers(ptx_dir):
     ptx = (ptx_dir / "gather.ptx").read_text()
     assert ".target sm_90" in ptx
     assert re.search(r"\bld(\.global)?\.u64\b", ptx) and re.search(r"\bld(\.global)?\.u8\b", ptx)
+
+
+def test_scatter_kernel_stores_through_pointers(ptx_dir):
+    ptx = (ptx_dir / "scatter.ptx").read_text()
+    assert re.search(r"\bst(\.global)?\.u64\b", ptx) and re.search(r"\bst(\.global)?\.u8\b", ptx)
 
 
 def test_ptx_isa_loads_on_a_cuda_13_0_driver(ptx_dir):
