@@ -211,3 +211,27 @@ def test_scatter_on_the_fake_lands_after_the_copies_it_waits_for(seed):
     with pytest.raises(WrongDeviceError, match="device 1"):  # when it runs (maybe at once: eager)
         rt.scatter(wrong, 1, slot, stream)
         rt.drain()
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_failed_capture_waits_for_its_copies_before_giving_the_buffer_back(seed, monkeypatch):
+    from gpuckpt.engine.capture import SPARE_BYTES, CapturePool
+
+    rt = FakeRuntime(seed, free_bytes=SPARE_BYTES, eager=0.0)  # no room on the device: pinned snapshot
+    arrays = {f"x{i}": rt.array(np.full(64, i, np.float32)) for i in range(3)}
+    real = rt.download
+    calls = []
+
+    def failing_download(host, dev, stream):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("copy refused")
+        real(host, dev, stream)
+
+    monkeypatch.setattr(rt, "download", failing_download)
+    pool = CapturePool()
+    with pytest.raises(RuntimeError, match="copy refused"):
+        pool.capture(arrays)
+    assert rt.pending() == 0  # the copy queued before the failure ran before the buffer went back
+    (buffer, pinned), = pool._free
+    assert pinned and (buffer[:256].view(np.float32) == 0).all()  # x0's bytes landed in it
