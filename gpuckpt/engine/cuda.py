@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
+import weakref
 
 import numpy as np
 
@@ -151,6 +152,7 @@ class NumbaRuntime:
     def __init__(self) -> None:
         self.cuda = _cuda()
         self.simulated = simulated()
+        self._crc_args: dict[tuple, tuple] = {}  # CRC launch tables per cached segment layout
 
     def device_count(self) -> int:
         return len(self.cuda.gpus)
@@ -225,13 +227,21 @@ class NumbaRuntime:
         gather.launch_scatter(table_dev, nrows, slot, stream)
 
     def crc(self, slot, offsets: np.ndarray, sizes: np.ndarray, stream):
-        """Enqueue the CRC launches over slot segments; returns the device uint32 CRCs (raw, unmasked)."""
+        """Enqueue the CRC launches over slot segments; returns the device uint32 CRCs (raw, unmasked).
+
+        The launches' tables are made once per (offsets, sizes) pair, which the engine keeps for as
+        long as its cached plan lives, so a steady run of saves allocates no device memory here."""
         from ..kernels import pack
 
-        segs, starts = pack._launch.chunk_table(sizes, int(pack.CHUNK_BYTES))
-        if segs.size == 0:
-            return self.cuda.to_device(np.zeros(max(sizes.size, 1), np.uint32), stream=stream)
-        return pack._launch_kernels(slot, slot, offsets, sizes, segs, starts, int(pack.CHUNK_BYTES), False, stream)
+        key = (id(offsets), id(sizes), int(pack.CHUNK_BYTES))
+        found = self._crc_args.get(key)
+        if found is None or found[0]() is not offsets or found[1]() is not sizes:
+            args = pack.CrcArgs(offsets, sizes, slot.shape[0], stream)
+            self._crc_args[key] = (weakref.ref(offsets), weakref.ref(sizes), args)
+            weakref.finalize(offsets, self._crc_args.pop, key, None)
+        else:
+            args = found[2]
+        return pack.launch_crc(slot, args, stream)
 
     def download(self, host: np.ndarray, dev, stream) -> None:
         """Device -> host into ``host`` (pinned for an asynchronous copy)."""
