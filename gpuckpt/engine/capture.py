@@ -11,8 +11,10 @@ host buffer per save in flight, and device values, per device:
   write again. ``capture`` returns without waiting for the copy: the snapshot values are
   device arrays whose producer is the capture stream, so the background save (GPU engine:
   CRC kernels, DMA, writes) is ordered after the copy by the same fence as any save.
-* otherwise into pinned host memory by DMA, fenced the same way; ``capture`` waits for
-  those copies (the training streams wait too, only until their values are copied).
+* otherwise into pinned host memory by DMA, fenced the same way; ``capture`` returns once the
+  copies are queued (the training streams wait only until their values are copied), and the
+  values are PendingHostArray objects: reading them as NumPy arrays (which the background
+  save does) waits for the copies first.
 
 Buffers are handed back for reuse once the files are committed; a steady run of saves
 allocates nothing. A capture that fails waits for the copies it queued before its buffers go
@@ -44,6 +46,7 @@ class Capture:
     nbytes: int
     pinned: bool = False
     device_buffers: tuple = field(default=())  # ((runtime, device, buffer), ...) of device snapshots
+    pending: tuple = field(default=())  # PendingHostArrays whose copies must land before the buffer is reused
 
 
 class DeviceSnapshot:
@@ -71,6 +74,39 @@ class DeviceSnapshot:
     @property
     def shape(self) -> tuple[int, ...]:
         return self._view.shape
+
+
+class PendingHostArray:
+    """A value being copied by DMA into pinned host memory: ``np.asarray`` (``__array__``) waits
+    for the copy to land, with a deadline, then gives the host array (no further copy)."""
+
+    def __init__(self, array: np.ndarray, runtime, event, timeout: float, keep: tuple = ()):
+        self._array, self._runtime, self._event, self._timeout = array, runtime, event, timeout
+        self._keep = keep  # device temporaries the copy reads from, alive until it has landed
+        self._landed = False
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._array.dtype
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._array.shape
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._array.nbytes)
+
+    def wait(self) -> np.ndarray:
+        """The host array, once its copy has landed."""
+        if not self._landed:
+            self._runtime.host_wait(self._event, self._timeout, "the snapshot's copy to host memory")
+            self._landed, self._keep = True, ()
+        return self._array
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        array = self.wait()
+        return array if dtype is None else array.astype(dtype)
 
 
 class CapturePool:
@@ -102,6 +138,7 @@ class CapturePool:
             self._give_back_device(device_buffers)
             raise
         host_total = total + sum(_rounded(v.nbytes, ALIGN) for v in on_host_device.values())
+        pending: tuple = ()
         pinned = bool(on_host_device)
         buffer = self._take(host_total, pinned=pinned) if host_total else None
         done = Capture({}, buffer, host_total, pinned, tuple(device_buffers))
@@ -112,16 +149,23 @@ class CapturePool:
                 offset += _rounded(view.nbytes, ALIGN)
             if on_host_device:
                 out.update(_snapshot_to_host(on_host_device, plan, buffer, self.timeout))
+                pending = tuple(v for v in out.values() if isinstance(v, PendingHostArray))
             for key, value in tensors.items():
                 if key not in out:
                     out[key] = _copy_one(value, plan.get(key), buffer)
         except BaseException:
+            for value in out.values():  # copies already queued land before the buffer goes back
+                if isinstance(value, PendingHostArray):
+                    value.wait()
             self.release(done)
             raise
-        return Capture({k: out[k] for k in tensors}, buffer, host_total, pinned, tuple(device_buffers))
+        return Capture({k: out[k] for k in tensors}, buffer, host_total, pinned, tuple(device_buffers), pending)
 
     def release(self, capture: Capture) -> None:
-        """Give a capture's buffers back once its save is committed (or has failed)."""
+        """Give a capture's buffers back once its save is committed (or has failed), after any copy
+        into them has landed (a save that failed early may not have read every value)."""
+        for value in capture.pending:
+            value.wait()
         if capture.buffer is not None:
             with self._lock:
                 self._free.append((capture.buffer, capture.pinned))
@@ -229,7 +273,8 @@ def _snapshot_on_device(runtime, members, buffer) -> dict[str, object]:
 
 
 def _snapshot_to_host(views: dict[str, DeviceView], plan, buffer: np.ndarray, timeout: float) -> dict[str, object]:
-    """DMA each device value into its place in the pinned buffer (fenced); wait for the copies."""
+    """Queue a DMA of each device value into its place in the pinned buffer (fenced against its
+    producers); the values are PendingHostArrays. If queuing fails, wait for what was queued."""
     from .cuda import fence_producers, release_producers
 
     out: dict[str, object] = {}
@@ -238,17 +283,22 @@ def _snapshot_to_host(views: dict[str, DeviceView], plan, buffer: np.ndarray, ti
             stream = runtime.stream()
             producers = fence_producers(runtime, [v for _, v in members], stream)
             event = runtime.event()
+            arrays, keep = {}, []
             try:
                 for key, view in members:
                     offset = plan[key][0]
                     dst = buffer[offset : offset + view.nbytes]
                     if view.nbytes:
-                        runtime.download(dst, _c_order_bytes(runtime, view), stream)
-                    out[key] = dst.view(view.dtype).reshape(view.shape)
-            finally:
-                runtime.record(event, stream)  # whatever was queued has landed before the buffer can go back
+                        keep.append(_c_order_bytes(runtime, view))
+                        runtime.download(dst, keep[-1], stream)
+                    arrays[key] = dst.view(view.dtype).reshape(view.shape)
+            except BaseException:
+                runtime.record(event, stream)  # whatever was queued lands before the buffer can go back
                 runtime.host_wait(event, timeout, "the snapshot's copies to host memory")
+                raise
+            runtime.record(event, stream)
             release_producers(runtime, producers, stream)
+            out.update((k, PendingHostArray(a, runtime, event, timeout, tuple(keep))) for k, a in arrays.items())
     return out
 
 

@@ -235,3 +235,20 @@ def test_a_failed_capture_waits_for_its_copies_before_giving_the_buffer_back(see
     assert rt.pending() == 0  # the copy queued before the failure ran before the buffer went back
     (buffer, pinned), = pool._free
     assert pinned and (buffer[:256].view(np.float32) == 0).all()  # x0's bytes landed in it
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_pinned_snapshot_returns_before_its_copies_and_reading_it_waits(seed):
+    from gpuckpt.engine.capture import SPARE_BYTES, CapturePool, PendingHostArray
+
+    rt = FakeRuntime(seed, free_bytes=SPARE_BYTES, eager=0.0)  # nothing runs until someone waits
+    values = {f"x{i}": np.full(64, i + 1, np.float32) for i in range(3)}
+    pool = CapturePool()
+    captured = pool.capture({k: rt.array(v) for k, v in values.items()})
+    assert rt.pending() > 0  # capture returned with the copies still queued: no host wait
+    assert all(isinstance(v, PendingHostArray) for v in captured.tensors.values())
+    for k, v in values.items():
+        assert np.array_equal(np.asarray(captured.tensors[k]), v)
+    pool.release(captured)
+    rt.drain()  # what is left is the producers' wait for the snapshot, which lets training go on
+    assert rt.pending() == 0
