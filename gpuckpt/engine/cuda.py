@@ -329,7 +329,11 @@ def check_kernel_toolchain() -> None:
 
     cuda = _cuda()
     raw = driver.driver.get_version()
-    ptx, _ = cuda.compile_ptx(lambda out: None, "void(int32[::1])", cc=(9, 0))
+    try:
+        ptx, _ = cuda.compile_ptx(lambda out: None, "void(int32[::1])", cc=(9, 0))
+    except Exception as exc:  # no NVVM/NVRTC: the kernels could not be compiled either
+        raise InvalidArgumentError(f"gpuckpt's CUDA kernels cannot be compiled here ({type(exc).__name__}: "
+                                   f"{exc}); install gpuckpt[gpu]") from exc
     found = re.search(r"^\.version (\d+)\.(\d+)", ptx, re.M)
     isa = (int(found.group(1)), int(found.group(2))) if found else (0, 0)
     try:
