@@ -130,12 +130,39 @@ def run_cpu(total: int, staging: int) -> list[tuple[str, float]]:
     ]
 
 
+def run_host_overhead(count: int) -> list[tuple[str, float]]:
+    """Host-side cost per save of describing ``count`` device tensors and building (or reusing) the
+    pointer tables, in microseconds per tensor (runs in the simulator too: no launches involved)."""
+    from numba import cuda
+
+    from gpuckpt.arrays import as_tensor
+    from gpuckpt.engine import gpu
+    from gpuckpt.plan import TensorSpec, build_save_plan
+
+    dev = [cuda.to_device(np.zeros(256, np.float32)) for _ in range(count)]
+    keys = [f"t{i:05d}" for i in range(count)]
+    describe = best_time(lambda: [as_tensor(d, k) for d, k in zip(dev, keys)])
+    tensors = [as_tensor(d, k) for d, k in zip(dev, keys)]
+    plan = build_save_plan([TensorSpec(k, t.dtype, t.shape, t.nbytes) for k, t in zip(keys, tensors)])
+    build = best_time(lambda: gpu._slot_plans(plan.items, tensors, 128 << 20))
+    cached = best_time(lambda: gpu._layout_key(plan.items, tensors, 128 << 20))
+    return [(f"describe (as_tensor), us/tensor, {count} tensors", describe / count * 1e6),
+            ("pointer tables, first save, us/tensor", build / count * 1e6),
+            ("pointer tables, cached (key check), us/tensor", cached / count * 1e6)]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-gib", type=float, default=None, help="state size (default 4 on a GPU, 1 on the CPU)")
     ap.add_argument("--staging-mib", type=int, default=256)
     results_json.add_option(ap)
+    ap.add_argument("--host-overhead", type=int, metavar="N", default=0,
+                    help="only measure the host-side cost per save for N device tensors (works in the simulator)")
     args = ap.parse_args()
+    if args.host_overhead:
+        for name, value in run_host_overhead(args.host_overhead):
+            print(f"  {name:48s} {value:8.2f}")
+        return 0
     on_gpu = gpu_available()
     total = int((args.size_gib or (4 if on_gpu else 1)) * (1 << 30))
     print(f"{'GPU' if on_gpu else 'CPU (no GPU found)'} path, {total / 2**30:.2f} GiB state, staging {args.staging_mib} MiB")

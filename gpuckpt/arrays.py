@@ -45,27 +45,108 @@ def _string_elements(arr: np.ndarray, key: str) -> list[bytes]:
 
 
 @dataclass(frozen=True)
-class DeviceTensor:
-    """A device array viewed as flat bytes: ``data`` is a Numba device array of uint8 (no copy)."""
+class DeviceView:
+    """Where a device array's elements are, read from the array itself without copying or syncing.
 
-    dtype: DType
+    ``address`` is the device pointer of element 0 and ``strides`` are in bytes (C order need not
+    hold: a channels_last tensor has permuted strides); ``device`` is the CUDA ordinal the memory
+    belongs to. ``owner`` is the user's array: it keeps the memory alive and tells the engine
+    whose stream produces the values (engine/cuda.py). ``stream`` is the stream the array
+    declared through ``__cuda_array_interface__`` v3 (None when it declared none). ``runtime``
+    is a test double (gpuckpt.testing.fake_cuda) for arrays it made; None for real memory.
+    ``dtype`` is a NumPy or ``ml_dtypes`` dtype: bfloat16 and float8 arrays are described here
+    even though the CUDA array interface cannot express them (the engine moves bytes, not values).
+    """
+
+    address: int
+    dtype: np.dtype
     shape: tuple[int, ...]
-    data: object
+    strides: tuple[int, ...]
+    device: int
+    owner: object
+    stream: int | None = None
+    runtime: object | None = None
+
+    @property
+    def itemsize(self) -> int:
+        return int(self.dtype.itemsize)
 
     @property
     def nbytes(self) -> int:
-        return int(self.data.nbytes)
+        return int(np.prod(self.shape, dtype=np.int64)) * self.itemsize
+
+    @property
+    def contiguous(self) -> bool:
+        """True when the elements are dense in C order (the order the file holds)."""
+        shape, strides = self.runs()
+        return len(shape) == 1 and strides[0] == self.itemsize
+
+    def runs(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(shape, strides) with size-1 dims dropped and each dim merged into the one before it
+        when they are contiguous together: a C-contiguous view becomes one dim of stride ``itemsize``."""
+        merged: list[list[int]] = []
+        for n, st in zip(self.shape, self.strides):
+            if n == 1:
+                continue
+            if merged and merged[-1][1] == n * st:
+                merged[-1] = [merged[-1][0] * n, st]
+            else:
+                merged.append([n, st])
+        if not merged:
+            merged = [[int(np.prod(self.shape, dtype=np.int64)), self.itemsize]]
+        return tuple(n for n, _ in merged), tuple(st for _, st in merged)
+
+
+@dataclass(frozen=True)
+class DeviceTensor:
+    """A device array to save: its checkpoint dtype and shape and a :class:`DeviceView` of its memory."""
+
+    dtype: DType
+    shape: tuple[int, ...]
+    view: DeviceView
+
+    @property
+    def nbytes(self) -> int:
+        return self.view.nbytes
+
+    @property
+    def data(self):
+        """The bytes in C order as a flat uint8 device array with ``copy_to_host()`` (the CPU engine's
+        way in, ``io_device="cpu"``); non-contiguous memory is packed on the device first."""
+        if self.view.runtime is not None:
+            return self.view.runtime.flat_bytes(self.view)
+        from .engine.cuda import flat_bytes
+
+        return flat_bytes(self.view)
 
 
 _DLPACK_CUDA_DEVICES = (2, 13)  # kDLCUDA, kDLCUDAManaged
+_VIEW_HOOK = "__gpuckpt_device_view__"  # test doubles describe their own memory
+
+
+def _module(value) -> str:
+    return type(value).__module__ or ""
+
+
+def _is_torch_cuda(value) -> bool:
+    return _module(value).startswith("torch") and getattr(value, "is_cuda", False) is True
+
+
+def _is_jax_array(value) -> bool:
+    return _module(value).startswith(("jax", "jaxlib")) and hasattr(value, "unsafe_buffer_pointer")
 
 
 def is_device_array(value) -> bool:
     """True for arrays whose memory is on a CUDA device (or Numba's simulated one)."""
-    if hasattr(value, "__cuda_array_interface__"):
+    if hasattr(type(value), _VIEW_HOOK) or _is_torch_cuda(value):
         return True
-    if type(value).__module__.startswith("numba.cuda.simulator"):
+    if _module(value).startswith("numba.cuda.simulator"):
         return True
+    try:
+        if hasattr(value, "__cuda_array_interface__"):
+            return True
+    except Exception:  # an interface that refuses to describe itself
+        return False
     device = getattr(value, "__dlpack_device__", None)
     if device is not None and not isinstance(value, np.ndarray):
         try:
@@ -77,7 +158,7 @@ def is_device_array(value) -> bool:
 
 def as_device_array(value):
     """A Numba device array sharing ``value``'s memory (CUDA array interface, or DLPack via CuPy)."""
-    if type(value).__module__.startswith("numba.cuda"):
+    if _module(value).startswith("numba.cuda"):
         return value
     from ._deps import import_optional
 
@@ -88,13 +169,82 @@ def as_device_array(value):
     return cuda.as_cuda_array(value)
 
 
+def c_strides(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+    """Byte strides of a C-ordered array."""
+    out, step = [], itemsize
+    for n in reversed(shape):
+        out.append(step)
+        step *= max(n, 1)
+    return tuple(reversed(out))
+
+
+def _torch_view(t) -> DeviceView:
+    import ml_dtypes  # noqa: F401  (registers bfloat16 and float8 names with NumPy)
+
+    dtype = np.dtype(str(t.dtype).removeprefix("torch."))
+    item = dtype.itemsize
+    return DeviceView(int(t.data_ptr()), dtype, tuple(t.shape), tuple(s * item for s in t.stride()),
+                      int(t.device.index or 0), t)
+
+
+def _jax_view(a) -> DeviceView:
+    devices = list(a.devices())
+    if len(devices) != 1:
+        raise InvalidArgumentError(f"a JAX array on {len(devices)} devices: gpuckpt saves single-device arrays")
+    device = devices[0]
+    dtype = np.dtype(a.dtype)
+    shape = tuple(a.shape)
+    ordinal = getattr(device, "local_hardware_id", None)
+    return DeviceView(int(a.unsafe_buffer_pointer()), dtype, shape, c_strides(shape, dtype.itemsize),
+                      int(ordinal if ordinal is not None else getattr(device, "id", 0)), a)
+
+
+def _simulated_view(a) -> DeviceView:
+    host = a._ary  # the simulator's FakeCUDAArray wraps a NumPy array
+    return DeviceView(int(host.ctypes.data), host.dtype, tuple(host.shape), tuple(host.strides), 0, a)
+
+
+def _interface_view(value) -> DeviceView:
+    cai = value.__cuda_array_interface__
+    dtype = np.dtype(cai["typestr"])
+    shape = tuple(int(n) for n in cai["shape"])
+    strides = tuple(cai["strides"]) if cai.get("strides") else c_strides(shape, dtype.itemsize)
+    address = int(cai["data"][0] or 0)
+    from .engine.cuda import device_of_pointer
+
+    return DeviceView(address, dtype, shape, strides, device_of_pointer(address), value, cai.get("stream"))
+
+
+def device_view(value, key: str = "?") -> DeviceView:
+    """Describe a device array's memory (no copy, no synchronization); InvalidArgumentError if impossible."""
+    hook = getattr(type(value), _VIEW_HOOK, None)
+    if hook is not None:
+        view = hook(value)
+    elif _is_torch_cuda(value):
+        view = _torch_view(value.detach())
+    elif _module(value).startswith("numba.cuda.simulator"):
+        view = _simulated_view(value)
+    elif _is_jax_array(value):
+        view = _jax_view(value)
+    else:
+        if not hasattr(value, "__cuda_array_interface__"):
+            from ._deps import import_optional
+
+            value = import_optional("cupy", extra="gpu").from_dlpack(value)
+        view = _interface_view(value)
+    if view.strides and min(view.strides) < 0:
+        raise InvalidArgumentError(f"device array for {key!r} has negative strides; gpuckpt cannot save it", key=key)
+    return view
+
+
 def device_bytes(value, key: str = "?") -> DeviceTensor:
-    """Describe a device array for saving: dtype, shape, and a flat uint8 view of its memory."""
-    arr = as_device_array(value)
-    if not arr.is_c_contiguous():
-        raise InvalidArgumentError(f"device array for {key!r} is not C-contiguous; gpuckpt saves it without copying", key=key)
-    dtype = dtypes.from_numpy(arr.dtype)
-    return DeviceTensor(dtype, tuple(arr.shape), arr.reshape(arr.size).view(np.uint8))
+    """Describe a device array for saving: checkpoint dtype, shape and a view of its memory (no copy)."""
+    view = device_view(value, key)
+    try:
+        dtype = dtypes.from_numpy(view.dtype)
+    except InvalidArgumentError as exc:
+        raise InvalidArgumentError(f"device array for {key!r}: {exc}", key=key) from exc
+    return DeviceTensor(dtype, view.shape, view)
 
 
 @dataclass(frozen=True)
@@ -109,8 +259,8 @@ class ValueSpec:
 def describe(value) -> ValueSpec:
     """dtype, shape and placement of a live value, without copying it."""
     if is_device_array(value):
-        arr = as_device_array(value)
-        return ValueSpec(dtypes.from_numpy(arr.dtype), tuple(arr.shape), True)
+        view = device_view(value)
+        return ValueSpec(dtypes.from_numpy(view.dtype), tuple(view.shape), True)
     if isinstance(value, (bytes, str)):
         return ValueSpec(dtypes.STRING, (), False)
     arr = np.asarray(value)

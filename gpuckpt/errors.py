@@ -3,7 +3,8 @@
     CheckpointError                 base; catch this to catch everything gpuckpt raises
      ├── NotFoundError              a prefix, file, shard or key that does not exist
      ├── DataLossError              bytes on disk are corrupt, truncated or not a checkpoint
-     └── InvalidArgumentError       a request that cannot be honoured (bad dtype, shape, option)
+     ├── InvalidArgumentError       a request that cannot be honoured (bad dtype, shape, option)
+     └── DeadlineExceededError      a wait (staging, device copies, writes) that did not end in time
 
 Lower-layer errors (OSError, protobuf's DecodeError) are converted at the seam where they
 occur, with ``raise ... from exc`` so the original stays in the traceback.
@@ -33,6 +34,10 @@ class DataLossError(CheckpointError):
 
 class InvalidArgumentError(CheckpointError, ValueError):
     """A request gpuckpt cannot honour, such as restoring a float32 value into an int32 variable."""
+
+
+class DeadlineExceededError(CheckpointError, TimeoutError):
+    """A wait that did not finish in time: staging memory, a device copy, a write. Nothing hangs."""
 
 
 def describe(path: str | os.PathLike | None, key: str | None = None) -> str:

@@ -1,23 +1,34 @@
-"""The GPU engine: device tensors are gathered, checksummed by a CUDA kernel and staged through
+"""The GPU engine: device tensors are gathered, checksummed by CUDA kernels and staged through
 pinned host memory; restores stream file bytes back through the same staging to the device.
 
-Save, one staging batch (at most ``pool.max_lease`` bytes) at a time, on one CUDA stream:
+Save runs through a ring of K staging slots per device (``RING_SLOTS``), each a device slot
+and a pinned slot, allocated once and reused by every save (the pinned slots are leases of the
+engine's :class:`StagingPool`, taken for the save and given back after it):
 
-1. gather: each device tensor (or a piece of a large one) is copied device-to-device into the
-   device arena. This is the only read of the user's memory, and the consistent snapshot.
-2. checksum: one ``gpuckpt.kernels.crc_segments`` launch computes the CRC32C of every piece in
-   the batch (pieces of one tensor are joined on the host with the GF(2) combine).
-3. stage: one copy-engine DMA moves the batch into a lease of the pinned staging pool.
-4. write: the writer thread writes the lease to the data file and releases it, while the
-   next batch is gathered.
+1. fence: the engine's compute stream waits on an event recorded on each producer's stream
+   (torch's current stream, CuPy's, the array's declared stream; JAX arrays are waited for),
+   so a value queued for update before the save is copied after that update, never half-way.
+2. gather + CRC into device slot i: one launch of the pointer-table gather kernel copies every
+   piece of the batch (any dtype, any strides) into the slot in file order, then the CRC
+   kernels checksum the slot's pieces (constant launches per slot, whatever the tensor count).
+3. DMA: the copy stream waits on slot i's "gathered" event and moves it into pinned slot i.
+4. write: the writer thread waits on slot i's "copied" event and writes the pinned bytes.
+   The host waits only on events: while slot i is gathered, slot i-1 is copied and slot i-2
+   is written. Slot i is gathered again only after its copy finished (a device-side wait) and
+   its pinned bytes were written (the host waits for that before queueing slot i again).
+
+The pointer table of a save (sources, slot offsets, layouts) is cached and rebuilt only when
+the tensors' addresses, layouts or the plan change. On any error the engine waits for every
+copy queued into staging before the staging is released, so the next save starts clean; every
+wait ends in ``DeadlineExceededError`` after ``timeout`` seconds instead of hanging.
 
 Restore runs the other way: file bytes are read into pinned staging, DMA'd into a device
 arena, and the kernel checks every CRC there before anything reaches a variable.
-Uses Numba's CUDA API only, so the same code runs on Numba's CUDA simulator in CI.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,13 +36,17 @@ import numpy as np
 
 from .._deps import import_optional
 from ..arrays import DeviceTensor, HostTensor
-from ..errors import DataLossError
+from ..errors import DataLossError, DeadlineExceededError, InvalidArgumentError
 from ..format import crc
 from ..format.bundle import BundleEntry
 from ..plan import SavePlan, WriteItem
 from .cpu import CpuEngine
+from .cuda import WAIT_TIMEOUT_S, NumbaRuntime, check_kernel_toolchain, default_runtime, fence_producers
 from .staging import DEFAULT_BYTES, StagingPool
 from .writer import WriterThread
+
+RING_SLOTS = 3
+_SLOT_ALIGN = 256
 
 
 @dataclass(frozen=True)
@@ -70,18 +85,216 @@ def _join(crcs: list[list[tuple[int, int]]]) -> list[int]:
     return out
 
 
+@dataclass(frozen=True)
+class _Write:
+    """One positional write of a slot's bytes: ``nbytes`` at ``slot_offset`` go to ``offset`` of ``shard``."""
+
+    shard: int
+    offset: int
+    slot_offset: int
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class _SlotPlan:
+    """One batch: its pieces, the gather table, the CRC segments and the merged file writes."""
+
+    pieces: tuple[_Piece, ...]
+    table: np.ndarray
+    offsets: np.ndarray
+    sizes: np.ndarray
+    writes: tuple[_Write, ...]
+
+    @property
+    def total(self) -> int:
+        last = self.pieces[-1]
+        return last.arena_offset + last.nbytes
+
+
+def _layout_key(items: Sequence[WriteItem], tensors: Sequence[DeviceTensor], slot_bytes: int) -> tuple:
+    return (slot_bytes,) + tuple(
+        (t.view.address, t.view.dtype.str, t.view.shape, t.view.strides, item.shard, item.offset)
+        for item, t in zip(items, tensors)
+    )
+
+
+def _slot_plans(items: Sequence[WriteItem], tensors: Sequence[DeviceTensor], slot_bytes: int) -> list[_SlotPlan]:
+    from ..kernels import gather
+
+    plans = []
+    layouts = [t.view.runs() for t in tensors]
+    for batch in _batches([(i, t.nbytes) for i, t in enumerate(tensors)], slot_bytes):
+        entries = [
+            (tensors[p.index].view.address, p.arena_offset, p.start, p.nbytes, tensors[p.index].view.itemsize,
+             *layouts[p.index])
+            for p in batch
+        ]
+        writes: list[_Write] = []
+        for p in batch:
+            item = items[p.index]
+            w = _Write(item.shard, item.offset + p.start, p.arena_offset, p.nbytes)
+            last = writes[-1] if writes else None
+            if last and last.shard == w.shard and last.offset + last.nbytes == w.offset \
+                    and last.slot_offset + last.nbytes == w.slot_offset:
+                writes[-1] = _Write(last.shard, last.offset, last.slot_offset, last.nbytes + w.nbytes)
+            else:
+                writes.append(w)
+        plans.append(_SlotPlan(
+            tuple(batch), gather.gather_table(entries),
+            np.array([p.arena_offset for p in batch], np.int64), np.array([p.nbytes for p in batch], np.int64),
+            tuple(writes)))
+    return plans
+
+
+class DeviceRing:
+    """One device's staging ring: K device slots, streams and events, made in that device's context
+    once and reused by every save; the K pinned slots are leased from ``pool`` for each save."""
+
+    def __init__(self, runtime, device: int, pool: StagingPool, slots: int = RING_SLOTS,
+                 timeout: float = WAIT_TIMEOUT_S):
+        if slots < 1:
+            raise ValueError(f"a staging ring needs at least one slot, got {slots}")
+        self.runtime, self.device, self.pool, self.timeout = runtime, device, pool, timeout
+        self.slots = slots
+        self.slot_bytes = min(pool.max_lease, pool.capacity // slots // _SLOT_ALIGN * _SLOT_ALIGN)
+        with runtime.activate(device):
+            self.compute = runtime.stream()
+            self.dma = runtime.stream()
+            self.arena = [runtime.device_buffer(self.slot_bytes) for _ in range(slots)]
+            self.gathered = [runtime.event() for _ in range(slots)]
+            self.copied = [runtime.event() for _ in range(slots)]
+        self._tables: list = [None] * slots  # device table buffer of each slot
+        self._resident: list = [None] * slots  # the host table last uploaded into it
+        self._crc_host: list[np.ndarray | None] = [None] * slots
+        self._inflight: list = [None] * slots  # device CRC arrays kept alive until the slot is copied
+        self._cache: tuple[tuple, list[_SlotPlan]] | None = None
+        self.table_builds = 0
+
+    def plans(self, items: Sequence[WriteItem], tensors: Sequence[DeviceTensor]) -> list[_SlotPlan]:
+        """The batches and pointer tables of a save: cached while addresses and layouts are unchanged."""
+        key = _layout_key(items, tensors, self.slot_bytes)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, _slot_plans(items, tensors, self.slot_bytes))
+            self.table_builds += 1
+        return self._cache[1]
+
+    def save(self, items: Sequence[WriteItem], tensors: Sequence[DeviceTensor], out: WriterThread,
+             parts: list[list[tuple[int, int, int]]], indices: Sequence[int]) -> None:
+        """Queue every batch through the ring; the writer thread writes them and files each piece's
+        (start, nbytes, raw crc) under ``parts[indices[tensor]]``. Returns once every slot is free."""
+        rt = self.runtime
+        with rt.activate(self.device):
+            fence_producers(rt, [t.view for t in tensors], self.compute)
+            plans = self.plans(items, tensors)
+            leases = []
+            free = [threading.Event() for _ in range(self.slots)]
+            for event in free:
+                event.set()
+            try:
+                for _ in range(min(self.slots, len(plans))):
+                    leases.append(self.pool.lease(self.slot_bytes, timeout=self.timeout))
+                for b, plan in enumerate(plans):
+                    if out.error is not None:
+                        break
+                    i = b % self.slots
+                    if not free[i].wait(self.timeout):
+                        raise DeadlineExceededError(f"staging slot {i} was not written within {self.timeout} s")
+                    free[i].clear()
+                    try:
+                        self._enqueue(i, plan, leases[i])
+                    except BaseException:
+                        self._settle(i)
+                        free[i].set()
+                        raise
+                    out.put_job(self._job(i, plan, leases[i], out, parts, indices), self._done(i, leases[i], free[i]))
+            finally:
+                self._finish(leases, free)
+
+    def _enqueue(self, i: int, plan: _SlotPlan, lease) -> None:
+        """Gather + CRC into device slot i, then DMA it into pinned slot i; events mark each step."""
+        rt = self.runtime
+        rows = plan.table.shape[0]
+        if self._tables[i] is None or self._tables[i].shape[0] < rows:
+            self._tables[i] = rt.table_buffer(rows)
+            self._resident[i] = None
+        n = plan.sizes.size
+        if self._crc_host[i] is None or self._crc_host[i].size < n:
+            self._crc_host[i] = rt.pinned(4 * max(n, 16)).view(np.uint32)
+        rt.wait(self.compute, self.copied[i])  # the slot's previous bytes have left the device
+        if self._resident[i] is not plan.table:
+            rt.upload(plan.table, self._tables[i], self.compute)
+            self._resident[i] = plan.table
+        slot = self.arena[i]
+        rt.gather(self._tables[i], rows, slot, self.compute)
+        crcs = rt.crc(slot, plan.offsets, plan.sizes, self.compute)
+        rt.download(self._crc_host[i][:n], crcs, self.compute)
+        self._inflight[i] = crcs
+        rt.record(self.gathered[i], self.compute)
+        rt.wait(self.dma, self.gathered[i])
+        rt.download(lease.view[: plan.total], slot, self.dma)
+        rt.record(self.copied[i], self.dma)
+
+    def _job(self, i: int, plan: _SlotPlan, lease, out: WriterThread, parts, indices):
+        def job() -> None:
+            self.runtime.host_wait(self.copied[i], self.timeout, f"staging slot {i}")
+            values = self._crc_host[i][: plan.sizes.size].copy()
+            for p, value in zip(plan.pieces, values):
+                parts[indices[p.index]].append((p.start, p.nbytes, int(value)))
+            for w in plan.writes:
+                out.write(w.shard, w.offset, lease.view[w.slot_offset : w.slot_offset + w.nbytes])
+
+        return job
+
+    def _done(self, i: int, lease, free: threading.Event):
+        def done() -> None:  # runs whether or not the job ran: the slot is free once its copy is over
+            self.runtime.host_wait(self.copied[i], self.timeout, f"staging slot {i}")
+            self._inflight[i] = None
+            self.runtime.release(lease.view)
+            free.set()
+
+        return done
+
+    def _settle(self, i: int) -> None:
+        """After a failed enqueue: wait until whatever was queued for slot i has run."""
+        rt = self.runtime
+        rt.record(self.gathered[i], self.compute)
+        rt.wait(self.dma, self.gathered[i])
+        rt.record(self.copied[i], self.dma)
+        rt.host_wait(self.copied[i], self.timeout, f"staging slot {i}")
+
+    def _finish(self, leases, free) -> None:
+        """Give the pinned slots back once every copy into them has finished and been written."""
+        for i, event in enumerate(free):
+            if not event.wait(self.timeout):
+                raise DeadlineExceededError(f"staging slot {i} still busy after {self.timeout} s; its pinned "
+                                            "memory stays leased")
+        for lease in leases:
+            self.pool.release(lease)
+
+
 class GpuEngine:
-    """Saves and restores device tensors through one device arena and one pinned staging pool,
-    both sized once; ``close()`` (or garbage collection) releases them."""
+    """Saves device tensors through one staging ring per device (chosen from each tensor's own device)
+    and restores through the pinned staging pool; both are sized once, ``close()`` releases them."""
 
     name = "gpu"
 
-    def __init__(self, staging_bytes: int = DEFAULT_BYTES):
+    def __init__(self, staging_bytes: int = DEFAULT_BYTES, runtime=None, slots: int = RING_SLOTS,
+                 timeout: float = WAIT_TIMEOUT_S):
+        self.runtime = runtime if runtime is not None else default_runtime()
+        if isinstance(self.runtime, NumbaRuntime):
+            check_kernel_toolchain()  # a clear error now rather than a JIT failure at the first launch
         self._cuda = import_optional("numba.cuda", extra="gpu")
         self._kernels = import_optional("gpuckpt.kernels", extra="gpu")
-        self.pool = StagingPool(staging_bytes, allocator=lambda n: self._cuda.pinned_array(n, np.uint8))
-        self._arena = self._cuda.device_array(self.pool.max_lease, np.uint8)
+        self.pool = StagingPool(staging_bytes, allocator=self.runtime.pinned)
         self._stream = self._cuda.stream()
+        self.slots, self.timeout = slots, timeout
+        self._rings: dict[int, DeviceRing] = {}
+
+    def ring(self, device: int) -> DeviceRing:
+        """The staging ring of ``device``, made in that device's context on first use."""
+        if device not in self._rings:
+            self._rings[device] = DeviceRing(self.runtime, device, self.pool, self.slots, self.timeout)
+        return self._rings[device]
 
     # -- save --------------------------------------------------------------------------------
     def write(self, plan: SavePlan, tensors: Sequence[HostTensor | DeviceTensor], writer) -> list[int]:
@@ -94,45 +307,32 @@ class GpuEngine:
             host_crcs = CpuEngine().write(host_plan, [t for _, t in host_items], writer)
             host_indices = [i for i, t in enumerate(tensors) if not isinstance(t, DeviceTensor)]
             masked.update(zip(host_indices, host_crcs))
-        out = WriterThread(writer)
+        parts: list[list[tuple[int, int, int]]] = [[] for _ in device]
+        out = WriterThread(writer, timeout=self.timeout)
         try:
-            raw = self._stage_device([plan.items[i] for i in device], [tensors[i] for i in device], out)
+            for ordinal, members in self._by_device(tensors, device).items():
+                ring = self.ring(ordinal)
+                ring.save([plan.items[device[m]] for m in members], [tensors[device[m]] for m in members],
+                          out, parts, members)
         finally:
             out.close()
+        raw = _join([[(n, value) for _, n, value in sorted(p)] or [(0, 0)] for p in parts])
         masked.update((i, crc.mask(value)) for i, value in zip(device, raw))
         return [masked[i] for i in range(len(tensors))]
 
-    def _stage_device(self, items: Sequence[WriteItem], tensors: Sequence[DeviceTensor], out: WriterThread) -> list[int]:
-        parts: list[list[tuple[int, int]]] = [[] for _ in tensors]
-        for batch in _batches([(i, t.nbytes) for i, t in enumerate(tensors)], self.pool.max_lease):
-            total = batch[-1].arena_offset + batch[-1].nbytes
-            for p in batch:  # 1. gather: the snapshot of the user's memory
-                src = tensors[p.index].data[p.start : p.start + p.nbytes]
-                self._arena[p.arena_offset : p.arena_offset + p.nbytes].copy_to_device(src, stream=self._stream)
-            offsets = np.array([p.arena_offset for p in batch], np.int64)
-            sizes = np.array([p.nbytes for p in batch], np.int64)
-            crcs = self._kernels.crc_segments(self._arena[:total], offsets, sizes, stream=self._stream)  # 2.
-            lease = self.pool.lease(total)
-            self._arena[:total].copy_to_host(lease.view, stream=self._stream)  # 3. DMA to pinned staging
-            self._stream.synchronize()
-            for p, value in zip(batch, crcs):
-                parts[p.index].append((p.nbytes, int(value)))
-            self._put_batch(batch, items, lease, out)  # 4. the writer thread releases the lease
-        return _join(parts)
-
-    def _put_batch(self, batch: list[_Piece], items: Sequence[WriteItem], lease, out: WriterThread) -> None:
-        remaining = [len(batch)]
-
-        def done() -> None:
-            remaining[0] -= 1
-            if remaining[0] == 0:
-                self.pool.release(lease)
-
-        for p in batch:
-            item = items[p.index]
-            out.put(item.shard, item.offset + p.start, lease.view[p.arena_offset : p.arena_offset + p.nbytes], done)
+    def _by_device(self, tensors, device: list[int]) -> dict[int, list[int]]:
+        """Positions in ``device`` grouped by CUDA ordinal; tensors of another runtime are refused."""
+        groups: dict[int, list[int]] = {}
+        for m, i in enumerate(device):
+            view = tensors[i].view
+            ours = view.runtime is self.runtime if view.runtime is not None else isinstance(self.runtime, NumbaRuntime)
+            if not ours:
+                raise InvalidArgumentError("a device array of another CUDA runtime was given to this engine")
+            groups.setdefault(view.device, []).append(m)
+        return groups
 
     # -- restore -----------------------------------------------------------------------------
+
     def read(self, reader, items: Sequence[tuple[str, BundleEntry]]):
         """Read numeric, unsliced entries into new device arrays, every CRC verified on the device.
 
@@ -176,6 +376,6 @@ class GpuEngine:
         ]
 
     def close(self) -> None:
-        """Release the pinned pool and the device arena."""
+        """Release the pinned pool and the device rings."""
         self.pool.close()
-        self._arena = None
+        self._rings.clear()

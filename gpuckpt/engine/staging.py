@@ -18,9 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..arrays import aligned_empty
+from ..errors import DeadlineExceededError
 
 DEFAULT_BYTES = 256 << 20
 _ALIGN = 256
+LEASE_TIMEOUT_S = 600.0  # staging is released by writes and copies that finish; waiting longer means a leak
 
 
 def host_allocator(nbytes: int) -> np.ndarray:
@@ -58,10 +60,14 @@ class StagingPool:
     @property
     def in_use(self) -> int:
         with self._cond:
-            return sum(end - start for start, end, _ in self._live)
+            return self._used()
 
-    def lease(self, nbytes: int, timeout: float | None = None) -> Lease:
-        """Reserve ``nbytes`` (waiting for releases if needed); TimeoutError after ``timeout`` seconds."""
+    def _used(self) -> int:
+        return sum(end - start for start, end, _ in self._live)
+
+    def lease(self, nbytes: int, timeout: float | None = LEASE_TIMEOUT_S) -> Lease:
+        """Reserve ``nbytes`` (waiting for releases if needed); DeadlineExceededError (a TimeoutError)
+        after ``timeout`` seconds (None: no limit)."""
         if nbytes > self.max_lease:
             raise ValueError(f"lease of {nbytes} bytes exceeds the pool's max_lease {self.max_lease}")
         size = max(_ALIGN, -(-nbytes // _ALIGN) * _ALIGN)
@@ -70,7 +76,8 @@ class StagingPool:
                 raise RuntimeError("staging pool is closed")
             while (start := self._fit(size)) is None:
                 if not self._cond.wait(timeout):
-                    raise TimeoutError(f"no {nbytes} bytes free in the staging pool after {timeout} s")
+                    raise DeadlineExceededError(f"no {nbytes} bytes free in the staging pool after {timeout} s "
+                                                f"({self.capacity - self._used()} of {self.capacity} free)")
             self._live.append([start, start + size, False])
             self._head = start + size
             return Lease(start, nbytes, self._buffer[start : start + nbytes])

@@ -33,3 +33,42 @@ def test_describe_host_values() -> None:
     spec = describe(np.zeros((2, 3), np.int16))
     assert (spec.dtype.name, spec.shape, spec.on_device) == ("int16", (2, 3), False)
     assert describe(b"x").dtype.is_string
+
+
+class _TorchLikeCudaTensor:
+    """Just enough of a CUDA torch.Tensor (bfloat16, channels_last) to describe without a GPU."""
+
+    __module__ = "torch.testing_double"
+    is_cuda = True
+
+    def __init__(self, host, device_index, strides_in_elements):
+        import types
+
+        self.host, self.shape = host, host.shape
+        self.dtype = "torch.bfloat16"
+        self.device = types.SimpleNamespace(index=device_index, type="cuda")
+        self._strides = strides_in_elements
+
+    def detach(self):
+        return self
+
+    def data_ptr(self):
+        return self.host.ctypes.data
+
+    def stride(self):
+        return self._strides
+
+
+def test_bf16_and_channels_last_torch_cuda_tensors_are_described_without_copies():
+    import ml_dtypes
+
+    from gpuckpt.arrays import as_tensor, device_view, is_device_array
+
+    memory = np.zeros((2, 4, 5, 3), ml_dtypes.bfloat16)  # NHWC memory of an NCHW tensor
+    t = _TorchLikeCudaTensor(memory.transpose(0, 3, 1, 2), 1, (60, 1, 15, 3))
+    assert is_device_array(t)
+    view = device_view(t)
+    assert view.address == memory.ctypes.data and view.device == 1 and view.owner is t
+    assert view.dtype == np.dtype(ml_dtypes.bfloat16) and view.strides == (120, 2, 30, 6) and not view.contiguous
+    tensor = as_tensor(t, "w")
+    assert tensor.dtype.name == "bfloat16" and tensor.shape == (2, 3, 4, 5) and tensor.nbytes == memory.nbytes

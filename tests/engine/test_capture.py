@@ -65,12 +65,32 @@ def test_two_captures_in_flight_use_two_buffers() -> None:
     assert (a.tensors["x"] == 1).all() and (b.tensors["x"] == 2).all()
 
 
-def test_device_arrays_are_copied_into_pinned_host_memory() -> None:
+def test_device_arrays_are_snapshot_on_the_device_when_there_is_room() -> None:
     cuda = pytest.importorskip("numba.cuda")
+    from gpuckpt.engine.capture import DeviceSnapshot
+
     host = np.arange(33, dtype=np.float64)
     device = cuda.to_device(host)
     captured = CapturePool().capture({"d": device, "h": np.ones(3, np.int8)})
-    assert captured.pinned
-    assert isinstance(captured.tensors["d"], np.ndarray) and np.array_equal(captured.tensors["d"], host)
+    assert not captured.pinned and len(captured.device_buffers) == 1
+    snap = captured.tensors["d"]
+    assert isinstance(snap, DeviceSnapshot) and snap.dtype == host.dtype and snap.shape == host.shape
     device.copy_to_device(np.zeros(33))
-    assert np.array_equal(captured.tensors["d"], host)
+    assert np.array_equal(snap.copy_to_host(), host)
+
+
+def test_device_arrays_go_to_pinned_host_memory_when_the_device_is_full(monkeypatch) -> None:
+    cuda = pytest.importorskip("numba.cuda")
+    import gpuckpt.engine.capture as capture
+    from gpuckpt.engine import cuda as runtime
+
+    monkeypatch.setattr(runtime.NumbaRuntime, "free_device_bytes", lambda self: capture.SPARE_BYTES)
+    host = np.arange(33, dtype=np.float64)
+    device = cuda.to_device(host)
+    strided = cuda.to_device(np.arange(24, dtype=np.int32).reshape(4, 6))[:, ::2]
+    captured = CapturePool().capture({"d": device, "s": strided, "h": np.ones(3, np.int8)})
+    assert captured.pinned and not captured.device_buffers
+    assert np.array_equal(np.asarray(captured.tensors["d"]), host)  # reading waits for the copy
+    assert np.array_equal(np.asarray(captured.tensors["s"]), np.arange(24, dtype=np.int32).reshape(4, 6)[:, ::2])
+    device.copy_to_device(np.zeros(33))
+    assert np.array_equal(np.asarray(captured.tensors["d"]), host)

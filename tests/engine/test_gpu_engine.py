@@ -139,3 +139,31 @@ def test_io_device_gpu_without_a_gpu_is_a_clear_error(tmp_path, monkeypatch) -> 
     ckpt = gpuckpt.Checkpoint(v=gpuckpt.Variable(cuda.to_device(np.zeros(3, np.float32))))
     with pytest.raises(gpuckpt.InvalidArgumentError, match="io_device='gpu'"):
         ckpt.write(tmp_path / "ck", options=gpuckpt.CheckpointOptions(io_device="gpu"))
+
+
+def test_non_contiguous_device_arrays_are_saved_in_c_order(tmp_path) -> None:
+    rng = np.random.default_rng(11)
+    nhwc = rng.standard_normal((2, 4, 5, 3)).astype(np.float32)  # channels_last memory of an NCHW weight
+    nchw = nhwc.transpose(0, 3, 1, 2)
+    cols = rng.integers(0, 9, (6, 8)).astype(np.int16)
+    device = {"conv": cuda.to_device(nhwc).transpose((0, 3, 1, 2)), "cols": cuda.to_device(cols)[:, ::3]}
+    host = {"conv": np.ascontiguousarray(nchw), "cols": np.ascontiguousarray(cols[:, ::3])}
+    on_gpu = gpuckpt.Checkpoint(**{k: gpuckpt.Variable(v) for k, v in device.items()})
+    on_cpu = gpuckpt.Checkpoint(**{k: gpuckpt.Variable(v) for k, v in host.items()})
+    assert files(on_gpu.write(tmp_path / "gpu")) == files(on_cpu.write(tmp_path / "cpu"))
+    forced = on_gpu.write(tmp_path / "forced", options=gpuckpt.CheckpointOptions(io_device="cpu"))
+    assert files(forced) == files(tmp_path / "cpu")
+
+
+def test_async_save_of_device_state_matches_a_synchronous_one(tmp_path) -> None:
+    vals = values()
+    device = {k: cuda.to_device(v) for k, v in vals.items()}
+    ckpt = gpuckpt.Checkpoint(**{k: gpuckpt.Variable(d) for k, d in device.items()})
+    path = ckpt.write(tmp_path / "async", options=gpuckpt.CheckpointOptions(enable_async=True))
+    for d in device.values():  # training changes the variables while the save drains
+        if d.size:
+            d.copy_to_device(np.zeros(d.size * d.dtype.itemsize, np.uint8).view(d.dtype).reshape(d.shape))
+    ckpt.sync()
+    expected = gpuckpt.Checkpoint(**{k: gpuckpt.Variable(v) for k, v in vals.items()}).write(tmp_path / "sync")
+    assert files(path) == files(expected)
+    ckpt.close()

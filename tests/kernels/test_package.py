@@ -105,12 +105,12 @@ print("OK")
 
 def test_kernels_compile_to_ptx_for_sm90(tmp_path):
     pytest.importorskip("numba.cuda")
+    from tests.kernels.test_ptx_target import wheel_lib_dirs
+
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(wheel_lib_dirs() + [env.get("LD_LIBRARY_PATH", "")])  # wheel libraries
     result = subprocess.run(
-        [sys.executable, "-c", PTX_SCRIPT, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        env={k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"},
-        timeout=300,
+        [sys.executable, "-c", PTX_SCRIPT, str(tmp_path)], capture_output=True, text=True, env=env, timeout=300
     )
     assert result.returncode == 0, result.stderr
     if result.stdout.startswith("SKIP:"):
