@@ -21,7 +21,8 @@ from .errors import DataLossError, InvalidArgumentError, NotFoundError
 from .format import crc, strings
 from .format.bundle import BundleEntry, parse_index
 from .format.slices import slice_key
-from .storage.filesystem import advance, read_state
+from .storage.fallback import latest_in
+from .storage.filesystem import advance
 from .storage.snapshot import open_snapshot
 
 log = logging.getLogger(__name__)
@@ -317,18 +318,12 @@ class CheckpointReader:
 
 
 def latest_checkpoint(checkpoint_dir: str | os.PathLike) -> str | None:
-    """The newest checkpoint named by ``checkpoint_dir/checkpoint``, if its index exists; else None."""
-    directory = os.fspath(checkpoint_dir)
-    state = read_state(directory)
-    if state is None:
-        return None
-    path = state.model_checkpoint_path
-    if not os.path.isabs(path):
-        path = os.path.join(directory, path)
-    if os.path.exists(path + ".index"):
-        return path
-    log.error("Couldn't match files for checkpoint %s", path)
-    return None
+    """The newest checkpoint named by ``checkpoint_dir/checkpoint``, if its index exists; else None.
+
+    A damaged state file is never taken for "no checkpoint": the newest checkpoint that verifies is
+    returned with a warning, or the DataLossError raised (``storage.fallback.latest_in``).
+    """
+    return latest_in(os.fspath(checkpoint_dir))
 
 
 def _resolve(path: str | os.PathLike) -> str:

@@ -35,9 +35,10 @@ import os
 import re
 import secrets
 import socket
+import stat
 from collections.abc import Sequence
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, DataLossError, InvalidArgumentError
 from ..format import statefile
 from ..format.bundle import data_file_name
 
@@ -45,6 +46,9 @@ STATE_FILE = "checkpoint"
 _PWRITE_MAX = 1 << 30
 _IOV_MAX = 1024
 HOST_TAG = hashlib.blake2s(socket.gethostname().encode(), digest_size=4).hexdigest()
+MAX_STATE_BYTES = 64 << 20  # a state file listing a million checkpoints is far smaller
+_KINDS = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
+          stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
 LEFTOVER = re.compile(r"(?P<original>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)-(?P<host>[0-9a-f]{8})-[0-9a-f]{8}")
 
 
@@ -353,14 +357,61 @@ def _unlink_missing_ok(path: str) -> bool:
     return True
 
 
+def open_regular(path: str, what: str) -> tuple[int, os.stat_result]:
+    """Open ``path`` read-only if it is a regular file: ``(fd, fstat)``.
+
+    Opened with ``O_NONBLOCK`` so a FIFO cannot block the open, then checked with ``fstat``;
+    anything but a regular file is a DataLossError naming it. FileNotFoundError passes through.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except ValueError as exc:  # an embedded NUL
+        raise InvalidArgumentError(f"cannot open {what} {path!r}: {exc}", path=path) from None
+    except IsADirectoryError:
+        raise DataLossError(f"{what} {path!r} is a directory, not a regular file", path=path) from None
+    except OSError as exc:
+        raise _io_error(f"open {what}", path, exc) from exc
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        kind = _KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")
+        raise DataLossError(f"{what} {path!r} is {kind}, not a regular file", path=path)
+    return fd, st
+
+
+def read_small_file(path: str, what: str, limit: int) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes (by its real length); DataLossError otherwise."""
+    fd, st = open_regular(path, what)
+    try:
+        out = bytearray()
+        while st.st_size <= limit and len(out) <= limit:  # never more than limit + 1 bytes, even if it grows
+            chunk = os.pread(fd, min(1 << 20, limit + 1 - len(out)), len(out))
+            if not chunk:
+                break
+            out += chunk
+        if st.st_size > limit or len(out) > limit:
+            raise DataLossError(f"{what} {path!r} has more than the {limit} bytes it may have", path=path)
+        return bytes(out)
+    except OSError as exc:
+        raise _io_error(f"read {what}", path, exc) from exc
+    finally:
+        os.close(fd)
+
+
 def read_state(directory: str | os.PathLike) -> statefile.CheckpointState | None:
-    """The directory's ``checkpoint`` state, or None when it is missing or cannot be parsed."""
+    """The directory's ``checkpoint`` state; None when there is none.
+
+    A state file that exists but is damaged (checksum mismatch, unparsable, empty, not a regular
+    file, absurdly large) is a DataLossError naming it, never taken for "no checkpoint".
+    """
     path = os.path.join(os.fspath(directory), STATE_FILE)
     try:
-        with open(path, encoding="utf-8") as f:
-            return statefile.parse(f.read(), path)
-    except (OSError, UnicodeDecodeError, CheckpointError):
+        raw = read_small_file(path, "checkpoint state file", MAX_STATE_BYTES)
+    except (FileNotFoundError, NotADirectoryError):
         return None
+    return statefile.parse_bytes(raw, path)
 
 
 def write_state(directory: str | os.PathLike, state: statefile.CheckpointState, *, fsync: bool = True,
@@ -394,7 +445,10 @@ def publish_state(directory: str | os.PathLike, state: statefile.CheckpointState
 
 
 def _state_names(directory: str | os.PathLike, prefix: str) -> bool:
-    state = read_state(directory)
+    try:
+        state = read_state(directory)
+    except CheckpointError:
+        return False
     if state is None:
         return False
     named = (state.model_checkpoint_path, *state.all_model_checkpoint_paths)

@@ -10,44 +10,19 @@ from __future__ import annotations
 
 import glob
 import os
-import stat
 import time
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import DataLossError, InvalidArgumentError, NotFoundError
+from ..errors import DataLossError, NotFoundError
 from ..format.bundle import data_file_name, stored_entries
 from ..format.sstable import FileSource
-from .filesystem import LEFTOVER, _io_error, owner_alive
+from .filesystem import LEFTOVER, _io_error, open_regular, owner_alive
+
+__all__ = ["OVERWRITE_WAIT_S", "ShardFiles", "open_regular", "open_snapshot", "read_index"]
 
 OVERWRITE_WAIT_S = 2.0  # how long a reader waits for a live writer's overwrite of the same prefix
 _RETRY_SLEEP_S = 0.002
-_KINDS = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
-          stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
-
-
-def open_regular(path: str, what: str) -> tuple[int, os.stat_result]:
-    """Open ``path`` read-only if it is a regular file: ``(fd, fstat)``.
-
-    Opened with ``O_NONBLOCK`` so a FIFO cannot block the open, then checked with ``fstat``;
-    anything but a regular file is a DataLossError naming it. FileNotFoundError passes through.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise
-    except ValueError as exc:  # an embedded NUL
-        raise InvalidArgumentError(f"cannot open {what} {path!r}: {exc}", path=path) from None
-    except IsADirectoryError:
-        raise DataLossError(f"{what} {path!r} is a directory, not a regular file", path=path) from None
-    except OSError as exc:
-        raise _io_error(f"open {what}", path, exc) from exc
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        kind = _KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")
-        raise DataLossError(f"{what} {path!r} is {kind}, not a regular file", path=path)
-    return fd, st
 
 
 class ShardFiles:
