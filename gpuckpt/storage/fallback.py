@@ -9,6 +9,7 @@ every tensor's CRC verify, warning with what was skipped and why.
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import re
@@ -103,8 +104,8 @@ def latest_in(directory: str) -> str | None:
     path = state.model_checkpoint_path
     if not os.path.isabs(path):
         path = os.path.join(directory, path)
-    if os.path.exists(path + ".index"):
-        return path
+    if os.path.exists(path + ".index") or glob.glob(glob.escape(path) + ".index.old-*"):
+        return path  # present, or renamed aside by an overwrite that the reader waits for or a sweep undoes
     match = _NUMBERED.fullmatch(os.path.basename(path) + ".index")
     found = None
     if match:

@@ -22,10 +22,11 @@ import fcntl
 import logging
 import os
 import re
+import stat
 from collections import defaultdict
 from dataclasses import dataclass
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, DataLossError
 from .filesystem import LEFTOVER, _io_error, make_dirs, owner_alive, shard_files
 
 log = logging.getLogger(__name__)
@@ -47,10 +48,17 @@ class DirectoryLock:
 
     def __enter__(self) -> DirectoryLock:
         make_dirs(self.directory)
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(self.path, flags, 0o644)  # never through a symbolic link; a FIFO cannot block
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise DataLossError(f"lock file {self.path!r} is a symbolic link; refusing to follow it",
+                                    path=self.path) from None
             raise _io_error("open lock file", self.path, exc) from exc
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise DataLossError(f"lock file {self.path!r} is not a regular file", path=self.path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError as exc:
