@@ -260,6 +260,9 @@ def commit_files(prefix: str, files: Sequence[tuple[str, str]], index_bytes: byt
     """Rename finished data files (``(temporary, final)`` pairs, already fsynced) into place, then
     write the index atomically: the commit step of the protocol in this module's docstring.
 
+    The index's temporary file ``<prefix>.index.tmp-<token>`` is created first and stays until the
+    index is renamed into place: while it exists and its writer lives, no sweep or deletion touches
+    the data files of ``prefix`` (:func:`commit_in_flight`), so they are never mistaken for orphans.
     Files of an older checkpoint at ``prefix`` are put aside first and deleted at the end; on
     failure every new file that was placed is removed and the old ones are put back. Temporary
     files that were not placed are left to the caller's ``abort``. Raises ``CheckpointError``.
@@ -268,9 +271,12 @@ def commit_files(prefix: str, files: Sequence[tuple[str, str]], index_bytes: byt
     token = token or writer_token()
     directory = os.path.dirname(prefix)
     index = prefix + ".index"
+    marker = f"{index}.tmp-{token}"
     aside: list[tuple[str, str]] = []
     placed: list[str] = []
+    fd: int | None = None
     try:
+        fd = io.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         for old in ([index] if os.path.lexists(index) else []) + shard_files(prefix):
             io.replace(old, f"{old}.old-{token}")
             aside.append((f"{old}.old-{token}", old))
@@ -281,13 +287,33 @@ def commit_files(prefix: str, files: Sequence[tuple[str, str]], index_bytes: byt
             placed.append(final)
         if fsync:
             _fsync_dir(directory, io)
+        io.pwrite(fd, index_bytes, 0)
+        if fsync:
+            io.fsync(fd)
+        fd, closing = None, fd
+        io.close(closing)
         placed.append(index)  # no old index is left at this name, so whatever appears there is ours
-        atomic_write(index, index_bytes, fsync=fsync, io=io, token=token)
+        io.replace(marker, index)
+        if fsync:
+            _fsync_dir(directory, io)
     except OSError as exc:
+        if fd is not None:
+            io.close(fd)
+        _unlink_quietly(marker)
         _undo(placed[::-1], aside)
         raise _io_error("commit checkpoint", index, exc) from exc
     for moved, _ in aside:
         _unlink_quietly(moved)
+
+
+def commit_in_flight(prefix: str) -> bool:
+    """Whether a writer that may still be running is committing a checkpoint at ``prefix`` (its index's
+    temporary file exists), so the data files there may be its own."""
+    for temp in glob.glob(glob.escape(prefix) + ".index.tmp-*"):
+        match = LEFTOVER.fullmatch(os.path.basename(temp))
+        if match and owner_alive(int(match["pid"]), match["host"]):
+            return True
+    return False
 
 
 def atomic_write(path: str, data: bytes, *, fsync: bool = True, io: PosixIO | None = None,
@@ -324,7 +350,8 @@ def shard_files(prefix: str) -> list[str]:
 def remove_checkpoint(prefix: str | os.PathLike, *, fsync: bool = True, io: PosixIO | None = None) -> None:
     """Delete a checkpoint: its index first, durably (so it is invisible at once), then its data shards.
 
-    A crash in between leaves only data files without an index, which the next sweep removes.
+    A crash in between leaves only data files without an index, which the next sweep removes. Data
+    files are left alone when another writer is committing a checkpoint at the same prefix.
     If the directory fsync fails, the data files are still deleted before the error is raised.
     """
     prefix = os.fspath(prefix)
@@ -339,6 +366,8 @@ def remove_checkpoint(prefix: str | os.PathLike, *, fsync: bool = True, io: Posi
             _fsync_dir(os.path.dirname(prefix), io)
     except OSError as exc:
         failure = _io_error("sync directory after deleting", index, exc)
+    if commit_in_flight(prefix) or os.path.lexists(index):
+        return  # another writer is committing a new checkpoint here: the data files are its own
     for path in shard_files(prefix):
         try:
             _unlink_missing_ok(path)
