@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -202,7 +203,7 @@ def validate_index(index: BundleIndex, path: str | None) -> None:
 
 def _check_disjoint_ranges(index: BundleIndex, path: str | None) -> None:
     ranges = sorted((e.shard_id, e.offset, e.offset + e.size, key) for key, e in stored_entries(index) if e.size)
-    for (shard, _, end, key), (next_shard, start, _, next_key) in zip(ranges, ranges[1:]):
+    for (shard, _, end, key), (next_shard, start, _, next_key) in itertools.pairwise(ranges):
         if shard == next_shard and start < end:
             raise DataLossError(f"entries {key!r} and {next_key!r} in {path!r} claim overlapping bytes of shard "
                                 f"{shard} (at {start}, before {end})", path=path, key=next_key)
@@ -215,7 +216,6 @@ def _check_slices(key: str, entry: BundleEntry, index: BundleIndex, path: str | 
         return DataLossError(f"partitioned tensor {key!r} in {path!r}: {why}", path=path, key=key)
 
     boxes: list[tuple[tuple[int, int], ...]] = []
-    volume = 0
     for extents in entry.slices:
         if len(extents) != len(entry.shape):
             raise bad(f"a slice has rank {len(extents)}, the tensor {len(entry.shape)}")
@@ -225,6 +225,14 @@ def _check_slices(key: str, entry: BundleEntry, index: BundleIndex, path: str | 
             if ext.start < 0 or length < 0 or ext.start + length > dim:
                 raise bad(f"a slice lies outside its shape {list(entry.shape)}")
             box.append((ext.start, ext.start + length))
+        boxes.append(tuple(box))
+    if len(set(boxes)) != len(boxes):
+        raise bad("a slice is listed more than once")
+    volume = sum(math.prod(hi - lo for lo, hi in box) for box in boxes)
+    if volume != entry.num_elements:
+        raise bad(f"its slices hold {volume} elements, its shape {list(entry.shape)} needs {entry.num_elements}")
+    _check_boxes_disjoint(boxes, bad)
+    for extents, box in zip(entry.slices, boxes):
         piece_key = slice_key(key, extents)
         piece = index.slice_entries.get(piece_key)
         shape = tuple(hi - lo for lo, hi in box)
@@ -233,13 +241,6 @@ def _check_slices(key: str, entry: BundleEntry, index: BundleIndex, path: str | 
         if piece.shape != shape or piece.dtype != entry.dtype:
             raise bad(f"slice entry {piece_key!r} holds {piece.dtype.name} {list(piece.shape)}, "
                       f"not {entry.dtype.name} {list(shape)}")
-        boxes.append(tuple(box))
-        volume += math.prod(shape)
-    if len(set(boxes)) != len(boxes):
-        raise bad("a slice is listed more than once")
-    if volume != entry.num_elements:
-        raise bad(f"its slices hold {volume} elements, its shape {list(entry.shape)} needs {entry.num_elements}")
-    _check_boxes_disjoint(boxes, bad)
 
 
 def _check_boxes_disjoint(boxes: list[tuple[tuple[int, int], ...]], bad) -> None:

@@ -52,7 +52,9 @@ def numbered_checkpoints(directory: str, name: str | None = None) -> list[Candid
 
 def verify(prefix: str) -> None:
     """CheckpointError unless the index parses and every tensor's bytes pass their CRC."""
-    from ..reader import CheckpointReader  # the reader imports storage; imported when needed
+    from ..reader import (
+        CheckpointReader,  # the reader imports storage; imported when needed
+    )
 
     with CheckpointReader(prefix) as reader:
         for key in reader.keys():

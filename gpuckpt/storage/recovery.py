@@ -30,7 +30,14 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from ..errors import CheckpointError, DataLossError
-from .filesystem import LEFTOVER, _io_error, commit_in_flight, make_dirs, owner_alive, shard_files
+from .filesystem import (
+    LEFTOVER,
+    _io_error,
+    commit_in_flight,
+    make_dirs,
+    owner_alive,
+    shard_files,
+)
 
 log = logging.getLogger(__name__)
 
