@@ -156,3 +156,48 @@ def test_readers_racing_an_overwrite_in_another_process_never_see_not_found(tmp_
           f"{len(not_found)} NotFoundErrors, {len(seen)} versions seen")
     assert not_found == []
     assert reads > 0
+
+
+PAUSED_SAVE = """
+import os, sys, time
+import numpy as np
+import gpuckpt
+from gpuckpt.storage import filesystem
+
+directory, go = sys.argv[1], sys.argv[2]
+
+
+class PauseBeforeIndex(filesystem.PosixIO):
+    def pwrite(self, fd, data, offset):
+        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith("ckpt-1.index.tmp-"):
+            print("paused", flush=True)  # the data files are in place; the index is not
+            while not os.path.exists(go):
+                time.sleep(0.01)
+        filesystem.pwrite_all(fd, data, offset)
+
+
+filesystem.DEFAULT_IO = PauseBeforeIndex()
+checkpoint = gpuckpt.Checkpoint(v=gpuckpt.Variable(np.arange(50_000, dtype=np.float32)))
+print(checkpoint.save(directory + "/ckpt", options=gpuckpt.CheckpointOptions(fsync=False)), flush=True)
+"""
+
+
+def test_the_sweep_spares_a_live_plain_save_between_its_data_and_index_renames(tmp_path: Path) -> None:
+    """Deterministic: the other process is held exactly where the orphan sweep used to strike."""
+    go = tmp_path / "go"
+    proc = spawn(PAUSED_SAVE, str(tmp_path), str(go))
+    try:
+        assert proc.stdout.readline() == "paused\n", proc.stderr.read()
+        assert (tmp_path / "ckpt-1.data-00000-of-00001").exists() and not (tmp_path / "ckpt-1.index").exists()
+        checkpoint = gpuckpt.Checkpoint(v=gpuckpt.Variable(np.zeros(8, np.float32)))
+        manager = gpuckpt.CheckpointManager(checkpoint, tmp_path, max_to_keep=1)
+        manager.save(checkpoint_number=7)  # sweeps first, under the lock the other process does not take
+        assert (tmp_path / "ckpt-1.data-00000-of-00001").exists()
+    finally:
+        go.touch()
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert out.strip() == str(tmp_path / "ckpt-1")
+    assert read_whole(str(tmp_path / "ckpt-1")) is None and (tmp_path / "ckpt-1.index").exists()
+    with gpuckpt.load_checkpoint(tmp_path / "ckpt-1") as reader:
+        assert reader.get_tensor("v/.ATTRIBUTES/VARIABLE_VALUE").tolist() == list(range(50_000))
