@@ -39,7 +39,7 @@ def numbered_checkpoints(directory: str, name: str | None = None) -> list[Candid
     """``<name>-<N>`` checkpoints with an index in ``directory`` (any name when None), newest number first."""
     try:
         names = os.listdir(directory or ".")
-    except OSError:
+    except (OSError, ValueError):  # not a directory, unreadable, or a NUL in its name
         return []
     found = []
     for entry in names:

@@ -141,6 +141,8 @@ def make_dirs(directory: str, *, fsync: bool = True, io: PosixIO | None = None) 
             os.mkdir(path)
         except FileExistsError:
             continue
+        except ValueError as exc:  # an embedded NUL
+            raise InvalidArgumentError(f"cannot create directory {path!r}: {exc}", path=path) from None
         except OSError as exc:
             raise _io_error("create directory", path, exc) from exc
         if fsync:
@@ -176,6 +178,9 @@ class FileSystemWriter:
         try:
             for temp in self._temps:
                 self._fds.append(self._io.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644))
+        except ValueError as exc:  # an embedded NUL
+            self.abort()
+            raise InvalidArgumentError(f"cannot create data file {temp!r}: {exc}", path=temp) from None
         except OSError as exc:
             self.abort()
             raise _io_error("create data file", temp, exc) from exc
@@ -240,7 +245,7 @@ class FileSystemWriter:
 def _unlink_quietly(path: str) -> None:
     try:
         os.unlink(path)
-    except OSError:
+    except (OSError, ValueError):
         pass
 
 
@@ -390,11 +395,12 @@ def open_regular(path: str, what: str) -> tuple[int, os.stat_result]:
     """Open ``path`` read-only if it is a regular file: ``(fd, fstat)``.
 
     Opened with ``O_NONBLOCK`` so a FIFO cannot block the open, then checked with ``fstat``;
-    anything but a regular file is a DataLossError naming it. FileNotFoundError passes through.
+    anything but a regular file is a DataLossError naming it. FileNotFoundError and NotADirectoryError
+    (a parent that is a file) pass through: the file is not there.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise
     except ValueError as exc:  # an embedded NUL
         raise InvalidArgumentError(f"cannot open {what} {path!r}: {exc}", path=path) from None

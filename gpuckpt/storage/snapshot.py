@@ -50,7 +50,7 @@ class ShardFiles:
             path = self.path(shard)
             try:
                 fd, st = open_regular(path, "data file")
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):
                 raise NotFoundError(f"data file {path!r} of checkpoint {self.prefix!r} is missing", path=path) from None
             ends = self.ends.get(shard, [])
             if ends and st.st_size < ends[-1][0]:
@@ -78,7 +78,7 @@ class ShardFiles:
 
 def read_index(index_path: str, parse: Callable[[Any, str], Any]) -> tuple[Any, tuple[int, ...]]:
     """``parse`` the index at ``index_path`` from an ``sstable.FileSource`` (footer first, only the blocks
-    it names); return it with the stamp of the file read. FileNotFoundError passes through."""
+    it names); return it with the stamp of the file read. FileNotFoundError and NotADirectoryError pass through."""
     fd, st = open_regular(index_path, "checkpoint index")
     try:
         return parse(FileSource(fd, st.st_size, index_path), index_path), _stamp_of(st)
@@ -106,7 +106,7 @@ def open_snapshot(prefix: str, parse: Callable[[Any, str], Any]) -> tuple[Any, S
     while True:
         try:
             index, stamp = read_index(index_path, parse)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             if time.monotonic() < deadline and _overwrite_in_flight(index_path):
                 time.sleep(_RETRY_SLEEP_S)
                 continue

@@ -396,3 +396,27 @@ def test_valid_checkpoint_reads_in_the_same_harness(batch: Batch) -> None:
     assert [o.outcome for o in outcomes] == ["ok"] * 6, [o.message for o in outcomes]
     assert [o.value for o in outcomes[2:4]] == ["0", "0"]
     assert outcomes[4].value == outcomes[0].target and json.loads(outcomes[5].value)["value"] == 1.0
+
+
+def test_paths_with_a_nul_or_a_file_as_directory_give_checkpoint_errors(tmp_path: Path) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_bytes(b"")
+    nul = str(tmp_path / "a\0b")
+
+    def checkpoint():
+        return gpuckpt.Checkpoint(v=gpuckpt.Variable(1.0))
+
+    assert gpuckpt.latest_checkpoint(a_file) is None  # TF: no state file there
+    cases = {
+        "latest_checkpoint": lambda: gpuckpt.latest_checkpoint(nul),
+        "load_checkpoint": lambda: gpuckpt.load_checkpoint(nul),
+        "load under a file": lambda: gpuckpt.load_checkpoint(a_file / "ck"),
+        "restore": lambda: checkpoint().restore(nul),
+        "save": lambda: checkpoint().save(nul),
+        "manager": lambda: gpuckpt.CheckpointManager(checkpoint(), nul, 1).save(),
+        "manager in a file": lambda: gpuckpt.CheckpointManager(checkpoint(), a_file, 1).save(),
+    }
+    for name, call in cases.items():
+        with pytest.raises(gpuckpt.CheckpointError) as caught:
+            call()
+        assert caught.value.path is not None, name
