@@ -43,3 +43,19 @@ def test_tensorflow_reads_a_state_file_with_its_checksum_line(tf, tmp_path: Path
     ours = gpuckpt.CheckpointManager(gpuckpt.Checkpoint(v=gpuckpt.Variable(np.zeros(3, np.float32))), tmp_path,
                                      max_to_keep=2)
     assert ours.checkpoints == [str(tmp_path / "ckpt-3"), str(tmp_path / "ckpt-4")]
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage{", b'model_checkpoint_path: "ckpt-1"\n\xff'])
+def test_a_damaged_state_file_is_an_error_where_tensorflow_raises_or_ignores_it(tf, tmp_path: Path, content) -> None:
+    """TF raises for an empty file (ValueError) or bad UTF-8 (UnicodeDecodeError), and for one that does not
+    parse only logs "Checkpoint ignored" and returns None. gpuckpt raises DataLossError for all three
+    (with nothing to fall back to), so a damaged file is never read as "no checkpoint"."""
+    (tmp_path / "checkpoint").write_bytes(content)
+    try:
+        tf_answer = tf.train.latest_checkpoint(str(tmp_path))
+    except (ValueError, UnicodeDecodeError):
+        tf_answer = "raised"
+    assert tf_answer == ("raised" if content != b"garbage{" else None)
+    with pytest.raises(gpuckpt.DataLossError, match="checkpoint state file") as caught:
+        gpuckpt.latest_checkpoint(tmp_path)
+    assert caught.value.path == str(tmp_path / "checkpoint")
