@@ -56,8 +56,11 @@ def parse(text: str, path: str | None = None) -> CheckpointState:
     msg = proto.CheckpointState()
     try:
         text_format.Parse(text, msg)
-    except (text_format.ParseError, ValueError, RecursionError) as exc:
-        raise DataLossError(f"cannot parse checkpoint state file {path!r}: {exc}", path=path) from exc
+    except text_format.ParseError as exc:  # its message quotes the file: only the position is said
+        raise DataLossError(f"cannot parse checkpoint state file {path!r} (line {exc.GetLine()}, column "
+                            f"{exc.GetColumn()})", path=path) from None
+    except (ValueError, RecursionError):
+        raise DataLossError(f"cannot parse checkpoint state file {path!r}", path=path) from None
     if not msg.model_checkpoint_path:
         raise DataLossError(f"checkpoint state file {path!r} names no model_checkpoint_path", path=path)
     return CheckpointState(

@@ -420,3 +420,15 @@ def test_paths_with_a_nul_or_a_file_as_directory_give_checkpoint_errors(tmp_path
         with pytest.raises(gpuckpt.CheckpointError) as caught:
             call()
         assert caught.value.path is not None, name
+
+
+def test_messages_about_a_state_file_never_echo_its_contents(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"hunter2:x:0:0:topsecret\n")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "checkpoint").symlink_to(secret)
+    with pytest.raises(gpuckpt.DataLossError) as caught:
+        gpuckpt.latest_checkpoint(run_dir)
+    assert caught.value.path == str(run_dir / "checkpoint")
+    assert "hunter2" not in str(caught.value) and "topsecret" not in str(caught.value)
