@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import DataLossError, NotFoundError
+from ..errors import CheckpointError, DataLossError, NotFoundError
 from ..format.bundle import data_file_name, stored_entries
 from ..format.sstable import FileSource
 from .filesystem import LEFTOVER, _io_error, open_regular, owner_alive
@@ -95,7 +95,8 @@ def open_snapshot(prefix: str, parse: Callable[[Any, str], Any]) -> tuple[Any, S
     A writer replacing the checkpoint at this prefix renames the old index aside before it
     touches any data file. So if the index path still holds the same file after the shards
     are open, the open descriptors hold the data that index describes (later renames and
-    deletions do not change open files); otherwise the attempt is repeated. While a live
+    deletions do not change open files); otherwise the attempt is repeated, as it is when a shard
+    does not match the index (it may be a newer version's) and the index changed meanwhile. While a live
     writer's overwrite has the index aside, the reader waits up to ``OVERWRITE_WAIT_S``; and an
     index missing with no overwrite in sight is looked for once more (the overwrite may have just
     finished), so a prefix that exists is never reported missing.
@@ -116,10 +117,15 @@ def open_snapshot(prefix: str, parse: Callable[[Any, str], Any]) -> tuple[Any, S
             raise NotFoundError(
                 f"checkpoint not found: no file {index_path!r} (failed to find any matching files for {prefix})",
                 path=index_path) from None
-        _check_shard_count(prefix, index, index_path)
         files = ShardFiles(prefix, index.num_shards, _shard_ends(index))
         try:
+            _check_shard_count(prefix, index, index_path)
             files.open_present()
+        except CheckpointError:
+            files.close()
+            if _stamp(index_path) != stamp and time.monotonic() < deadline:
+                continue  # the shards seen belong to a newer version: read that one
+            raise
         except BaseException:
             files.close()
             raise
