@@ -92,7 +92,7 @@ class NodeNames(Sequence[str]):
         return ".".join(parts)
 
 
-def pretty_names(graph: ObjectGraph) -> NodeNames:
+def pretty_names(graph: ObjectGraph) -> Sequence[str]:
     """A human name for every node of a (saved) graph, as TF prints them in assertions.
 
     Linear in the graph's size: names are rendered from parent links when used (:class:`NodeNames`).

@@ -228,14 +228,14 @@ def _check_slices(key: str, entry: BundleEntry, index: BundleIndex, path: str | 
         boxes.append(tuple(box))
     if len(set(boxes)) != len(boxes):
         raise bad("a slice is listed more than once")
-    volume = sum(math.prod(hi - lo for lo, hi in box) for box in boxes)
+    volume = sum(math.prod(hi - lo for lo, hi in b) for b in boxes)
     if volume != entry.num_elements:
         raise bad(f"its slices hold {volume} elements, its shape {list(entry.shape)} needs {entry.num_elements}")
     _check_boxes_disjoint(boxes, bad)
-    for extents, box in zip(entry.slices, boxes):
+    for extents, bounds in zip(entry.slices, boxes):
         piece_key = slice_key(key, extents)
         piece = index.slice_entries.get(piece_key)
-        shape = tuple(hi - lo for lo, hi in box)
+        shape = tuple(hi - lo for lo, hi in bounds)
         if piece is None:
             raise bad(f"its slice entry {piece_key!r} is missing")
         if piece.shape != shape or piece.dtype != entry.dtype:

@@ -295,7 +295,8 @@ def commit_files(prefix: str, files: Sequence[tuple[str, str]], index_bytes: byt
         io.pwrite(fd, index_bytes, 0)
         if fsync:
             io.fsync(fd)
-        fd, closing = None, fd
+        closing: int = fd
+        fd = None
         io.close(closing)
         placed.append(index)  # no old index is left at this name, so whatever appears there is ours
         io.replace(marker, index)
