@@ -41,22 +41,81 @@ def pretty_path(local_names: Sequence[str]) -> str:
     return ".".join(("(root)", *local_names))
 
 
-def pretty_names(graph: ObjectGraph) -> tuple[str, ...]:
-    """A human name for every node of a (saved) graph, as TF prints them in assertions."""
-    names: dict[int, str] = {0: "(root)"}
+class NodeNames(Sequence[str]):
+    """Human names of a saved graph's nodes, built on demand from parent links.
+
+    Building every full name up front costs time and memory quadratic in the graph's depth (a
+    12,000-deep chain is 1.6 GB); here each node keeps only its parent and local name, and a name
+    is rendered when asked for, with at most ``MAX_NAME_PARTS`` parts (the middle elided).
+    """
+
+    MAX_NAME_PARTS = 64
+
+    def __init__(self, parents: list[tuple[int, str] | None], slots: dict[int, tuple[int, str, int]]):
+        self._parents = parents  # node -> (parent node, local name); None: the root or unreachable
+        self._slots = slots  # slot node -> (variable node, slot name, optimizer node)
+
+    def __len__(self) -> int:
+        return len(self._parents)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        if index in self._slots:
+            variable, slot_name, optimizer = self._slots[index]
+            return f"{self._plain(optimizer)}'s state '{slot_name}' for {self._plain(variable)}"  # TF's wording
+        return self._path(index)
+
+    def _plain(self, node_id: int) -> str:
+        """A slot's variable or optimizer: its path, or a placeholder for what has none."""
+        if not 0 <= node_id < len(self) or node_id in self._slots:
+            return "?"
+        return self._path(node_id)
+
+    def _path(self, node_id: int) -> str:
+        if node_id == 0:
+            return "(root)"
+        if node_id not in self._slots and self._parents[node_id] is None:
+            return f"(unreachable node {node_id})"
+        parts: list[str] = []
+        while node_id != 0 and self._parents[node_id] is not None:
+            node_id, name = self._parents[node_id]  # type: ignore[misc]
+            parts.append(name)
+        parts.append("(root)")
+        parts.reverse()
+        keep = self.MAX_NAME_PARTS // 2
+        if len(parts) > self.MAX_NAME_PARTS:
+            parts = [*parts[:keep], f"...({len(parts) - 2 * keep} more)...", *parts[-keep:]]
+        return ".".join(parts)
+
+
+def pretty_names(graph: ObjectGraph) -> Sequence[str]:
+    """A human name for every node of a (saved) graph, as TF prints them in assertions.
+
+    Linear in the graph's size: names are rendered from parent links when used (:class:`NodeNames`).
+    """
+    count = len(graph.nodes)
+    parents: list[tuple[int, str] | None] = [None] * count
+    seen = bytearray(count)
+    seen[0] = 1
     queue = [0]
     for node_id in queue:
         for child in graph.nodes[node_id].children:
-            if child.node_id not in names:
-                names[child.node_id] = f"{names[node_id]}.{child.local_name}"
+            if 0 <= child.node_id < count and not seen[child.node_id]:
+                seen[child.node_id] = 1
+                parents[child.node_id] = (node_id, child.local_name)
                 queue.append(child.node_id)
+    slots: dict[int, tuple[int, str, int]] = {}
     for node_id, node in enumerate(graph.nodes):
         for slot in node.slot_variables:
-            if slot.slot_variable_node_id not in names:
-                names[slot.slot_variable_node_id] = (  # TF's wording: the optimizer's state for the variable
-                    f"{names.get(node_id, '?')}'s state '{slot.slot_name}' "
-                    f"for {names.get(slot.original_variable_node_id, '?')}")
-    return tuple(names.get(i, f"(unreachable node {i})") for i in range(len(graph.nodes)))
+            target = slot.slot_variable_node_id
+            if 0 <= target < count and not seen[target] and target not in slots:
+                slots[target] = (slot.original_variable_node_id, slot.slot_name, node_id)
+    return NodeNames(parents, slots)
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,18 @@ naming the new checkpoint (so a crash mid-sweep still finds it), once without th
 Each save holds the directory's lock (``storage.recovery.DirectoryLock``) from start to end,
 so managers in several processes never interleave their state-file updates and deletions,
 and begins by sweeping away what interrupted saves left behind (docs/durability.md).
+
+Confinement: the manager deletes only checkpoints inside its directory (resolved, so never
+through a symbolic link out of it), and ignores paths in the state file that point outside it
+unless ``follow_paths_outside_directory=True``. A damaged state file, or one naming a missing
+checkpoint, falls back to the newest ``<checkpoint_name>-<N>`` that verifies
+(``storage.fallback``), so ``restore_or_initialize`` never starts from scratch beside one.
 """
 
 from __future__ import annotations
 
 import functools
+import glob
 import logging
 import os
 import time
@@ -27,7 +34,7 @@ from .format.statefile import CheckpointState
 from .options import CheckpointOptions
 from .retention import CheckpointInfo
 from .session import restore_newest_verified
-from .storage import filesystem, recovery
+from .storage import fallback, filesystem, recovery
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +44,15 @@ class CheckpointManager:
 
     ``clock`` (gpuckpt's addition, default ``time.time``) supplies the timestamps that
     ``keep_checkpoint_every_n_hours`` compares; tests inject a fake one.
+    ``follow_paths_outside_directory`` (gpuckpt's addition) lets the state file name checkpoints
+    outside ``directory`` for restoring; they are never deleted either way.
     """
 
     def __init__(self, checkpoint: Checkpoint, directory: str | os.PathLike, max_to_keep: int | None,
                  keep_checkpoint_every_n_hours: float | None = None, checkpoint_name: str = "ckpt",
                  step_counter: Any = None, checkpoint_interval: int | None = None,
                  init_fn: Callable[[], Any] | None = None, last_checkpoint_step: int | None = None, *,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, follow_paths_outside_directory: bool = False):
         if max_to_keep is not None and max_to_keep <= 0:
             raise ValueError(f"Expected a positive integer or `None` for `max_to_keep`, got {max_to_keep}.")
         if checkpoint_interval is not None and step_counter is None:
@@ -61,17 +70,24 @@ class CheckpointManager:
             else None)
         self._init_fn = init_fn
         self._clock = clock
-        self._recover(filesystem.read_state(self._directory))
+        self._follow_outside = follow_paths_outside_directory
+        self._name = checkpoint_name
+        try:
+            state, damage = filesystem.read_state(self._directory), None
+        except CheckpointError as exc:
+            state, damage = None, exc
+        self._recover(state)
+        self._fall_back_if_needed(state, damage)
 
     def _recover(self, state: CheckpointState | None) -> None:
         """Take over the checkpoints a previous manager listed as managed (TF's rules)."""
         now = self._clock()
         self._managed: list[CheckpointInfo] = []
+        self._latest: str | None = None
         if state is None:
-            self._latest: str | None = None
             self._last_preserved = now - 1.0  # a quickly re-created manager must not preserve at once
             return
-        self._latest = self._absolute(state.model_checkpoint_path)
+        self._latest = self._followed(state.model_checkpoint_path)
         self._last_preserved = state.last_preserved_timestamp
         if now < self._last_preserved:
             log.warning("time.time() returned a value %f seconds behind the last preserved checkpoint "
@@ -81,8 +97,56 @@ class CheckpointManager:
         stamps = state.all_model_checkpoint_timestamps or (self._last_preserved,) * len(paths)
         for path, stamp in zip(paths, stamps):
             stamp = min(stamp, now)
-            if stamp > self._last_preserved:
-                self._managed.append(CheckpointInfo(self._absolute(path), stamp))
+            followed = self._followed(path)
+            if stamp > self._last_preserved and followed is not None:
+                self._managed.append(CheckpointInfo(followed, stamp))
+
+    def _fall_back_if_needed(self, state: CheckpointState | None, damage: CheckpointError | None) -> None:
+        """Without a usable latest checkpoint, take the newest ``<name>-<N>`` that verifies (with a warning).
+
+        A latest whose index is aside (an overwrite in flight or cut short) is kept: the sweep of
+        ``restore_or_initialize`` puts it back, and an older one would roll the run back.
+        """
+        if self._latest is not None and (os.path.exists(self._latest + ".index") or _aside(self._latest)):
+            return
+        if damage is not None:
+            reason = f"ignored the damaged checkpoint state file: {damage}"
+        elif state is None:
+            return  # no state file: like TF, nothing is managed (a write() may have left files here)
+        elif self._latest is None:
+            reason = "the checkpoint state file names a checkpoint outside the directory"
+        else:
+            reason = f"the checkpoint state file names {self._latest!r}, which has no index"
+        if not fallback.numbered_checkpoints(self._directory, self._name):
+            if damage is not None:
+                log.warning("%s; no checkpoint named %r to fall back to", reason, self._name)
+            return
+        found = fallback.newest_verifiable(self._directory, reason, name=self._name)
+        if found is None:
+            return
+        self._latest = found
+        if state is None:  # damaged: what it listed is unknown, so manage what is on disk, oldest first
+            now = self._clock()
+            self._managed = [CheckpointInfo(c.prefix, min(_mtime(c.prefix + ".index"), now))
+                             for c in reversed(fallback.numbered_checkpoints(self._directory, self._name))]
+        elif all(info.path != found for info in self._managed):
+            self._managed.append(CheckpointInfo(found, self._clock()))
+
+    def _followed(self, path: str) -> str | None:
+        """A state file's path made absolute; None (with a warning) if it leads outside the directory
+        and the manager was not told to follow such paths."""
+        absolute = self._absolute(path)
+        if self._follow_outside or self._inside(absolute):
+            return absolute
+        log.warning("ignoring %r named in the checkpoint state file of %r: it is outside that directory "
+                    "(pass follow_paths_outside_directory=True to follow it)", path, self._directory)
+        return None
+
+    def _inside(self, prefix: str) -> bool:
+        """Whether ``prefix`` names a file in this directory (or below), with symbolic links resolved."""
+        root = os.path.realpath(self._directory)
+        parent = os.path.realpath(os.path.dirname(os.path.abspath(prefix)))
+        return os.path.commonpath([root, parent]) == root
 
     def _relative(self, path: str) -> str:
         return os.path.relpath(path, self._directory)
@@ -184,7 +248,11 @@ class CheckpointManager:
                                   keep_checkpoint_every_n_hours=self._keep_every_n_hours,
                                   last_preserved_timestamp=self._last_preserved)
         for info in outcome.deleted:
-            filesystem.remove_checkpoint(info.path, fsync=fsync)
+            if self._inside(info.path):
+                filesystem.remove_checkpoint(info.path, fsync=fsync)
+            else:
+                log.warning("not deleting checkpoint %r: it is outside the manager's directory %r",
+                            info.path, self._directory)
         self._managed = list(outcome.managed)
         self._last_preserved = outcome.last_preserved_timestamp
         filesystem.write_state(self._directory, self._state(), fsync=fsync)
@@ -220,6 +288,19 @@ class CheckpointManager:
     def sync(self) -> None:
         """Wait for the checkpoint's pending saves (see ``Checkpoint.sync``)."""
         self._checkpoint.sync()
+
+
+def _aside(prefix: str) -> bool:
+    """Whether the index of ``prefix`` was renamed aside by an overwrite (live or cut short)."""
+    return any(recovery.LEFTOVER.fullmatch(os.path.basename(p))
+               for p in glob.glob(glob.escape(prefix) + ".index.old-*"))
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return 0.0
 
 
 def _checked_number(value: Any) -> int:

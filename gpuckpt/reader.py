@@ -20,7 +20,7 @@ from .errors import InvalidArgumentError, NotFoundError
 from .format.bundle import BundleEntry
 from .restore_plan import ReadItem, Request, build_restore_plan
 from .session import read_string
-from .storage.filesystem import read_state
+from .storage.fallback import latest_in
 from .storage.reader import FileSystemReader
 
 log = logging.getLogger(__name__)
@@ -125,18 +125,12 @@ class CheckpointReader:
 
 
 def latest_checkpoint(checkpoint_dir: str | os.PathLike) -> str | None:
-    """The newest checkpoint named by ``checkpoint_dir/checkpoint``, if its index exists; else None."""
-    directory = os.fspath(checkpoint_dir)
-    state = read_state(directory)
-    if state is None:
-        return None
-    path = state.model_checkpoint_path
-    if not os.path.isabs(path):
-        path = os.path.join(directory, path)
-    if os.path.exists(path + ".index"):
-        return path
-    log.error("Couldn't match files for checkpoint %s", path)
-    return None
+    """The newest checkpoint named by ``checkpoint_dir/checkpoint``, if its index exists; else None.
+
+    A damaged state file is never taken for "no checkpoint": the newest checkpoint that verifies is
+    returned with a warning, or the DataLossError raised (``storage.fallback.latest_in``).
+    """
+    return latest_in(os.fspath(checkpoint_dir))
 
 
 def _resolve(path: str | os.PathLike) -> str:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,6 +20,9 @@ from .dtypes import DType
 HEADER_KEY = ""
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 _UNSUPPORTED_ENUMS = {20: "resource", 21: "variant"}
+MAX_RANK = 64  # NumPy's limit; TensorFlow never writes more
+MAX_TENSOR_BYTES = (1 << 63) - 1  # each dimension (zeros counted as one) times the item size must fit an index
+MAX_SLICE_COMPARISONS = 10_000_000  # work bound of the slice-overlap check
 
 
 @dataclass(frozen=True)
@@ -136,6 +140,10 @@ def decode_entry(raw: bytes, *, path: str | None = None, key: str | None = None)
     if msg.shape.unknown_rank or any(d.size < 0 for d in msg.shape.dim):
         raise bad("shape is unknown or negative")
     shape = tuple(d.size for d in msg.shape.dim)
+    if len(shape) > MAX_RANK:
+        raise bad(f"rank {len(shape)} exceeds {MAX_RANK}")
+    if math.prod(max(d, 1) for d in shape) * max(dtype.itemsize, 1) > MAX_TENSOR_BYTES:
+        raise bad(f"shape {list(shape)} of {dtype.name} is larger than any array can be")
     if msg.offset < 0 or msg.size < 0 or msg.shard_id < 0:
         raise bad("negative shard, offset or size")
     slices = tuple(
@@ -147,8 +155,13 @@ def decode_entry(raw: bytes, *, path: str | None = None, key: str | None = None)
     return entry
 
 
-def parse_index(data: bytes | memoryview, path: str | None = None) -> BundleIndex:
-    """Parse a ``.index`` file's bytes into a :class:`BundleIndex`, validating everything."""
+def parse_index(data, path: str | None = None) -> BundleIndex:
+    """Parse a ``.index`` file (its bytes, or an ``sstable.FileSource``) into a :class:`BundleIndex`.
+
+    The whole index is validated here, once, before any tensor is touched: header, every entry,
+    shard ids, the byte ranges of stored entries (no two overlap), and the slices of each partitioned
+    tensor (each names a slice entry of its shape and dtype; together they cover the tensor exactly once).
+    """
     table = sstable.read_table(data, path)
     if not table or table[0][0] != b"":
         raise DataLossError(f"{path!r} has no bundle header entry", path=path)
@@ -169,4 +182,82 @@ def parse_index(data: bytes | memoryview, path: str | None = None) -> BundleInde
     for key, entry in slice_entries.items():
         if entry.shard_id >= num_shards:
             raise DataLossError(f"slice entry {key!r} in {path!r} names shard {entry.shard_id}", path=path)
-    return BundleIndex(num_shards, entries, slice_entries)
+    index = BundleIndex(num_shards, entries, slice_entries)
+    validate_index(index, path)
+    return index
+
+
+def stored_entries(index: BundleIndex) -> list[tuple[str, BundleEntry]]:
+    """Every entry that holds bytes in a data file (whole tensors and slice pieces), named for messages."""
+    out = [(key, e) for key, e in index.entries.items() if not e.is_sliced]
+    return out + [(repr(key), e) for key, e in index.slice_entries.items()]
+
+
+def validate_index(index: BundleIndex, path: str | None) -> None:
+    """DataLossError unless stored byte ranges are disjoint and every partitioned tensor is covered once."""
+    _check_disjoint_ranges(index, path)
+    for key, entry in index.entries.items():
+        if entry.is_sliced:
+            _check_slices(key, entry, index, path)
+
+
+def _check_disjoint_ranges(index: BundleIndex, path: str | None) -> None:
+    ranges = sorted((e.shard_id, e.offset, e.offset + e.size, key) for key, e in stored_entries(index) if e.size)
+    for (shard, _, end, key), (next_shard, start, _, next_key) in itertools.pairwise(ranges):
+        if shard == next_shard and start < end:
+            raise DataLossError(f"entries {key!r} and {next_key!r} in {path!r} claim overlapping bytes of shard "
+                                f"{shard} (at {start}, before {end})", path=path, key=next_key)
+
+
+def _check_slices(key: str, entry: BundleEntry, index: BundleIndex, path: str | None) -> None:
+    from .slices import slice_key  # slices imports this module
+
+    def bad(why: str) -> DataLossError:
+        return DataLossError(f"partitioned tensor {key!r} in {path!r}: {why}", path=path, key=key)
+
+    boxes: list[tuple[tuple[int, int], ...]] = []
+    for extents in entry.slices:
+        if len(extents) != len(entry.shape):
+            raise bad(f"a slice has rank {len(extents)}, the tensor {len(entry.shape)}")
+        box = []
+        for ext, dim in zip(extents, entry.shape):
+            length = dim - ext.start if ext.length is None else ext.length
+            if ext.start < 0 or length < 0 or ext.start + length > dim:
+                raise bad(f"a slice lies outside its shape {list(entry.shape)}")
+            box.append((ext.start, ext.start + length))
+        boxes.append(tuple(box))
+    if len(set(boxes)) != len(boxes):
+        raise bad("a slice is listed more than once")
+    volume = sum(math.prod(hi - lo for lo, hi in b) for b in boxes)
+    if volume != entry.num_elements:
+        raise bad(f"its slices hold {volume} elements, its shape {list(entry.shape)} needs {entry.num_elements}")
+    _check_boxes_disjoint(boxes, bad)
+    for extents, bounds in zip(entry.slices, boxes):
+        piece_key = slice_key(key, extents)
+        piece = index.slice_entries.get(piece_key)
+        shape = tuple(hi - lo for lo, hi in bounds)
+        if piece is None:
+            raise bad(f"its slice entry {piece_key!r} is missing")
+        if piece.shape != shape or piece.dtype != entry.dtype:
+            raise bad(f"slice entry {piece_key!r} holds {piece.dtype.name} {list(piece.shape)}, "
+                      f"not {entry.dtype.name} {list(shape)}")
+
+
+def _check_boxes_disjoint(boxes: list[tuple[tuple[int, int], ...]], bad) -> None:
+    """Pairwise disjointness by a sweep along the dimension with the most distinct starts (grid
+    partitions then compare each slice with few others); the work is capped."""
+    if len(boxes) < 2 or not boxes[0]:
+        return
+    rank = len(boxes[0])
+    dim = max(range(rank), key=lambda d: len({b[d][0] for b in boxes}))
+    order = sorted((b for b in boxes if all(lo < hi for lo, hi in b)), key=lambda b: b[dim][0])
+    work = 0
+    for i, a in enumerate(order):
+        for b in order[i + 1 :]:
+            if b[dim][0] >= a[dim][1]:
+                break
+            work += 1
+            if work > MAX_SLICE_COMPARISONS:
+                raise bad(f"its {len(boxes)} slices are too entangled to check")
+            if all(lo1 < hi2 and lo2 < hi1 for (lo1, hi1), (lo2, hi2) in zip(a, b)):
+                raise bad(f"slices {list(a)} and {list(b)} overlap")

@@ -88,12 +88,22 @@ def encode(graph: ObjectGraph) -> bytes:
     return message.SerializeToString()
 
 
-def decode(data: bytes, *, path: str | None = None) -> ObjectGraph:
-    """Parse and check the graph: DataLossError if it is malformed or refers to missing nodes."""
+def decode(data: object, *, path: str | None = None) -> ObjectGraph:
+    """Parse and check the graph: DataLossError if it is not one string, is malformed or refers to missing nodes.
+
+    ``data`` is what the checkpoint stores under ``OBJECT_GRAPH_KEY``; a damaged file may store
+    anything there (a float tensor, several strings), which is refused by type before parsing.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        shape = getattr(data, "shape", None)
+        dtype = getattr(data, "dtype", type(data).__name__)
+        raise DataLossError(f"the object graph of checkpoint {path!r} is stored as {dtype} of shape "
+                            f"{list(shape) if shape is not None else '?'}, not as one string",
+                            path=path, key=OBJECT_GRAPH_KEY)
     message = proto.TrackableObjectGraph()
     try:
-        message.ParseFromString(data)
-    except DecodeError as exc:
+        message.ParseFromString(bytes(data))
+    except (DecodeError, RecursionError) as exc:
         raise DataLossError(f"corrupt object graph in checkpoint {path!r}: {exc}",
                             path=path, key=OBJECT_GRAPH_KEY) from exc
     graph = ObjectGraph(tuple(_node(n) for n in message.nodes))

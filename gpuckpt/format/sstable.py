@@ -8,6 +8,7 @@ every entry in the index block, and shortens the index block's separator keys.
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Iterable, Iterator
 
@@ -21,6 +22,8 @@ MAGIC = 0xDB4775248B80FB57
 TRAILER_SIZE = 5
 _NO_COMPRESSION = 0
 _SNAPPY = 1
+HOLE_CHECK_BYTES = 1 << 20  # blocks larger than this must not span a hole of a sparse file
+KEY_EXPANSION = 32  # cap on the key bytes one block's prefix compression may build, per byte of block
 
 
 def _common_prefix(a: bytes, b: bytes) -> int:
@@ -136,33 +139,81 @@ def _read_handle(buf, pos: int, limit: int, path: str | None) -> tuple[int, int,
     return offset, size, pos
 
 
-def _read_block(table: memoryview, offset: int, size: int, path: str | None) -> memoryview:
+class BytesSource:
+    """A table held in memory, read like a file."""
+
+    def __init__(self, data: bytes | memoryview):
+        self._view = memoryview(data).cast("B")
+        self.size = len(self._view)
+
+    def read(self, offset: int, size: int) -> memoryview:
+        return self._view[offset : offset + size]
+
+
+class FileSource:
+    """A table read from an open regular file: only the ranges asked for, each checked against the file's
+    real length, and never across a hole (a sparse file's GiBs of nothing are not read into memory)."""
+
+    def __init__(self, fd: int, size: int, path: str | None):
+        self.fd, self.size, self.path = fd, size, path
+
+    def read(self, offset: int, size: int) -> memoryview:
+        if offset < 0 or size < 0 or offset + size > self.size:
+            raise DataLossError(f"index file {self.path!r} is truncated or corrupt: range {offset} (+{size}) "
+                                f"outside its {self.size} bytes", path=self.path)
+        if size > HOLE_CHECK_BYTES:
+            self._refuse_holes(offset, size)
+        out = bytearray(size)
+        view = memoryview(out)
+        while view:
+            n = os.preadv(self.fd, [view], offset)
+            if n == 0:
+                raise DataLossError(f"index file {self.path!r} ended while reading it (it shrank)", path=self.path)
+            view, offset = view[n:], offset + n
+        return memoryview(out)
+
+    def _refuse_holes(self, offset: int, size: int) -> None:
+        try:
+            hole = os.lseek(self.fd, offset, os.SEEK_HOLE)
+        except (OSError, AttributeError):
+            return  # the file system cannot tell; the range is still bounded by the file's length
+        if hole < offset + size:
+            raise DataLossError(f"index file {self.path!r} is sparse: a block of {size} bytes at {offset} runs "
+                                f"over a hole at {hole}, which no checkpoint writer leaves", path=self.path)
+
+
+def _read_block(table, offset: int, size: int, path: str | None) -> memoryview:
     """The CRC-checked bytes of one block; every bound is checked before use."""
+    table = table if isinstance(table, FileSource | BytesSource) else BytesSource(table)
     end = offset + size
-    if end + TRAILER_SIZE > len(table):
+    if end + TRAILER_SIZE > table.size:
         raise DataLossError(
             f"index file {path!r} is truncated or corrupt: block at {offset} (+{size}) runs past its end",
             path=path,
         )
-    kind = table[end]
-    (stored,) = struct.unpack_from("<I", table, end + 1)
-    actual = crc.mask(crc.crc32c(table[end : end + 1], crc.crc32c(table[offset:end])))
+    raw = table.read(offset, size + TRAILER_SIZE)
+    kind = raw[size]
+    (stored,) = struct.unpack_from("<I", raw, size + 1)
+    actual = crc.mask(crc.crc32c(raw[size : size + 1], crc.crc32c(raw[:size])))
     if stored != actual:
         raise DataLossError(f"block checksum mismatch in index file {path!r} (block at offset {offset})", path=path)
     if kind == _SNAPPY:
         raise DataLossError(f"index file {path!r} has a Snappy-compressed block, which gpuckpt does not read", path=path)
     if kind != _NO_COMPRESSION:
         raise DataLossError(f"index file {path!r}: unknown block compression type {kind}", path=path)
-    return table[offset:end]
+    return raw[:size]
 
 
 def _iter_block(block: memoryview, path: str | None) -> Iterator[tuple[bytes, memoryview]]:
+    """The entries of one block. Prefix compression lets a few bytes name long keys, so the bytes of the
+    keys built are capped at ``KEY_EXPANSION`` times the block (TF's restarts bound real tables far below)."""
     if len(block) < 4:
         raise DataLossError(f"corrupt block in index file {path!r}: too short for its restart count", path=path)
     (num_restarts,) = struct.unpack_from("<I", block, len(block) - 4)
     limit = len(block) - 4 * (num_restarts + 1)
     if num_restarts == 0 or limit < 0:
         raise DataLossError(f"corrupt block in index file {path!r}: bad restart array", path=path)
+    budget = KEY_EXPANSION * len(block) + 65536
     pos, key = 0, b""
     while pos < limit:
         shared, pos = varint.decode(block, pos, limit, path=path, what="entry header")
@@ -170,32 +221,45 @@ def _iter_block(block: memoryview, path: str | None) -> Iterator[tuple[bytes, me
         value_len, pos = varint.decode(block, pos, limit, path=path, what="entry header")
         if shared > len(key) or pos + non_shared + value_len > limit:
             raise DataLossError(f"corrupt entry in index file {path!r} at block offset {pos}", path=path)
+        budget -= shared + non_shared
+        if budget < 0:
+            raise DataLossError(f"corrupt block in index file {path!r}: its shared key prefixes expand far "
+                                "beyond the block's size", path=path)
         key = key[:shared] + bytes(block[pos : pos + non_shared])
         pos += non_shared
         yield key, block[pos : pos + value_len]
         pos += value_len
 
 
-def read_table(data: bytes | memoryview, path: str | None = None) -> list[tuple[bytes, bytes]]:
-    """Decode every (key, value) of an SSTable, checking the footer, each block CRC and key order."""
-    table = memoryview(data)
-    if len(table) < FOOTER_SIZE:
-        raise DataLossError(f"{path!r} is not a checkpoint index: {len(table)} bytes, shorter than a footer", path=path)
-    footer = len(table) - FOOTER_SIZE
-    (magic,) = struct.unpack_from("<Q", table, len(table) - 8)
+def read_table(data, path: str | None = None) -> list[tuple[bytes, bytes]]:
+    """Decode every (key, value) of an SSTable, checking the footer, each block CRC and key order.
+
+    ``data`` is the table's bytes or a :class:`FileSource`. The footer is read first, then only the
+    blocks it names; data blocks must lie before the index block, in order and without overlap, so no
+    byte of the file is read twice and memory stays bounded by the file's real length.
+    """
+    table = data if isinstance(data, FileSource | BytesSource) else BytesSource(data)
+    if table.size < FOOTER_SIZE:
+        raise DataLossError(f"{path!r} is not a checkpoint index: {table.size} bytes, shorter than a footer", path=path)
+    footer_at = table.size - FOOTER_SIZE
+    footer = table.read(footer_at, FOOTER_SIZE)
+    (magic,) = struct.unpack_from("<Q", footer, FOOTER_SIZE - 8)
     if magic != MAGIC:
         raise DataLossError(f"{path!r} is not a checkpoint index (bad magic number)", path=path)
-    meta_offset, meta_size, pos = _read_handle(table, footer, len(table) - 8, path)
-    index_offset, index_size, _ = _read_handle(table, pos, len(table) - 8, path)
-    if index_offset + index_size + TRAILER_SIZE > footer or meta_offset + meta_size + TRAILER_SIZE > footer:
+    meta_offset, meta_size, pos = _read_handle(footer, 0, FOOTER_SIZE - 8, path)
+    index_offset, index_size, _ = _read_handle(footer, pos, FOOTER_SIZE - 8, path)
+    if index_offset + index_size + TRAILER_SIZE > footer_at or meta_offset + meta_size + TRAILER_SIZE > footer_at:
         raise DataLossError(f"index file {path!r} is corrupt: block handle out of range", path=path)
     _read_block(table, meta_offset, meta_size, path)  # unused, but its CRC guards the footer's first bytes
     entries: list[tuple[bytes, bytes]] = []
     index_block = _read_block(table, index_offset, index_size, path)
+    next_free = 0
     for _, handle in _iter_block(index_block, path):
         offset, size, _ = _read_handle(handle, 0, len(handle), path)
-        if offset + size + TRAILER_SIZE > index_offset:
-            raise DataLossError(f"index file {path!r} is corrupt: data block handle out of range", path=path)
+        if offset < next_free or offset + size + TRAILER_SIZE > index_offset:
+            raise DataLossError(f"index file {path!r} is corrupt: data block handle out of range or out of order",
+                                path=path)
+        next_free = offset + size + TRAILER_SIZE
         for key, value in _iter_block(_read_block(table, offset, size, path), path):
             if entries and key <= entries[-1][0]:
                 raise DataLossError(f"index file {path!r} is corrupt: keys out of order at {key!r}", path=path)

@@ -35,9 +35,10 @@ import os
 import re
 import secrets
 import socket
+import stat
 from collections.abc import Sequence
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, DataLossError, InvalidArgumentError
 from ..format import statefile
 from ..format.bundle import data_file_name
 
@@ -45,6 +46,9 @@ STATE_FILE = "checkpoint"
 _PWRITE_MAX = 1 << 30
 _IOV_MAX = 1024
 HOST_TAG = hashlib.blake2s(socket.gethostname().encode(), digest_size=4).hexdigest()
+MAX_STATE_BYTES = 64 << 20  # a state file listing a million checkpoints is far smaller
+_KINDS = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
+          stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
 LEFTOVER = re.compile(r"(?P<original>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)-(?P<host>[0-9a-f]{8})-[0-9a-f]{8}")
 
 
@@ -137,6 +141,8 @@ def make_dirs(directory: str, *, fsync: bool = True, io: PosixIO | None = None) 
             os.mkdir(path)
         except FileExistsError:
             continue
+        except ValueError as exc:  # an embedded NUL
+            raise InvalidArgumentError(f"cannot create directory {path!r}: {exc}", path=path) from None
         except OSError as exc:
             raise _io_error("create directory", path, exc) from exc
         if fsync:
@@ -172,6 +178,9 @@ class FileSystemWriter:
         try:
             for temp in self._temps:
                 self._fds.append(self._io.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644))
+        except ValueError as exc:  # an embedded NUL
+            self.abort()
+            raise InvalidArgumentError(f"cannot create data file {temp!r}: {exc}", path=temp) from None
         except OSError as exc:
             self.abort()
             raise _io_error("create data file", temp, exc) from exc
@@ -236,7 +245,7 @@ class FileSystemWriter:
 def _unlink_quietly(path: str) -> None:
     try:
         os.unlink(path)
-    except OSError:
+    except (OSError, ValueError):
         pass
 
 
@@ -256,6 +265,9 @@ def commit_files(prefix: str, files: Sequence[tuple[str, str]], index_bytes: byt
     """Rename finished data files (``(temporary, final)`` pairs, already fsynced) into place, then
     write the index atomically: the commit step of the protocol in this module's docstring.
 
+    The index's temporary file ``<prefix>.index.tmp-<token>`` is created first and stays until the
+    index is renamed into place: while it exists and its writer lives, no sweep or deletion touches
+    the data files of ``prefix`` (:func:`commit_in_flight`), so they are never mistaken for orphans.
     Files of an older checkpoint at ``prefix`` are put aside first and deleted at the end; on
     failure every new file that was placed is removed and the old ones are put back. Temporary
     files that were not placed are left to the caller's ``abort``. Raises ``CheckpointError``.
@@ -264,9 +276,12 @@ def commit_files(prefix: str, files: Sequence[tuple[str, str]], index_bytes: byt
     token = token or writer_token()
     directory = os.path.dirname(prefix)
     index = prefix + ".index"
+    marker = f"{index}.tmp-{token}"
     aside: list[tuple[str, str]] = []
     placed: list[str] = []
+    fd: int | None = None
     try:
+        fd = io.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         for old in ([index] if os.path.lexists(index) else []) + shard_files(prefix):
             io.replace(old, f"{old}.old-{token}")
             aside.append((f"{old}.old-{token}", old))
@@ -277,13 +292,34 @@ def commit_files(prefix: str, files: Sequence[tuple[str, str]], index_bytes: byt
             placed.append(final)
         if fsync:
             _fsync_dir(directory, io)
+        io.pwrite(fd, index_bytes, 0)
+        if fsync:
+            io.fsync(fd)
+        closing: int = fd
+        fd = None
+        io.close(closing)
         placed.append(index)  # no old index is left at this name, so whatever appears there is ours
-        atomic_write(index, index_bytes, fsync=fsync, io=io, token=token)
+        io.replace(marker, index)
+        if fsync:
+            _fsync_dir(directory, io)
     except OSError as exc:
+        if fd is not None:
+            io.close(fd)
+        _unlink_quietly(marker)
         _undo(placed[::-1], aside)
         raise _io_error("commit checkpoint", index, exc) from exc
     for moved, _ in aside:
         _unlink_quietly(moved)
+
+
+def commit_in_flight(prefix: str) -> bool:
+    """Whether a writer that may still be running is committing a checkpoint at ``prefix`` (its index's
+    temporary file exists), so the data files there may be its own."""
+    for temp in glob.glob(glob.escape(prefix) + ".index.tmp-*"):
+        match = LEFTOVER.fullmatch(os.path.basename(temp))
+        if match and owner_alive(int(match["pid"]), match["host"]):
+            return True
+    return False
 
 
 def atomic_write(path: str, data: bytes, *, fsync: bool = True, io: PosixIO | None = None,
@@ -320,7 +356,8 @@ def shard_files(prefix: str) -> list[str]:
 def remove_checkpoint(prefix: str | os.PathLike, *, fsync: bool = True, io: PosixIO | None = None) -> None:
     """Delete a checkpoint: its index first, durably (so it is invisible at once), then its data shards.
 
-    A crash in between leaves only data files without an index, which the next sweep removes.
+    A crash in between leaves only data files without an index, which the next sweep removes. Data
+    files are left alone when another writer is committing a checkpoint at the same prefix.
     If the directory fsync fails, the data files are still deleted before the error is raised.
     """
     prefix = os.fspath(prefix)
@@ -335,6 +372,8 @@ def remove_checkpoint(prefix: str | os.PathLike, *, fsync: bool = True, io: Posi
             _fsync_dir(os.path.dirname(prefix), io)
     except OSError as exc:
         failure = _io_error("sync directory after deleting", index, exc)
+    if commit_in_flight(prefix) or os.path.lexists(index):
+        return  # another writer is committing a new checkpoint here: the data files are its own
     for path in shard_files(prefix):
         try:
             _unlink_missing_ok(path)
@@ -353,14 +392,62 @@ def _unlink_missing_ok(path: str) -> bool:
     return True
 
 
+def open_regular(path: str, what: str) -> tuple[int, os.stat_result]:
+    """Open ``path`` read-only if it is a regular file: ``(fd, fstat)``.
+
+    Opened with ``O_NONBLOCK`` so a FIFO cannot block the open, then checked with ``fstat``;
+    anything but a regular file is a DataLossError naming it. FileNotFoundError and NotADirectoryError
+    (a parent that is a file) pass through: the file is not there.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        raise
+    except ValueError as exc:  # an embedded NUL
+        raise InvalidArgumentError(f"cannot open {what} {path!r}: {exc}", path=path) from None
+    except IsADirectoryError:
+        raise DataLossError(f"{what} {path!r} is a directory, not a regular file", path=path) from None
+    except OSError as exc:
+        raise _io_error(f"open {what}", path, exc) from exc
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        kind = _KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")
+        raise DataLossError(f"{what} {path!r} is {kind}, not a regular file", path=path)
+    return fd, st
+
+
+def read_small_file(path: str, what: str, limit: int) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes (by its real length); DataLossError otherwise."""
+    fd, st = open_regular(path, what)
+    try:
+        out = bytearray()
+        while st.st_size <= limit and len(out) <= limit:  # never more than limit + 1 bytes, even if it grows
+            chunk = os.pread(fd, min(1 << 20, limit + 1 - len(out)), len(out))
+            if not chunk:
+                break
+            out += chunk
+        if st.st_size > limit or len(out) > limit:
+            raise DataLossError(f"{what} {path!r} has more than the {limit} bytes it may have", path=path)
+        return bytes(out)
+    except OSError as exc:
+        raise _io_error(f"read {what}", path, exc) from exc
+    finally:
+        os.close(fd)
+
+
 def read_state(directory: str | os.PathLike) -> statefile.CheckpointState | None:
-    """The directory's ``checkpoint`` state, or None when it is missing or cannot be parsed."""
+    """The directory's ``checkpoint`` state; None when there is none.
+
+    A state file that exists but is damaged (checksum mismatch, unparsable, empty, not a regular
+    file, absurdly large) is a DataLossError naming it, never taken for "no checkpoint".
+    """
     path = os.path.join(os.fspath(directory), STATE_FILE)
     try:
-        with open(path, encoding="utf-8") as f:
-            return statefile.parse(f.read(), path)
-    except (OSError, UnicodeDecodeError, CheckpointError):
+        raw = read_small_file(path, "checkpoint state file", MAX_STATE_BYTES)
+    except (FileNotFoundError, NotADirectoryError):
         return None
+    return statefile.parse_bytes(raw, path)
 
 
 def write_state(directory: str | os.PathLike, state: statefile.CheckpointState, *, fsync: bool = True,
@@ -394,7 +481,10 @@ def publish_state(directory: str | os.PathLike, state: statefile.CheckpointState
 
 
 def _state_names(directory: str | os.PathLike, prefix: str) -> bool:
-    state = read_state(directory)
+    try:
+        state = read_state(directory)
+    except CheckpointError:
+        return False
     if state is None:
         return False
     named = (state.model_checkpoint_path, *state.all_model_checkpoint_paths)

@@ -7,12 +7,15 @@ A writer killed mid-save leaves, beside the last committed checkpoint, at most:
   the prefix has no index (the overwrite never committed, so the old checkpoint is restored
   whole), deleted when it has one (the new checkpoint did commit);
 * data files in place without an index (a commit or a deletion cut short): deleted, for the
-  names of one manager only (``<name>-<N>``), and only under the directory lock.
+  names of one manager only (``<name>-<N>``), only under the directory lock, and never while a
+  live writer is committing that prefix (its ``<prefix>.index.tmp-<token>`` exists: a plain
+  ``Checkpoint.save`` beside a manager takes no lock, but creates that file before its data).
 
 Temporary and aside names carry their writer's PID and host tag (``filesystem.writer_token``),
 so the sweep touches them only once that process is gone; files of a live writer, or of a
-writer on another host, are left alone. Orphan data files carry no owner, which is why they
-are only removed under :class:`DirectoryLock`, which every manager holds across its whole save.
+writer on another host, are left alone. Orphan data files carry no owner; they are removed only
+under :class:`DirectoryLock`, which every manager holds across its whole save, and only when no
+live writer's index temporary file announces a commit at their prefix.
 """
 
 from __future__ import annotations
@@ -22,11 +25,19 @@ import fcntl
 import logging
 import os
 import re
+import stat
 from collections import defaultdict
 from dataclasses import dataclass
 
-from ..errors import CheckpointError
-from .filesystem import LEFTOVER, _io_error, make_dirs, owner_alive, shard_files
+from ..errors import CheckpointError, DataLossError
+from .filesystem import (
+    LEFTOVER,
+    _io_error,
+    commit_in_flight,
+    make_dirs,
+    owner_alive,
+    shard_files,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +58,17 @@ class DirectoryLock:
 
     def __enter__(self) -> DirectoryLock:
         make_dirs(self.directory)
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(self.path, flags, 0o644)  # never through a symbolic link; a FIFO cannot block
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise DataLossError(f"lock file {self.path!r} is a symbolic link; refusing to follow it",
+                                    path=self.path) from None
             raise _io_error("open lock file", self.path, exc) from exc
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise DataLossError(f"lock file {self.path!r} is not a regular file", path=self.path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError as exc:
@@ -114,13 +132,25 @@ def sweep(directory: str | os.PathLike, checkpoint_name: str | None = None) -> l
 
 
 def orphan_data_files(directory: str, checkpoint_name: str) -> list[str]:
-    """Data files of ``<checkpoint_name>-<N>`` checkpoints whose index does not exist."""
+    """Data files of ``<checkpoint_name>-<N>`` checkpoints whose index does not exist and that no live
+    writer is committing.
+
+    A writer creates its index's temporary file before it renames data into place and renames it to
+    the index last; so data seen here belongs to a live commit if, after the index was found missing,
+    that temporary file is still there, or the index has appeared meanwhile (checked in this order).
+    """
     pattern = re.compile(re.escape(checkpoint_name) + r"-\d+(?=\.data-\d{5,}-of-\d{5,}$)")
-    out = []
+    found: dict[str, list[str]] = defaultdict(list)
     for name in _listdir(directory):
         match = pattern.match(name)
-        if match and len(name) > match.end() and not os.path.lexists(os.path.join(directory, match[0] + ".index")):
-            out.append(os.path.join(directory, name))
+        if match and len(name) > match.end():
+            found[os.path.join(directory, match[0])].append(os.path.join(directory, name))
+    out = []
+    for prefix, paths in found.items():
+        index = prefix + ".index"
+        if os.path.lexists(index) or commit_in_flight(prefix) or os.path.lexists(index):
+            continue
+        out += paths
     return out
 
 

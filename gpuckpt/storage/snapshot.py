@@ -1,7 +1,9 @@
 """Reading one version of a checkpoint while another process may be replacing it.
 
-:func:`open_snapshot` opens the index and every data shard together, and checks that the
-index did not change meanwhile; see its docstring for why that is enough.
+:func:`open_snapshot` reads the index and opens the data shards its entries use, and checks
+that the index did not change meanwhile; see its docstring for why that is enough. Every file
+is opened with :func:`open_regular`: what is not a regular file (a directory, a FIFO, a device)
+is refused before a byte is read, so nothing hangs and nothing is read without end.
 """
 
 from __future__ import annotations
@@ -12,20 +14,28 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import DataLossError, NotFoundError
-from ..format.bundle import data_file_name
-from .filesystem import LEFTOVER, _io_error, owner_alive
+from ..errors import CheckpointError, DataLossError, NotFoundError
+from ..format.bundle import data_file_name, stored_entries
+from ..format.sstable import FileSource
+from .filesystem import LEFTOVER, _io_error, open_regular, owner_alive
+
+__all__ = ["OVERWRITE_WAIT_S", "ShardFiles", "open_regular", "open_snapshot", "read_index"]
 
 OVERWRITE_WAIT_S = 2.0  # how long a reader waits for a live writer's overwrite of the same prefix
 _RETRY_SLEEP_S = 0.002
 
 
 class ShardFiles:
-    """Read-only file descriptors of one checkpoint's data shards, opened on first use."""
+    """Read-only file descriptors of one checkpoint's data shards, opened on first use.
 
-    def __init__(self, prefix: str, num_shards: int):
+    ``ends`` maps a shard to the ``(end, key)`` of each entry stored in it, sorted: a shard shorter
+    than its entries claim is refused when opened, naming the first key cut off, before anything is read.
+    """
+
+    def __init__(self, prefix: str, num_shards: int, ends: dict[int, list[tuple[int, str]]] | None = None):
         self.prefix = prefix
         self.num_shards = num_shards
+        self.ends = ends or {}
         self._fds: dict[int, tuple[int, int]] = {}
 
     def path(self, shard: int) -> str:
@@ -34,19 +44,27 @@ class ShardFiles:
     def open(self, shard: int) -> tuple[int, int]:
         """(fd, file size) of a shard; NotFoundError naming the file when it is missing."""
         if shard not in self._fds:
+            if not 0 <= shard < self.num_shards:
+                raise DataLossError(f"checkpoint {self.prefix!r} has no shard {shard} (it has {self.num_shards})",
+                                    path=self.prefix)
             path = self.path(shard)
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
+                fd, st = open_regular(path, "data file")
+            except (FileNotFoundError, NotADirectoryError):
                 raise NotFoundError(f"data file {path!r} of checkpoint {self.prefix!r} is missing", path=path) from None
-            except OSError as exc:
-                raise _io_error("open data file", path, exc) from exc
-            self._fds[shard] = (fd, os.fstat(fd).st_size)
+            ends = self.ends.get(shard, [])
+            if ends and st.st_size < ends[-1][0]:
+                os.close(fd)
+                end, key = next(item for item in ends if item[0] > st.st_size)
+                raise DataLossError(f"entry for key {key!r} points past the end of data file {path!r} "
+                                    f"(it ends at {end}, the file has {st.st_size} bytes): the file is truncated "
+                                    "or the index corrupt", path=path, key=key)
+            self._fds[shard] = (fd, st.st_size)
         return self._fds[shard]
 
     def open_present(self) -> None:
-        """Open every shard that exists now; a missing one raises only when it is read."""
-        for shard in range(self.num_shards):
+        """Open every shard an entry uses that exists now; a missing one raises only when it is read."""
+        for shard in sorted(self.ends):
             try:
                 self.open(shard)
             except NotFoundError:
@@ -58,30 +76,59 @@ class ShardFiles:
         self._fds.clear()
 
 
-def open_snapshot(prefix: str, parse: Callable[[bytes, str], Any]) -> tuple[Any, ShardFiles]:
-    """Read ``prefix.index`` (``parse(bytes, path)``) and open its data shards as one consistent version.
+def read_index(index_path: str, parse: Callable[[Any, str], Any]) -> tuple[Any, tuple[int, ...]]:
+    """``parse`` the index at ``index_path`` from an ``sstable.FileSource`` (footer first, only the blocks
+    it names); return it with the stamp of the file read. FileNotFoundError and NotADirectoryError pass through."""
+    fd, st = open_regular(index_path, "checkpoint index")
+    try:
+        return parse(FileSource(fd, st.st_size, index_path), index_path), _stamp_of(st)
+    except OSError as exc:
+        raise _io_error("read index", index_path, exc) from exc
+    finally:
+        os.close(fd)
+
+
+def open_snapshot(prefix: str, parse: Callable[[Any, str], Any]) -> tuple[Any, ShardFiles]:
+    """Read ``prefix.index`` (``parse(source, path)``, see :func:`read_index`) and open the data shards its
+    entries use, as one consistent version.
 
     A writer replacing the checkpoint at this prefix renames the old index aside before it
     touches any data file. So if the index path still holds the same file after the shards
     are open, the open descriptors hold the data that index describes (later renames and
-    deletions do not change open files); otherwise the attempt is repeated. While a live
-    writer's overwrite has the index aside, the reader waits up to ``OVERWRITE_WAIT_S``.
+    deletions do not change open files); otherwise the attempt is repeated, as it is when a shard
+    does not match the index (it may be a newer version's) and the index changed meanwhile. While a live
+    writer's overwrite has the index aside, the reader waits up to ``OVERWRITE_WAIT_S``; and an
+    index missing with no overwrite in sight is looked for once more (the overwrite may have just
+    finished), so a prefix that exists is never reported missing.
     """
     index_path = prefix + ".index"
     deadline = time.monotonic() + OVERWRITE_WAIT_S
+    looked_again = False
     while True:
         try:
-            data, stamp = _read_stamped(index_path)
-        except FileNotFoundError:
+            index, stamp = read_index(index_path, parse)
+        except (FileNotFoundError, NotADirectoryError):
             if time.monotonic() < deadline and _overwrite_in_flight(index_path):
                 time.sleep(_RETRY_SLEEP_S)
+                continue
+            if not looked_again:
+                looked_again = True
                 continue
             raise NotFoundError(
                 f"checkpoint not found: no file {index_path!r} (failed to find any matching files for {prefix})",
                 path=index_path) from None
-        index = parse(data, index_path)
-        files = ShardFiles(prefix, index.num_shards)
-        files.open_present()
+        files = ShardFiles(prefix, index.num_shards, _shard_ends(index))
+        try:
+            _check_shard_count(prefix, index, index_path)
+            files.open_present()
+        except CheckpointError:
+            files.close()
+            if _stamp(index_path) != stamp and time.monotonic() < deadline:
+                continue  # the shards seen belong to a newer version: read that one
+            raise
+        except BaseException:
+            files.close()
+            raise
         if _stamp(index_path) == stamp:
             return index, files
         files.close()
@@ -90,26 +137,38 @@ def open_snapshot(prefix: str, parse: Callable[[bytes, str], Any]) -> tuple[Any,
                                 "no version stayed in place long enough to read", path=index_path)
 
 
-def _stamp(path: str) -> tuple[int, ...] | None:
-    """What identifies one version of a file: device, inode, size and change time (renames update it)."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
+def _shard_ends(index: Any) -> dict[int, list[tuple[int, str]]]:
+    """Per shard, the ``(end, key)`` of every non-empty entry stored in it, by end."""
+    ends: dict[int, list[tuple[int, str]]] = {}
+    for key, entry in stored_entries(index):
+        if entry.size:
+            ends.setdefault(entry.shard_id, []).append((entry.offset + entry.size, key))
+    for items in ends.values():
+        items.sort()
+    return ends
+
+
+def _check_shard_count(prefix: str, index: Any, index_path: str) -> None:
+    """DataLossError when the header declares more shards than its entries use and than files exist."""
+    used = {entry.shard_id for _, entry in stored_entries(index)}
+    if index.num_shards <= max(len(used), 1):
+        return
+    present = len(glob.glob(glob.escape(prefix) + f".data-*-of-{index.num_shards:05d}"))
+    if index.num_shards > present:
+        raise DataLossError(f"index {index_path!r} declares {index.num_shards} data shards, but its entries use "
+                            f"{len(used)} and {present} exist", path=index_path)
+
+
+def _stamp_of(st: os.stat_result) -> tuple[int, ...]:
     return st.st_dev, st.st_ino, st.st_size, st.st_ctime_ns
 
 
-def _read_stamped(path: str) -> tuple[bytes, tuple[int, ...]]:
+def _stamp(path: str) -> tuple[int, ...] | None:
+    """What identifies one version of a file: device, inode, size and change time (renames update it)."""
     try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            return f.read(), (st.st_dev, st.st_ino, st.st_size, st.st_ctime_ns)
-    except IsADirectoryError:
-        raise DataLossError(f"{path!r} is a directory, not a checkpoint index", path=path) from None
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        raise _io_error("read index", path, exc) from exc
+        return _stamp_of(os.stat(path))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
 
 
 def _overwrite_in_flight(index_path: str) -> bool:

@@ -68,9 +68,8 @@ def test_truncated_index(ckpt, keep) -> None:
 def test_truncated_data_file(ckpt) -> None:
     data = ckpt.with_name("ck.data-00000-of-00001")
     data.write_bytes(data.read_bytes()[:2000])
-    reader = gpuckpt.load_checkpoint(ckpt)
-    with pytest.raises(gpuckpt.DataLossError, match="past the end of data file.*key 'b'|key 'b'.*past the end"):
-        reader.get_tensor("b")
+    with pytest.raises(gpuckpt.DataLossError, match="key 'a'.*past the end of data file"):
+        gpuckpt.load_checkpoint(ckpt)  # the whole index is checked against the files when they are opened
 
 
 def test_missing_shard(ckpt) -> None:
@@ -109,12 +108,9 @@ def test_offset_past_end_of_file(ckpt) -> None:
 def test_huge_declared_size_is_refused_before_allocating(ckpt) -> None:
     f32 = dtypes.BY_NAME["float32"]
     huge = (1 << 40,)
-    _forge_index(ckpt, {"a": BundleEntry(f32, huge, 0, 0, 4 << 40, 0), "s": BundleEntry(dtypes.STRING, (), 0, 0, 1 << 45, 0)})
-    reader = gpuckpt.load_checkpoint(ckpt)
+    _forge_index(ckpt, {"a": BundleEntry(f32, huge, 0, 0, 4 << 40, 0), "s": BundleEntry(dtypes.STRING, (), 0, 4 << 40, 1 << 45, 0)})
     with pytest.raises(gpuckpt.DataLossError, match="key 'a'.*past the end"):
-        reader.get_tensor("a")
-    with pytest.raises(gpuckpt.DataLossError, match="key 's'.*past the end"):
-        reader.get_tensor("s")
+        gpuckpt.load_checkpoint(ckpt)  # refused when the shard is opened, before any tensor is read
 
 
 def test_size_inconsistent_with_shape(ckpt) -> None:
