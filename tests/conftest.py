@@ -17,8 +17,8 @@ settings.register_profile("dev", max_examples=200, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 REPO = Path(__file__).resolve().parents[1]
-# Checkpoints written by real TensorFlow 2.21, copied from the project's shared/fixtures/tf
-# (its README says how they were made); GPUCKPT_TF_FIXTURES points at another set.
+# Checkpoints written by real TensorFlow, copied from TensorFlow 2.21 runs (their README
+# says how they were made); GPUCKPT_TF_FIXTURES points at another set.
 FIXTURES = Path(os.environ.get("GPUCKPT_TF_FIXTURES", REPO / "tests" / "fixtures" / "tf"))
 
 

@@ -1,4 +1,5 @@
-"""Every checkpoint TensorFlow wrote (tests/fixtures/tf, a copy of shared/fixtures/tf) is read bit-exactly, and rewritten byte-identically."""
+"""Every checkpoint TensorFlow wrote (tests/fixtures/tf, copied from TensorFlow 2.21 runs) is read bit-exactly,
+and rewritten byte-identically."""
 
 from __future__ import annotations
 
