@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from . import saver
+from . import saveable, saver
+from . import strict as strict_restore
 from .engine.capture import CapturePool
 from .engine.select import EngineCache
 from .errors import CheckpointError, NotFoundError
@@ -24,6 +25,8 @@ from .reader import latest_checkpoint
 from .restorer import open_session
 from .status import CheckpointLoadStatus, InitializationOnlyStatus, NameBasedSaverStatus, load_status
 from .storage import filesystem
+from .pystate import PythonState, is_plain
+from .restorer import RestoreSession
 from .trackable.base import Trackable, as_trackable, is_trackable
 from .trackable.module import AutoTrackable
 from .trackable.variable import Variable
@@ -57,6 +60,8 @@ class Checkpoint(AutoTrackable):
             self._self_root = root
             kwargs["root"] = root
         for name, value in sorted(kwargs.items()):
+            if value is not None and not is_trackable(value) and is_plain(value):
+                value = PythonState(value)  # Checkpoint(meta={"epoch": 3}): saved, restored into ckpt.meta.value
             setattr(self, name, value)
             converted = getattr(self, name)
             _assert_trackable(converted, name)
@@ -167,6 +172,8 @@ class Checkpoint(AutoTrackable):
 
     def _tensors(self) -> dict[str, Any]:
         """Every value to save under its checkpoint key, the object graph last."""
+        root = self._self_root if self._self_root is not None else self
+        saveable.check(root, self._self_attached)  # what the walk would drop is an error naming its path
         live = self._graph()
         tensors = live.tensors_by_key()
         tensors[objgraph.OBJECT_GRAPH_KEY] = objgraph.encode(live.graph)
@@ -230,21 +237,27 @@ class Checkpoint(AutoTrackable):
 
     # -- restoring --------------------------------------------------------------------
 
-    def read(self, save_path: str | os.PathLike,
-             options: CheckpointOptions | None = None) -> CheckpointLoadStatus | NameBasedSaverStatus:
+    def read(self, save_path: str | os.PathLike, options: CheckpointOptions | None = None, *,
+             strict: bool = True) -> CheckpointLoadStatus | NameBasedSaverStatus:
         """Restore from the checkpoint at prefix ``save_path``; values of objects created later wait for them.
-        A TF1 checkpoint (no object graph) is restored by variable name (``gpuckpt.namebased``)."""
+        A TF1 checkpoint (no object graph) is restored by variable name (``gpuckpt.namebased``).
+
+        PyTorch modules and optimizers are restored strictly (``gpuckpt.strict``): any missing or
+        unexpected key raises ``UnmatchedStateError`` before anything is assigned, unless ``strict=False``.
+        """
         options = options or CheckpointOptions()
         if self._self_async is not None:
             self._self_async.wait()  # restore what is committed; a background error stays for sync()
         session = open_session(os.fspath(save_path), skip_slots=options.experimental_skip_slot_variables,
                                engines=self._self_engines, io_device=options.io_device)
         root = self._self_root if self._self_root is not None else self
+        if strict and isinstance(session, RestoreSession):
+            strict_restore.check(session, root, self._self_attached)
         session.start(root, self._self_attached)
         return load_status(session, self._graph)
 
     def restore(self, save_path: str | os.PathLike | None,
-                options: CheckpointOptions | None = None
+                options: CheckpointOptions | None = None, *, strict: bool = True
                 ) -> CheckpointLoadStatus | NameBasedSaverStatus | InitializationOnlyStatus:
         """``read`` plus ``save_counter``; ``save_path`` may also be a directory or a SavedModel.
 
@@ -256,7 +269,7 @@ class Checkpoint(AutoTrackable):
             return InitializationOnlyStatus()
         original = os.fspath(save_path)
         try:
-            status = self.read(resolve_restore_path(original), options)
+            status = self.read(resolve_restore_path(original), options, strict=strict)
         except NotFoundError as exc:
             raise NotFoundError(f"Error when restoring from checkpoint or SavedModel at {original}: {exc}\n"
                                 f"{_SUFFIX_HINT}", path=original, key=exc.key) from exc
