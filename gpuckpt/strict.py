@@ -55,6 +55,8 @@ class UnmatchedStateError(InvalidArgumentError):
 def check(session: RestoreSession, root: Trackable, attached: Sequence[tuple[str, Trackable]] = ()) -> None:
     """Raise :class:`UnmatchedStateError` if the torch objects reached by this restore do not match exactly."""
     torch_adapter = sys.modules.get("gpuckpt.torch")
+    if getattr(session, "saved", None) is None:
+        return  # a name-based (TF1) restore has no object graph to compare; its status reports what is missing
     if torch_adapter is None or not _has_torch(root, attached, torch_adapter):
         return
     found = match(session.saved, [(0, root)], {}, attached=attached, skip_slots=session.skip_slots)

@@ -143,6 +143,11 @@ class _Adapter(Trackable):
             raise InvalidArgumentError(f"the torch object behind {type(self).__name__} no longer exists")
         return obj
 
+    def _defer_dependency(self, name: str, restoration: DeferredRestoration) -> None:
+        """Not kept: torch objects never announce new dependencies, so it could never apply, and holding it
+        (in the adapter cache, through the session, to the checkpoint's root) would keep the user's objects
+        alive and silence the unused-values warning. The value stays unresolved and is reported."""
+
 
 # -- tensors ----------------------------------------------------------------------------
 
@@ -343,8 +348,7 @@ class TorchOptimizer(_Adapter):
         param = original.tensor if isinstance(original, TorchTensor) else None
         spec = validated_specs(restoration).get(VARIABLE_VALUE)  # proven against the bytes present first
         if param is None or spec is None or not any(p is param for p in self._params()):
-            super()._defer_slot(slot_name, original, restoration)
-            return
+            return  # not kept, as in _Adapter._defer_dependency: it is reported as unresolved
         state = self.optimizer.state[param]
         state[slot_name] = self._new_state(param, slot_name, *spec)
         try:
@@ -371,6 +375,9 @@ class _ParamGroups(Trackable):
     def __init__(self, optimizer: "torch.optim.Optimizer"):
         self._optimizer = weakref.ref(optimizer)
         self._groups: list[_ParamGroup] = []
+
+    def _defer_dependency(self, name: str, restoration: DeferredRestoration) -> None:
+        """Not kept, as in ``_Adapter._defer_dependency`` (``add_param_group`` announces nothing)."""
 
     def _trackable_children(self) -> list[tuple[str, Trackable]]:
         groups = self._optimizer().param_groups
