@@ -38,11 +38,8 @@ def check(root: Trackable, attached: Sequence[tuple[str, Trackable]] = ()) -> No
         if isinstance(obj, (TrackedList, TrackedTuple, TrackedDict)):
             _check_items(obj, name)
         validate = getattr(obj, "_checkpoint_validate", None)
-        if validate is not None:
-            if _takes_reachable(validate):
-                validate(name, reachable)
-            else:
-                validate(name)
+        if validate is not None and _takes_reachable(validate):
+            validate(name, reachable)
 
 
 def _takes_reachable(method: Any) -> bool:
@@ -55,6 +52,9 @@ def _reachable(root: Trackable, attached: Sequence[tuple[str, Trackable]]):
     objects: list[Trackable] = [root]
     paths: list[tuple[str, ...]] = [()]
     for index, obj in enumerate(objects):
+        validate = getattr(obj, "_checkpoint_validate", None)
+        if validate is not None and not _takes_reachable(validate):
+            validate(pretty_path(paths[index]))  # before its children: they come from what it checks
         for name, child in children_of(obj, attached if index == 0 else ()):
             if id(child) not in seen:
                 seen.add(id(child))

@@ -209,8 +209,7 @@ class StateDictTrackable(Trackable):
         """A saved tensor the live state dict lacks: hold it from the checkpoint and restore it at once."""
         specs = validated_specs(restoration)
         if VARIABLE_VALUE not in specs:
-            super()._defer_dependency(name, restoration)
-            return
+            return  # not kept (it could never apply; holding it would keep the session alive): reported as unused
         holder = self._self_holders[name] = _StateTensor(self, name)
         dtype, shape = specs[VARIABLE_VALUE]
         holder.value = np.broadcast_to(np.zeros((), dtype.numpy), shape)  # a spec, not an allocation
