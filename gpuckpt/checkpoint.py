@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from . import saveable, saver
+from . import prepare, saveable, saver
 from . import strict as strict_restore
 from .engine.capture import CapturePool
 from .engine.select import EngineCache
@@ -253,6 +253,7 @@ class Checkpoint(AutoTrackable):
         root = self._self_root if self._self_root is not None else self
         if strict and isinstance(session, RestoreSession):
             strict_restore.check(session, root, self._self_attached)
+        prepare.run(session, root, self._self_attached)  # e.g. JAX templates: casts, abstract leaves
         session.start(root, self._self_attached)
         return load_status(session, self._graph)
 
