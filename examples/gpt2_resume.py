@@ -45,10 +45,10 @@ PHASES = ("before_forward", "after_backward", "after_save")
 
 @dataclass(frozen=True)
 class Config:
-    steps: int = 24
+    steps: int = 16
     save_every: int = 4
     batch_size: int = 4
-    sequences: int = 96  # one epoch of 24 batches (see the module docstring on epochs)
+    sequences: int = 64  # one epoch of 16 batches (see the module docstring on epochs)
     length: int = 16
     vocab: int = 64
 

@@ -53,6 +53,11 @@ class PyTree(Trackable):
     """
 
     def __init__(self, tree: Any, *, cast: bool = False):
+        self._cast = cast
+        self._set(tree)
+
+    def _set(self, tree: Any) -> None:
+        cast = self._cast
         paths_and_leaves, self._treedef = jax.tree_util.tree_flatten_with_path(tree)
         self._leaves = [_Leaf(leaf, _path_name(path), cast) for path, leaf in paths_and_leaves]
         self._root = _Node()
@@ -63,6 +68,11 @@ class PyTree(Trackable):
     def tree(self) -> Any:
         """The pytree: the template's structure with the current (restored or original) leaves."""
         return jax.tree_util.tree_unflatten(self._treedef, [leaf.value for leaf in self._leaves])
+
+    @tree.setter
+    def tree(self, tree: Any) -> None:
+        """Hold a new pytree (the next state of a training loop) for the next save."""
+        self._set(tree)
 
     def _trackable_children(self) -> list[tuple[str, Trackable]]:
         return self._root._trackable_children()
