@@ -60,7 +60,7 @@ class Checkpoint(AutoTrackable):
             self._self_root = root
             kwargs["root"] = root
         for name, value in sorted(kwargs.items()):
-            if value is not None and not is_trackable(value) and is_plain(value):
+            if type(value) in (dict, list, tuple) and value and is_plain(value):  # empty ones may gain trackables
                 value = PythonState(value)  # Checkpoint(meta={"epoch": 3}): saved, restored into ckpt.meta.value
             setattr(self, name, value)
             converted = getattr(self, name)
@@ -296,7 +296,8 @@ def _assert_trackable(value: Any, name: str) -> None:
     if not is_trackable(value):
         raise ValueError(
             f"`Checkpoint` was expecting {name} to be a trackable object (a gpuckpt Variable, Module, "
-            f"list, dict or tuple of them, or any gpuckpt.trackable.Trackable), got {value!r}.")
+            f"list, dict or tuple of them, or any gpuckpt.trackable.Trackable), got {value!r}. To save a Python "
+            f"value, pass gpuckpt.PythonState({value!r}) (or a dict of plain values).")
 
 
 def _nothing() -> None:

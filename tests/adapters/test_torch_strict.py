@@ -215,9 +215,14 @@ def test_plain_values_in_a_tracked_dict_beside_trackables_are_an_error(tmp_path:
 def test_a_plain_value_given_to_a_checkpoint_is_saved_and_restored(tmp_path: Path) -> None:
     path = gpuckpt.Checkpoint(meta={"epoch": 3, "lr": 0.5, "tags": ("a", None)}).write(tmp_path / "c")
     assert dict(gpuckpt.list_variables(path))["meta/.ATTRIBUTES/py_state"] == []
-    checkpoint = gpuckpt.Checkpoint(meta={})
+    checkpoint = gpuckpt.Checkpoint(meta={"epoch": 0})
     checkpoint.read(path).assert_consumed()
     assert checkpoint.meta.value == {"epoch": 3, "lr": 0.5, "tags": ("a", None)}
+
+
+def test_a_bare_number_keeps_tensorflows_error_with_a_hint() -> None:
+    with pytest.raises(ValueError, match=r"expecting step to be a trackable object.*gpuckpt.PythonState\(5\)"):
+        gpuckpt.Checkpoint(step=5)
 
 
 def test_a_value_that_cannot_be_saved_is_named(tmp_path: Path) -> None:
