@@ -98,7 +98,7 @@ def train(directory: Path, config: Config, *, asynchronous: bool, kill: Kill | N
     manager = gpuckpt.CheckpointManager(checkpoint, directory / "ckpts", max_to_keep=2)
     manager.restore_or_initialize()
     options = gpuckpt.CheckpointOptions(enable_async=asynchronous)
-    log = open(directory / "losses.txt", "a", buffering=1)
+    log = open(directory / "losses.txt", "a", buffering=1)  # noqa: SIM115 - a SIGKILL ends it, not a with
     log.write(f"resume {scheduler.last_epoch}\n")
     batches = iter(loader)
     while scheduler.last_epoch < config.steps:
@@ -139,7 +139,7 @@ def in_child(function, *args, **kwargs) -> int:
             torch.set_num_threads(1)
             transformers_logging.set_verbosity_error()
             function(*args, **kwargs)
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - a forked child must end in os._exit whatever happens
             import traceback
 
             traceback.print_exc()

@@ -98,7 +98,7 @@ def train(directory: Path, config: Config, *, asynchronous: bool, kill: Kill | N
     manager.restore_or_initialize()
     state = holder.tree
     options = gpuckpt.CheckpointOptions(enable_async=asynchronous)
-    log = open(directory / "losses.txt", "a", buffering=1)
+    log = open(directory / "losses.txt", "a", buffering=1)  # noqa: SIM115 - a SIGKILL ends it, not a with
     log.write(f"resume {int(state.step)}\n")
     while int(state.step) < config.steps:
         step = int(state.step)
@@ -123,7 +123,7 @@ def in_child(function, *args, **kwargs) -> int:
         code = 0
         try:
             function(*args, **kwargs)
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - a forked child must end in os._exit whatever happens
             import traceback
 
             traceback.print_exc()

@@ -21,12 +21,16 @@ from .format.statefile import CheckpointState
 from .futures import AsyncSaver, SaveHandle
 from .graph import LiveGraph, walk
 from .options import CheckpointOptions, callback_arity
-from .reader import latest_checkpoint
-from .restorer import open_session
-from .status import CheckpointLoadStatus, InitializationOnlyStatus, NameBasedSaverStatus, load_status
-from .storage import filesystem
 from .pystate import PythonState, is_plain
-from .restorer import RestoreSession
+from .reader import latest_checkpoint
+from .restorer import RestoreSession, open_session
+from .status import (
+    CheckpointLoadStatus,
+    InitializationOnlyStatus,
+    NameBasedSaverStatus,
+    load_status,
+)
+from .storage import filesystem
 from .trackable.base import Trackable, as_trackable, is_trackable
 from .trackable.module import AutoTrackable
 from .trackable.variable import Variable

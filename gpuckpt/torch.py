@@ -55,9 +55,9 @@ from ._deps import import_optional
 from .arrays import as_device_array, is_device_array
 from .errors import InvalidArgumentError
 from .format import dtypes
+from .statedict import validated_specs
 from .trackable.base import DeferredRestoration, SlotVariable, Trackable
 from .trackable.variable import VARIABLE_VALUE
-from .statedict import validated_specs
 
 torch = import_optional("torch", extra="torch")
 

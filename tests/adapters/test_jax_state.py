@@ -11,7 +11,7 @@ import gpuckpt
 
 jax = pytest.importorskip("jax", reason="the JAX adapter needs jax: pip install 'gpuckpt[jax]'")
 jnp = jax.numpy
-from gpuckpt import jax as gpuckpt_jax  # noqa: E402
+from gpuckpt import jax as gpuckpt_jax
 
 
 def test_a_typed_prng_key_round_trips_with_its_implementation(tmp_path: Path) -> None:

@@ -88,9 +88,9 @@ def test_strict_false_restores_what_matches_and_warns_once_collected(tmp_path: P
     target = Stack(1)
     status = gpuckpt.Checkpoint(model=target).read(path, strict=False)
     assert torch.equal(target.h[0].weight, source.h[0].weight)
-    with pytest.warns(gpuckpt.UnrestoredValuesWarning, match=r"could not be found in the restored object: "
+    with pytest.warns(gpuckpt.UnrestoredValuesWarning, match=r"could not be found in the restored object: "  # noqa: PT031
                                                              r"\(root\).model.h.1.weight"):
-        del status, target
+        del status, target  # the session ends with them (collected at once, or by gc)
         gc.collect()
 
 
@@ -123,6 +123,24 @@ def test_data_parallel_prefix_is_normalised(tmp_path: Path) -> None:
     target = Stack(1)
     gpuckpt.Checkpoint(model=target).read(path).assert_consumed()
     assert torch.equal(target.h[0].bias, source.h[0].bias)
+
+
+def test_distributed_data_parallel_prefix_is_normalised(tmp_path: Path) -> None:
+    distributed = pytest.importorskip("torch.distributed")
+    if not distributed.is_available():
+        pytest.skip("torch.distributed is not built")
+    distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        source = Stack(1)
+        wrapped = torch.nn.parallel.DistributedDataParallel(source)
+        assert next(iter(wrapped.state_dict())).startswith("module.")
+        path = gpuckpt.Checkpoint(model=wrapped).write(tmp_path / "c")
+        assert "model/h/0/weight/.ATTRIBUTES/VARIABLE_VALUE" in dict(gpuckpt.list_variables(path))
+        target = Stack(1)
+        gpuckpt.Checkpoint(model=torch.nn.parallel.DistributedDataParallel(target)).read(path).assert_consumed()
+        assert torch.equal(target.h[0].weight, source.h[0].weight)
+    finally:
+        distributed.destroy_process_group()
 
 
 def test_meta_device_model_is_refused_then_restored_after_to_empty_with_its_tie(tmp_path: Path) -> None:
