@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .graph import walk
 from .restorer import RestoreSession, match
+from .saveable import reachable
 from .trackable.base import Trackable
 
 
@@ -19,7 +19,7 @@ def run(session: RestoreSession, root: Trackable, attached: Sequence[tuple[str, 
     """Call ``_checkpoint_prepare`` on every bound object that has it (a no-op when none has)."""
     if getattr(session, "saved", None) is None:
         return
-    if not any(hasattr(obj, "_checkpoint_prepare") for obj in walk(root, attached).objects):
+    if not any(hasattr(obj, "_checkpoint_prepare") for obj in reachable(root, attached)[0]):
         return
     found = match(session.saved, [(0, root)], {}, attached=attached, skip_slots=session.skip_slots)
     reader = session.reader

@@ -29,8 +29,8 @@ from .trackable.module import AutoTrackable
 
 def check(root: Trackable, attached: Sequence[tuple[str, Trackable]] = ()) -> None:
     """Raise ``InvalidArgumentError`` naming the path of the first value a save would leave out."""
-    objects, paths = _reachable(root, attached)
-    reachable = {id(obj) for obj in objects}
+    objects, paths = reachable(root, attached, validate=True)
+    ids = {id(obj) for obj in objects}
     for obj, path in zip(objects, paths):
         name = pretty_path(path)
         if isinstance(obj, AutoTrackable):
@@ -39,7 +39,7 @@ def check(root: Trackable, attached: Sequence[tuple[str, Trackable]] = ()) -> No
             _check_items(obj, name)
         validate = getattr(obj, "_checkpoint_validate", None)
         if validate is not None and _takes_reachable(validate):
-            validate(name, reachable)
+            validate(name, ids)
 
 
 def _takes_reachable(method: Any) -> bool:
@@ -47,14 +47,15 @@ def _takes_reachable(method: Any) -> bool:
     return code is not None and code.co_argcount >= 3
 
 
-def _reachable(root: Trackable, attached: Sequence[tuple[str, Trackable]]):
+def reachable(root: Trackable, attached: Sequence[tuple[str, Trackable]] = (), *, validate: bool = False):
+    """Every object reachable from ``root`` through dependencies, and its path (local names)."""
     seen = {id(root)}
     objects: list[Trackable] = [root]
     paths: list[tuple[str, ...]] = [()]
     for index, obj in enumerate(objects):
-        validate = getattr(obj, "_checkpoint_validate", None)
-        if validate is not None and not _takes_reachable(validate):
-            validate(pretty_path(paths[index]))  # before its children: they come from what it checks
+        check_self = getattr(obj, "_checkpoint_validate", None) if validate else None
+        if check_self is not None and not _takes_reachable(check_self):
+            check_self(pretty_path(paths[index]))  # before its children: they come from what it checks
         for name, child in children_of(obj, attached if index == 0 else ()):
             if id(child) not in seen:
                 seen.add(id(child))

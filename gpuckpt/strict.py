@@ -60,10 +60,12 @@ def check(session: RestoreSession, root: Trackable, attached: Sequence[tuple[str
     if torch_adapter is None or not _has_torch(root, attached, torch_adapter):
         return
     found = match(session.saved, [(0, root)], {}, attached=attached, skip_slots=session.skip_slots)
-    if _retie(session, root, attached, found, torch_adapter):
+    live = walk(root, attached)
+    if _retie(session, live, found, torch_adapter):
         found = match(session.saved, [(0, root)], {}, attached=attached, skip_slots=session.skip_slots)
+        live = walk(root, attached)
     bound = dict(found.bindings)
-    missing = _missing(session, root, attached, bound, torch_adapter)
+    missing = _missing(session, live, bound, torch_adapter)
     unexpected = _unexpected(session, found, bound, torch_adapter)
     if missing or unexpected:
         raise UnmatchedStateError(_message(session.prefix, missing, unexpected), path=session.prefix,
@@ -76,18 +78,21 @@ def _is_torch(obj: object, adapter) -> bool:
 
 
 def _has_torch(root: Trackable, attached, adapter) -> bool:
-    return any(_is_torch(obj, adapter) for obj in walk(root, attached).objects)
+    """Whether any torch object is reachable (a walk over dependencies only: no values are looked at)."""
+    from .saveable import reachable
+
+    return any(_is_torch(obj, adapter) for obj in reachable(root, attached)[0])
 
 
-def _missing(session: RestoreSession, root: Trackable, attached, bound: dict, adapter) -> list[Difference]:
+def _missing(session: RestoreSession, live, bound: dict, adapter) -> list[Difference]:
     """Live torch values that no saved value is bound to."""
-    live = walk(root, attached)
+    slots = {id(obj) for obj in _slots(live)} if session.skip_slots else set()
     bound_ids = {id(obj) for obj in bound.values()}
     out = []
     for obj, node, path in zip(live.objects, live.graph.nodes, live.paths):
         if not _is_torch(obj, adapter) or id(obj) in bound_ids or not node.attributes:
             continue
-        if session.skip_slots and len(path) and obj in _slots(live):
+        if id(obj) in slots:
             continue
         name = obj._checkpoint_full_name() or ".".join(path)
         for attribute in node.attributes:
@@ -131,11 +136,10 @@ def _node_keys(session: RestoreSession, node_id: int) -> list[Difference]:
             for a in session.saved.nodes[node_id].attributes]
 
 
-def _retie(session: RestoreSession, root: Trackable, attached, found, adapter) -> bool:
+def _retie(session: RestoreSession, live, found, adapter) -> bool:
     """Point live tensors back at the tensor they shared in the checkpoint; True if any was re-tied."""
     bound = dict(found.bindings)
     bound_ids = {id(obj) for obj in bound.values()}
-    live = walk(root, attached)
     by_path = {path: obj for obj, path in zip(live.objects, live.paths)}
     changed = False
     for obj, path in zip(live.objects, live.paths):
