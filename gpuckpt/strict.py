@@ -68,8 +68,13 @@ def check(session: RestoreSession, root: Trackable, attached: Sequence[tuple[str
     missing = _missing(session, live, bound, torch_adapter)
     unexpected = _unexpected(session, found, bound, torch_adapter)
     if missing or unexpected:
-        raise UnmatchedStateError(_message(session.prefix, missing, unexpected), path=session.prefix,
-                                  missing=missing, unexpected=unexpected)
+        unmatched_top = [c.local_name for c in session.saved.nodes[0].children
+                         if c.node_id not in bound and session.saved.nodes[c.node_id].holds_values]
+        message = _message(session.prefix, missing, unexpected)
+        if unmatched_top:
+            message += (f"\nThe checkpoint's top-level objects {unmatched_top} match no live object (saved under "
+                        "another name?).")
+        raise UnmatchedStateError(message, path=session.prefix, missing=missing, unexpected=unexpected)
 
 
 def _is_torch(obj: object, adapter) -> bool:
