@@ -126,9 +126,15 @@ def _unexpected(session: RestoreSession, found, bound: dict, adapter) -> list[Di
     if session.skip_slots:
         return out
     optimizers = {n for n, obj in bound.items() if isinstance(obj, adapter.TorchOptimizer)}
-    creatable = {d.node_id for d in found.slot_deferrals
-                 if isinstance(d.optimizer, adapter.TorchOptimizer) and isinstance(d.original, adapter.TorchTensor)
-                 and any(p is d.original.tensor for p in d.optimizer._params())}
+    params: dict[int, set[int]] = {}  # optimizer adapter -> ids of the parameters it updates
+    creatable = set()
+    for d in found.slot_deferrals:
+        if isinstance(d.optimizer, adapter.TorchOptimizer) and isinstance(d.original, adapter.TorchTensor):
+            ids = params.get(id(d.optimizer))
+            if ids is None:
+                ids = params[id(d.optimizer)] = {id(p) for p in d.optimizer._params()}
+            if id(d.original.tensor) in ids:
+                creatable.add(d.node_id)
     for node_id in optimizers:
         for ref in saved.nodes[node_id].slot_variables:
             if ref.slot_variable_node_id not in bound and ref.slot_variable_node_id not in creatable:

@@ -309,6 +309,16 @@ class TorchOptimizer(_Adapter):
     def _params(self) -> list["torch.Tensor"]:
         return [p for group in self.optimizer.param_groups for p in group["params"]]
 
+    def _group_of(self, param: "torch.Tensor") -> dict | None:
+        """The param group updating ``param`` (None if none does), through an index rebuilt when groups change."""
+        groups = self.optimizer.param_groups
+        signature = tuple((id(g), len(g["params"])) for g in groups)
+        cached = self.__dict__.get("_group_index")
+        if cached is None or cached[0] != signature:
+            cached = (signature, {id(p): g for g in groups for p in g["params"]})
+            self.__dict__["_group_index"] = cached
+        return cached[1].get(id(param))
+
     def _checkpoint_validate(self, path: str, reachable: "set[int]") -> None:
         """Before a save: every parameter must be in the checkpoint, or its state would be left out."""
         missing = [(g, i, p) for g, group in enumerate(self.optimizer.param_groups)
@@ -347,7 +357,7 @@ class TorchOptimizer(_Adapter):
         """Create state the optimizer has not made yet from the checkpoint, then restore it at once."""
         param = original.tensor if isinstance(original, TorchTensor) else None
         spec = validated_specs(restoration).get(VARIABLE_VALUE)  # proven against the bytes present first
-        if param is None or spec is None or not any(p is param for p in self._params()):
+        if param is None or spec is None or self._group_of(param) is None:
             return  # not kept, as in _Adapter._defer_dependency: it is reported as unresolved
         state = self.optimizer.state[param]
         state[slot_name] = self._new_state(param, slot_name, *spec)
@@ -360,7 +370,7 @@ class TorchOptimizer(_Adapter):
     def _new_state(self, param: "torch.Tensor", slot_name: str, dtype: dtypes.DType,
                    shape: tuple[int, ...]) -> "torch.Tensor":
         """Zeros of the saved dtype and shape where ``Optimizer.load_state_dict`` would put them."""
-        group = next(g for g in self.optimizer.param_groups if any(p is param for p in g["params"]))
+        group = self._group_of(param)
         on_param_device = slot_name != "step" or group.get("capturable") or group.get("fused")
         device = param.device if on_param_device else torch.device("cpu")
         return torch.zeros(shape, dtype=_torch_dtype(dtype), device=device)
