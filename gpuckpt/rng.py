@@ -90,6 +90,10 @@ class _Generators:
         _same_count("np.random.Generator objects", len(saved), len(self.numpy))
         for generator, value in zip(self.numpy, saved):
             generator.bit_generator.state = value
+        torch_module = sys.modules.get("torch")
+        if ("cuda" in self.include and "cuda" not in state and torch_module is not None
+                and torch_module.cuda.is_available()):
+            _same_count("CUDA devices", 0, torch_module.cuda.device_count())  # else their generators stay as they are
         if "torch" in state or "cuda" in state or "torch_generators" in state:
             import torch
 
@@ -107,4 +111,6 @@ class _Generators:
 
 def _same_count(what: str, saved: int, live: int) -> None:
     if saved != live:
-        raise InvalidArgumentError(f"the checkpoint holds the random state of {saved} {what}, this process has {live}")
+        hint = " (RNGState(include=...) without 'cuda' leaves CUDA generators out)" if what == "CUDA devices" else ""
+        raise InvalidArgumentError(f"the checkpoint holds the random state of {saved} {what}, this process has "
+                                   f"{live}{hint}")

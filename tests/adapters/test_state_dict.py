@@ -134,3 +134,15 @@ def test_rng_state_refuses_a_different_generator_count(tmp_path: Path) -> None:
     with pytest.raises(gpuckpt.InvalidArgumentError, match=r"holds the random state of 1 np.random.Generator "
                                                            r"objects, this process has 0"):
         gpuckpt.Checkpoint(rng=gpuckpt.rng.RNGState()).read(path)
+
+
+def test_rng_state_saved_without_cuda_is_refused_where_cuda_exists(tmp_path: Path, monkeypatch) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the saved state would include it")
+    path = gpuckpt.Checkpoint(rng=gpuckpt.rng.RNGState()).write(tmp_path / "d")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(gpuckpt.InvalidArgumentError, match=r"holds the random state of 0 CUDA devices, this process "
+                                                           r"has 2 \(RNGState\(include=...\) without 'cuda'"):
+        gpuckpt.Checkpoint(rng=gpuckpt.rng.RNGState()).read(path)
+    gpuckpt.Checkpoint(rng=gpuckpt.rng.RNGState(include=("python", "numpy", "torch"))).read(path).assert_consumed()
