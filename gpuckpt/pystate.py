@@ -161,6 +161,10 @@ class PythonState(Trackable):
     def value(self, value: Any) -> None:
         self._self_value = value
 
+    def _checkpoint_validate(self, path: str) -> None:
+        """Before a save: refuse what the encoding cannot hold, naming it by its path in the checkpoint."""
+        encode(self._self_value, path)
+
     def _serialize_tensors(self) -> Mapping[str, Any]:
         return {PY_STATE: encode(self._self_value, type(self).__name__)}
 
