@@ -7,6 +7,10 @@ from .manager import CheckpointManager
 from .options import CheckpointOptions, MaxShardSizePolicy, ShardByTaskPolicy
 from .status import CheckpointLoadStatus, InitializationOnlyStatus, NameBasedSaverStatus
 from .trackable import Module, Trackable, Variable
+from .pystate import PythonState
+from .strict import UnmatchedStateError
+from .restorer import UnrestoredValuesWarning
+from . import rng
 
 __version__ = "0.1.0"
 
@@ -31,4 +35,8 @@ __all__ = [
     "InvalidArgumentError",
     "NotFoundError",
     "PartialRestoreError",
+    "PythonState",
+    "UnmatchedStateError",
+    "UnrestoredValuesWarning",
+    "rng",
 ]

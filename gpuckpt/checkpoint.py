@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from . import saver
+from . import prepare, saveable, saver
+from . import strict as strict_restore
 from .engine.capture import CapturePool
 from .engine.select import EngineCache
 from .errors import InvalidArgumentError, NotFoundError
@@ -21,8 +22,9 @@ from .format.statefile import CheckpointState
 from .futures import AsyncSaver, SaveHandle
 from .graph import LiveGraph, walk
 from .options import CheckpointOptions, callback_arity
+from .pystate import PythonState, is_plain
 from .reader import latest_checkpoint
-from .session import open_session
+from .session import RestoreSession, open_session
 from .status import CheckpointLoadStatus, InitializationOnlyStatus, NameBasedSaverStatus, load_status
 from .storage import filesystem
 from .trackable.base import Trackable, as_trackable, is_trackable
@@ -57,6 +59,8 @@ class Checkpoint(AutoTrackable):
                 raise InvalidArgumentError(
                     f"Checkpoint was given {name} by weak reference without a root: the Checkpoint itself would "
                     "be the root and could not save it; pass it as root=..., or pass the object itself")
+            if type(value) in (dict, list, tuple) and value and is_plain(value):  # empty ones may gain trackables
+                value = PythonState(value)  # Checkpoint(meta={"epoch": 3}): saved, restored into ckpt.meta.value
             setattr(self, name, value)  # with a root, a weak reference stays as it is, not tracked (as in TF)
             converted = _dereference(getattr(self, name), name)
             if root_obj is not None:
@@ -206,6 +210,7 @@ class Checkpoint(AutoTrackable):
 
     def _tensors(self) -> dict[str, Any]:
         """Every value to save under its checkpoint key, the object graph last."""
+        saveable.check(self._root(), self._attached())  # what the walk would drop is an error naming its path
         live = self._graph()
         tensors = live.tensors_by_key()
         tensors[objgraph.OBJECT_GRAPH_KEY] = objgraph.encode(live.graph)
@@ -269,21 +274,29 @@ class Checkpoint(AutoTrackable):
 
     # -- restoring --------------------------------------------------------------------
 
-    def read(self, save_path: str | os.PathLike,
-             options: CheckpointOptions | None = None) -> CheckpointLoadStatus | NameBasedSaverStatus:
+    def read(self, save_path: str | os.PathLike, options: CheckpointOptions | None = None, *,
+             strict: bool = True) -> CheckpointLoadStatus | NameBasedSaverStatus:
         """Restore from the checkpoint at prefix ``save_path``; values of objects created later wait for them.
-        A TF1 checkpoint (no object graph) is restored by variable name (``gpuckpt.namebased``)."""
+        A TF1 checkpoint (no object graph) is restored by variable name (``gpuckpt.namebased``).
+
+        PyTorch modules and optimizers are restored strictly (``gpuckpt.strict``): any missing or
+        unexpected key raises ``UnmatchedStateError`` before anything is assigned, unless ``strict=False``.
+        """
         options = options or CheckpointOptions()
         if self._self_async is not None:
             self._self_async.wait()  # restore what is committed; a background error stays for sync()
         session = open_session(os.fspath(save_path), skip_slots=options.experimental_skip_slot_variables,
                                engines=self._self_engines, io_device=options.io_device,
                                atomic=options.atomic_restore, ring_bytes=options.restore_ring_bytes)
-        session.start(self._root(), self._attached())
+        root, attached = self._root(), self._attached()
+        if strict:
+            strict_restore.check(session, root, attached)
+        prepare.run(session, root, attached)  # e.g. JAX templates: casts, abstract leaves
+        session.start(root, attached)
         return load_status(session, self._graph)
 
     def restore(self, save_path: str | os.PathLike | None,
-                options: CheckpointOptions | None = None
+                options: CheckpointOptions | None = None, *, strict: bool = True
                 ) -> CheckpointLoadStatus | NameBasedSaverStatus | InitializationOnlyStatus:
         """``read`` plus ``save_counter``; ``save_path`` may also be a directory or a SavedModel.
 
@@ -295,7 +308,7 @@ class Checkpoint(AutoTrackable):
             return InitializationOnlyStatus()
         original = os.fspath(save_path)
         try:
-            status = self.read(resolve_restore_path(original), options)
+            status = self.read(resolve_restore_path(original), options, strict=strict)
         except NotFoundError as exc:
             raise NotFoundError(f"Error when restoring from checkpoint or SavedModel at {original}: {exc}\n"
                                 f"{_SUFFIX_HINT}", path=original, key=exc.key) from exc
@@ -363,7 +376,8 @@ def _assert_trackable(value: Any, name: str) -> None:
     if not is_trackable(value):
         raise ValueError(
             f"`Checkpoint` was expecting {name} to be a trackable object (a gpuckpt Variable, Module, "
-            f"list, dict or tuple of them, or any gpuckpt.trackable.Trackable), got {value!r}.")
+            f"list, dict or tuple of them, or any gpuckpt.trackable.Trackable), got {value!r}. To save a Python "
+            f"value, pass gpuckpt.PythonState({value!r}) (or a dict of plain values).")
 
 
 def _nothing() -> None:

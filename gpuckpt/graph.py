@@ -178,7 +178,7 @@ def _bfs(root: Trackable, attached: Sequence[tuple[str, Trackable]]):
     edges: list[list[ChildRef]] = []
     for node_id, obj in enumerate(objects):
         refs = []
-        for name, child in _named_children(obj, attached if node_id == 0 else (), paths[node_id]):
+        for name, child in named_children(obj, attached if node_id == 0 else (), paths[node_id]):
             child_id = ids.get(id(child))
             if child_id is None:
                 child_id = ids[id(child)] = len(objects)
@@ -189,7 +189,7 @@ def _bfs(root: Trackable, attached: Sequence[tuple[str, Trackable]]):
     return objects, paths, edges
 
 
-def _named_children(obj: Trackable, attached: Sequence[tuple[str, Trackable]],
+def named_children(obj: Trackable, attached: Sequence[tuple[str, Trackable]],
                     path: tuple[str, ...]) -> list[tuple[str, Trackable]]:
     """``children_of``, with the object's path (the attribute that holds it) in any error."""
     problem = untracked_edit(obj)

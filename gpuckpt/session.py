@@ -98,6 +98,20 @@ class RestoreSession:
         self.ring_bytes = ring_bytes
         self.uid = restore_order.next_restore_uid()  # a newer restore's values win over this one's (TF's rule)
 
+    # -- what the strategy matched against (None for name-based restores) -----------------
+    @property
+    def saved(self) -> ObjectGraph | None:
+        """The checkpoint's object graph when the strategy matches by it (strict checks and hooks read it)."""
+        return getattr(self.strategy, "saved", None)
+
+    @property
+    def names(self) -> Sequence[str]:
+        return getattr(self.strategy, "names", ())
+
+    @property
+    def skip_slots(self) -> bool:
+        return bool(getattr(self.strategy, "skip_slots", False))
+
     # -- the pipeline ------------------------------------------------------------------
     def start(self, root: Trackable, attached: Sequence[tuple[str, Trackable]] = ()) -> None:
         """Match, plan, read and assign; every file is closed before this returns."""

@@ -27,8 +27,18 @@ gpuckpt objects: modules and optimizers passed to a Checkpoint, assigned to a
   shape on the parameter's device (``step`` on the CPU unless the group is ``capturable``
   or ``fused``), the placement ``Optimizer.load_state_dict`` gives it.
 
-Slots are saved only for parameters reachable from the checkpoint (checkpoint the model
-with its optimizer), and only tensor state is supported.
+* Wrappers are transparent: a ``torch.compile``d module (``OptimizedModule``, whose state dict
+  keys start ``_orig_mod.``) and a ``DistributedDataParallel``/``DataParallel`` module
+  (``module.``) are saved and restored as the module they wrap, so a checkpoint moves freely
+  between the wrapped and the plain model, either way round.
+* Restores are strict (see ``gpuckpt.strict``): a checkpoint that lacks a tensor of a torch
+  module or optimizer, or holds one the live objects lack, fails before anything is assigned,
+  listing every missing and unexpected key, as ``load_state_dict(strict=True)`` does.
+* An optimizer's parameters must all be reachable from the checkpoint (checkpoint the model with
+  its optimizer): saving one without them is an error rather than a checkpoint without slots.
+
+Only tensor optimizer state is supported. DTensor (FSDP2) parameters are refused with an error
+naming the parameter.
 """
 
 from __future__ import annotations
@@ -45,6 +55,7 @@ from ._deps import import_optional
 from .arrays import as_device_array, is_device_array
 from .errors import InvalidArgumentError
 from .format import dtypes
+from .statedict import validated_specs
 from .trackable.base import DeferredRestoration, SlotVariable, Trackable
 from .trackable.variable import VARIABLE_VALUE
 
@@ -79,9 +90,29 @@ def adapt(value: object) -> "Trackable | None":
     return None
 
 
+def unwrap(module: "torch.nn.Module") -> "torch.nn.Module":
+    """The module a ``torch.compile`` or (Distributed)DataParallel wrapper holds, at any depth; else itself."""
+    while True:
+        inner = _wrapped(module)
+        if inner is None:
+            return module
+        module = inner
+
+
+def _wrapped(module: Any) -> "torch.nn.Module | None":
+    inner = module.__dict__.get("_orig_mod") if type(module).__name__ == "OptimizedModule" else None
+    if inner is None and isinstance(module, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
+        inner = module.module
+    if inner is None:
+        inner = module._modules.get("_orig_mod") if type(module).__name__ == "OptimizedModule" else None
+    return inner if isinstance(inner, torch.nn.Module) else None
+
+
 def trackable(obj: Any, full_name: str = "") -> "TorchModule | TorchOptimizer | TorchTensor":
     """The adapter of a module, optimizer or tensor; ``full_name`` names a tensor's values
     (its first adapter's name is kept)."""
+    if isinstance(obj, torch.nn.Module):
+        obj = unwrap(obj)
     cached = _ADAPTERS.get(id(obj))
     if cached is not None and cached._ref() is obj:
         return cached
@@ -112,6 +143,11 @@ class _Adapter(Trackable):
             raise InvalidArgumentError(f"the torch object behind {type(self).__name__} no longer exists")
         return obj
 
+    def _defer_dependency(self, name: str, restoration: DeferredRestoration) -> None:
+        """Not kept: torch objects never announce new dependencies, so it could never apply, and holding it
+        (in the adapter cache, through the session, to the checkpoint's root) would keep the user's objects
+        alive and silence the unused-values warning. The value stays unresolved and is reported."""
+
 
 # -- tensors ----------------------------------------------------------------------------
 
@@ -128,7 +164,7 @@ class TorchTensor(_Adapter):
         return self.obj
 
     def _serialize_tensors(self) -> Mapping[str, Any]:
-        return {VARIABLE_VALUE: tensor_view(self.tensor)}
+        return {VARIABLE_VALUE: tensor_view(self.tensor, self._full_name)}
 
     def _restore_destinations(self) -> Mapping[str, Any]:
         """The tensor's own memory, for restores that read in place: a NumPy view of a CPU tensor,
@@ -149,13 +185,31 @@ class TorchTensor(_Adapter):
         return f"<gpuckpt.torch.TorchTensor {self._full_name!r} shape={tuple(t.shape)} dtype={t.dtype} device={t.device}>"
 
 
-def tensor_view(tensor: "torch.Tensor") -> Any:
+def _refuse_subclasses(tensor: "torch.Tensor", name: str = "") -> None:
+    """DTensor (FSDP2) and other tensor subclasses have no single local buffer gpuckpt can save."""
+    kind = type(tensor)
+    if kind is torch.Tensor or kind is torch.nn.Parameter:
+        return
+    data = tensor.data if isinstance(tensor, torch.nn.Parameter) else tensor
+    if type(data) is torch.Tensor:
+        return
+    what = "a DTensor (FSDP2 / tensor parallel)" if type(data).__name__ == "DTensor" else f"a {type(data).__name__}"
+    raise InvalidArgumentError(f"cannot checkpoint {name or 'a tensor'}: it is {what}, a tensor subclass; gpuckpt "
+                               "saves plain CPU and CUDA tensors (DTensor support is not implemented yet)", key=name or None)
+
+
+def tensor_view(tensor: "torch.Tensor", name: str = "") -> Any:
     """What gpuckpt saves for ``tensor``: a NumPy view of a CPU tensor, the tensor itself on CUDA.
 
     No copy is made, except for a non-contiguous CPU tensor (which the saver packs) and for
     CUDA tensors of a dtype the CUDA array interface cannot describe (bfloat16, float8).
     """
+    _refuse_subclasses(tensor, name)
     t = tensor.detach()
+    if t.device.type == "meta":
+        raise InvalidArgumentError(f"cannot checkpoint or restore {name or 'a tensor'} on the meta device: it has "
+                                   "no storage; materialize the module first (module.to_empty(device=...)), then "
+                                   "restore into it")
     if t.device.type == "cuda" and t.dtype not in _VIEWED:
         return t
     if t.device.type not in ("cpu", "cuda"):
@@ -178,6 +232,18 @@ def copy_into(tensor: "torch.Tensor", value: Any) -> None:
     else:
         source = _from_numpy(np.asarray(value))
     destination.copy_(source)
+
+
+def tensor_from_checkpoint(value: Any, device: str = "cpu") -> "torch.Tensor":
+    """A new tensor holding a restored value, on ``device`` when that device exists here (else the CPU)."""
+    if is_device_array(value):
+        tensor = torch.as_tensor(as_device_array(value), device="cuda").clone()
+    else:
+        tensor = _from_numpy(np.array(value))
+    target = torch.device(device)
+    if target.type == "cuda" and not torch.cuda.is_available():
+        target = torch.device("cpu")
+    return tensor.to(target) if tensor.device != target else tensor
 
 
 def _from_numpy(array: np.ndarray) -> "torch.Tensor":
@@ -251,6 +317,28 @@ class TorchOptimizer(_Adapter):
     def _params(self) -> list["torch.Tensor"]:
         return [p for group in self.optimizer.param_groups for p in group["params"]]
 
+    def _group_of(self, param: "torch.Tensor") -> dict | None:
+        """The param group updating ``param`` (None if none does), through an index rebuilt when groups change."""
+        groups = self.optimizer.param_groups
+        signature = tuple((id(g), len(g["params"])) for g in groups)
+        cached = self.__dict__.get("_group_index")
+        if cached is None or cached[0] != signature:
+            cached = (signature, {id(p): g for g in groups for p in g["params"]})
+            self.__dict__["_group_index"] = cached
+        return cached[1].get(id(param))
+
+    def _checkpoint_validate(self, path: str, reachable: "set[int]") -> None:
+        """Before a save: every parameter must be in the checkpoint, or its state would be left out."""
+        missing = [(g, i, p) for g, group in enumerate(self.optimizer.param_groups)
+                   for i, p in enumerate(group["params"]) if id(trackable(p)) not in reachable]
+        if missing:
+            shown = ", ".join(f"param_groups[{g}]['params'][{i}] (shape {list(p.shape)})" for g, i, p in missing[:10])
+            raise InvalidArgumentError(
+                f"{path} ({type(self.optimizer).__name__}) updates {len(missing)} parameters that the checkpoint "
+                f"does not hold: {shown}{', ...' if len(missing) > 10 else ''}; their optimizer state (slots such "
+                "as exp_avg) would not be saved. Checkpoint the model with its optimizer: "
+                "gpuckpt.Checkpoint(model=model, optimizer=optimizer)", key=path)
+
     def _slot_variables(self) -> Sequence[SlotVariable]:
         slots = []
         state = self.optimizer.state
@@ -276,10 +364,9 @@ class TorchOptimizer(_Adapter):
     def _defer_slot(self, slot_name: str, original: Trackable, restoration: DeferredRestoration) -> None:
         """Create state the optimizer has not made yet from the checkpoint, then restore it at once."""
         param = original.tensor if isinstance(original, TorchTensor) else None
-        spec = restoration.saved_specs().get(VARIABLE_VALUE)
-        if param is None or spec is None or not any(p is param for p in self._params()):
-            super()._defer_slot(slot_name, original, restoration)
-            return
+        spec = validated_specs(restoration).get(VARIABLE_VALUE)  # proven against the bytes present first
+        if param is None or spec is None or self._group_of(param) is None:
+            return  # not kept, as in _Adapter._defer_dependency: it is reported as unresolved
         state = self.optimizer.state[param]
         state[slot_name] = self._new_state(param, slot_name, *spec)
         try:
@@ -291,7 +378,7 @@ class TorchOptimizer(_Adapter):
     def _new_state(self, param: "torch.Tensor", slot_name: str, dtype: dtypes.DType,
                    shape: tuple[int, ...]) -> "torch.Tensor":
         """Zeros of the saved dtype and shape where ``Optimizer.load_state_dict`` would put them."""
-        group = next(g for g in self.optimizer.param_groups if any(p is param for p in g["params"]))
+        group = self._group_of(param)
         on_param_device = slot_name != "step" or group.get("capturable") or group.get("fused")
         device = param.device if on_param_device else torch.device("cpu")
         return torch.zeros(shape, dtype=_torch_dtype(dtype), device=device)
@@ -306,6 +393,9 @@ class _ParamGroups(Trackable):
     def __init__(self, optimizer: "torch.optim.Optimizer"):
         self._optimizer = weakref.ref(optimizer)
         self._groups: list[_ParamGroup] = []
+
+    def _defer_dependency(self, name: str, restoration: DeferredRestoration) -> None:
+        """Not kept, as in ``_Adapter._defer_dependency`` (``add_param_group`` announces nothing)."""
 
     def _trackable_children(self) -> list[tuple[str, Trackable]]:
         groups = self._optimizer().param_groups

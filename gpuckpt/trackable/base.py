@@ -32,7 +32,9 @@ waiting for the new dependency is assigned at once.
 
 Objects of other frameworks take part through adapters: once PyTorch is imported, an
 ``nn.Module`` or optimizer found where a dependency may be is replaced, in the object
-graph only, by its adapter from ``gpuckpt.torch`` (see :func:`as_trackable`).
+graph only, by its adapter from ``gpuckpt.torch`` (see :func:`as_trackable`). Any other
+object whose class has ``state_dict()`` and ``load_state_dict()`` (an LR scheduler, a
+``GradScaler``, a data loader) is adapted by ``gpuckpt.statedict``.
 """
 
 from __future__ import annotations
@@ -203,7 +205,14 @@ def as_trackable(value: object) -> "Trackable | None":
             adapted = importlib.import_module(adapter).adapt(value)
             if adapted is not None:
                 return adapted
+    if _has_state_dict(value):  # LR schedulers, GradScaler, data loaders, user classes: gpuckpt.statedict
+        return importlib.import_module("gpuckpt.statedict").adapt(value)
     return None
+
+
+def _has_state_dict(value: object) -> bool:
+    kind = type(value)
+    return callable(getattr(kind, "state_dict", None)) and callable(getattr(kind, "load_state_dict", None))
 
 
 def is_trackable(value: object) -> bool:

@@ -157,12 +157,16 @@ def test_shape_mismatch_names_the_key_and_changes_nothing(tmp_path: Path) -> Non
     assert torch.equal(other.encoder[0].weight, before)
 
 
-def test_missing_optimizer_state_fails_assert_consumed(tmp_path: Path) -> None:
+def test_missing_optimizer_state_is_a_strict_error(tmp_path: Path) -> None:
     model, optimizer = fresh(0)
     path = gpuckpt.Checkpoint(model=model, optimizer=optimizer).write(tmp_path / "c")  # before any step: no state
     trained, trained_opt = fresh(0)
     train(trained, trained_opt, batches(1))
-    status = gpuckpt.Checkpoint(model=trained, optimizer=trained_opt).read(path)
+    with pytest.raises(gpuckpt.UnmatchedStateError, match=r"Missing key\(s\) \(18, .*model/head/weight/"
+                                                          r".OPTIMIZER_SLOT/optimizer/step/.ATTRIBUTES/VARIABLE_VALUE "
+                                                          r"\(head.weight/step\)"):
+        gpuckpt.Checkpoint(model=trained, optimizer=trained_opt).read(path)
+    status = gpuckpt.Checkpoint(model=trained, optimizer=trained_opt).read(path, strict=False)
     with pytest.raises(AssertionError, match=r"Found 18 Python objects.*\(root\).model.head.weight.step"):
         status.assert_existing_objects_matched()
 

@@ -25,12 +25,12 @@ class LazyDense(gpuckpt.Module):
 
     def __init__(self, n_out: int):
         super().__init__()
-        self.n_out = n_out
+        self._n_out = n_out  # configuration, not checkpoint state: a public plain attribute would be refused at save
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if not hasattr(self, "kernel"):
-            self.kernel = gpuckpt.Variable(np.ones((x.shape[-1], self.n_out), np.float32))
-            self.bias = gpuckpt.Variable(np.zeros(self.n_out, np.float32))
+            self.kernel = gpuckpt.Variable(np.ones((x.shape[-1], self._n_out), np.float32))
+            self.bias = gpuckpt.Variable(np.zeros(self._n_out, np.float32))
         return x @ self.kernel.numpy() + self.bias.numpy()
 
 

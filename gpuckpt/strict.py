@@ -1,0 +1,194 @@
+"""Strict restores for PyTorch modules and optimizers, as ``load_state_dict(strict=True)`` is.
+
+Before a restore assigns anything, the saved object graph is matched against the live objects
+(the same matching the restore does). Where that match reaches a PyTorch module or optimizer,
+every difference is collected:
+
+* missing: a live parameter, buffer, optimizer state tensor or param group with no value in the
+  checkpoint (named by the checkpoint key it would have and its ``state_dict`` path);
+* unexpected: a checkpointed value below a torch module or optimizer that no live object takes
+  (a layer the live model lacks, optimizer state of a parameter the optimizer does not update).
+
+Any difference raises :class:`UnmatchedStateError`, listing them all, and nothing is restored.
+``read(path, strict=False)`` / ``restore(path, strict=False)`` restores what matches instead
+(``status.expect_partial()`` then silences the warning about the values left unused). gpuckpt's
+own objects keep TensorFlow's semantics (values of objects not created yet wait for them).
+
+A weight tie that the live model lost (``to_empty()`` after building on the meta device makes
+new parameters) is restored as it was saved: where the checkpoint holds one tensor under two
+paths and the live model two tensors of that dtype and shape, the second path is pointed at
+the first tensor again, before anything is restored.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .errors import InvalidArgumentError
+from .format.objgraph import ObjectGraph
+from .graph import walk
+from .restorer import RestoreSession, match
+from .trackable.base import Trackable
+
+_SHOWN = 20
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One key on one side only: the checkpoint key and the object path (``state_dict`` name when known)."""
+
+    key: str
+    path: str
+
+
+class UnmatchedStateError(InvalidArgumentError):
+    """A strict restore found values on one side only; nothing was restored."""
+
+    def __init__(self, message: str, *, path: str, missing: Sequence[Difference], unexpected: Sequence[Difference]):
+        super().__init__(message, path=path, key=(missing or unexpected)[0].key)
+        self.missing = tuple(missing)
+        self.unexpected = tuple(unexpected)
+
+
+def check(session: RestoreSession, root: Trackable, attached: Sequence[tuple[str, Trackable]] = ()) -> None:
+    """Raise :class:`UnmatchedStateError` if the torch objects reached by this restore do not match exactly."""
+    torch_adapter = sys.modules.get("gpuckpt.torch")
+    if getattr(session, "saved", None) is None:
+        return  # a name-based (TF1) restore has no object graph to compare; its status reports what is missing
+    if torch_adapter is None or not _has_torch(root, attached, torch_adapter):
+        return
+    found = match(session.saved, [(0, root)], {}, attached=attached, skip_slots=session.skip_slots)
+    live = walk(root, attached)
+    if _retie(session, live, found, torch_adapter):
+        found = match(session.saved, [(0, root)], {}, attached=attached, skip_slots=session.skip_slots)
+        live = walk(root, attached)
+    bound = dict(found.bindings)
+    missing = _missing(session, live, bound, torch_adapter)
+    unexpected = _unexpected(session, found, bound, torch_adapter)
+    if missing or unexpected:
+        unmatched_top = [c.local_name for c in session.saved.nodes[0].children
+                         if c.node_id not in bound and session.saved.nodes[c.node_id].holds_values]
+        message = _message(session.prefix, missing, unexpected)
+        if unmatched_top:
+            message += (f"\nThe checkpoint's top-level objects {unmatched_top} match no live object (saved under "
+                        "another name?).")
+        raise UnmatchedStateError(message, path=session.prefix, missing=missing, unexpected=unexpected)
+
+
+def _is_torch(obj: object, adapter) -> bool:
+    return isinstance(obj, (adapter.TorchModule, adapter.TorchOptimizer, adapter.TorchTensor,
+                            adapter._ParamGroups, adapter._ParamGroup))
+
+
+def _has_torch(root: Trackable, attached, adapter) -> bool:
+    """Whether any torch object is reachable (a walk over dependencies only: no values are looked at)."""
+    from .saveable import reachable
+
+    return any(_is_torch(obj, adapter) for obj in reachable(root, attached)[0])
+
+
+def _missing(session: RestoreSession, live, bound: dict, adapter) -> list[Difference]:
+    """Live torch values that no saved value is bound to."""
+    slots = {id(obj) for obj in _slots(live)} if session.skip_slots else set()
+    bound_ids = {id(obj) for obj in bound.values()}
+    out = []
+    for obj, node, path in zip(live.objects, live.graph.nodes, live.paths):
+        if not _is_torch(obj, adapter) or id(obj) in bound_ids or not node.attributes:
+            continue
+        if id(obj) in slots:
+            continue
+        name = obj._checkpoint_full_name() or ".".join(path)
+        for attribute in node.attributes:
+            out.append(Difference(attribute.checkpoint_key, name))
+    return out
+
+
+def _slots(live) -> list:
+    return [live.objects[ref.slot_variable_node_id] for node in live.graph.nodes for ref in node.slot_variables]
+
+
+def _unexpected(session: RestoreSession, found, bound: dict, adapter) -> list[Difference]:
+    """Saved values below bound torch objects that nothing live takes."""
+    saved: ObjectGraph = session.saved
+    out: list[Difference] = []
+    seen: set[int] = set()
+    queue = [n for n, obj in bound.items() if isinstance(obj, (adapter.TorchModule, adapter.TorchOptimizer,
+                                                               adapter._ParamGroups))]
+    for node_id in queue:
+        for child in saved.nodes[node_id].children:
+            if child.node_id in bound or child.node_id in seen:
+                continue
+            seen.add(child.node_id)
+            queue.append(child.node_id)
+            out += _node_keys(session, child.node_id)
+    if session.skip_slots:
+        return out
+    optimizers = {n for n, obj in bound.items() if isinstance(obj, adapter.TorchOptimizer)}
+    params: dict[int, set[int]] = {}  # optimizer adapter -> ids of the parameters it updates
+    creatable = set()
+    for d in found.slot_deferrals:
+        if isinstance(d.optimizer, adapter.TorchOptimizer) and isinstance(d.original, adapter.TorchTensor):
+            ids = params.get(id(d.optimizer))
+            if ids is None:
+                ids = params[id(d.optimizer)] = {id(p) for p in d.optimizer._params()}
+            if id(d.original.tensor) in ids:
+                creatable.add(d.node_id)
+    for node_id in optimizers:
+        for ref in saved.nodes[node_id].slot_variables:
+            if ref.slot_variable_node_id not in bound and ref.slot_variable_node_id not in creatable:
+                out += _node_keys(session, ref.slot_variable_node_id)
+    return out
+
+
+def _node_keys(session: RestoreSession, node_id: int) -> list[Difference]:
+    return [Difference(a.checkpoint_key, a.full_name or session.names[node_id])
+            for a in session.saved.nodes[node_id].attributes]
+
+
+def _retie(session: RestoreSession, live, found, adapter) -> bool:
+    """Point live tensors back at the tensor they shared in the checkpoint; True if any was re-tied."""
+    bound = dict(found.bindings)
+    bound_ids = {id(obj) for obj in bound.values()}
+    by_path = {path: obj for obj, path in zip(live.objects, live.paths)}
+    changed = False
+    for obj, path in zip(live.objects, live.paths):
+        if not isinstance(obj, adapter.TorchTensor) or id(obj) in bound_ids or not path:
+            continue
+        node_id = _saved_node(session.saved, path)
+        other = bound.get(node_id) if node_id is not None else None
+        parent = by_path.get(path[:-1])
+        if not isinstance(other, adapter.TorchTensor) or not isinstance(parent, adapter.TorchModule):
+            continue
+        mine, theirs = obj.tensor, other.tensor
+        if mine.shape != theirs.shape or mine.dtype != theirs.dtype:
+            continue
+        registry = parent.module._parameters if path[-1] in parent.module._parameters else parent.module._buffers
+        if path[-1] in registry and isinstance(theirs, type(registry[path[-1]])):
+            registry[path[-1]] = theirs
+            changed = True
+    return changed
+
+
+def _saved_node(saved: ObjectGraph, path: tuple[str, ...]) -> int | None:
+    node_id = 0
+    for name in path:
+        node_id = next((c.node_id for c in saved.nodes[node_id].children if c.local_name == name), None)
+        if node_id is None:
+            return None
+    return node_id
+
+
+def _message(prefix: str, missing: Sequence[Difference], unexpected: Sequence[Difference]) -> str:
+    parts = [f"Error(s) in restoring PyTorch state from checkpoint {prefix} (strict):"]
+    for title, items in (("Missing key(s)", missing), ("Unexpected key(s)", unexpected)):
+        if items:
+            shown = ", ".join(f"{d.key} ({d.path})" for d in items[:_SHOWN])
+            more = f", ... ({len(items) - _SHOWN} more)" if len(items) > _SHOWN else ""
+            where = "live objects with no value in the checkpoint" if items is missing else \
+                "checkpointed values no live object takes"
+            parts.append(f"{title} ({len(items)}, {where}): {shown}{more}.")
+    parts.append("Nothing was restored. Pass strict=False to read()/restore() to restore only the values that "
+                 "match (then status.expect_partial() silences the warning about the rest).")
+    return "\n".join(parts)
