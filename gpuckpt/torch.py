@@ -43,6 +43,7 @@ import numpy as np
 
 from ._deps import import_optional
 from .arrays import as_device_array, is_device_array
+from .distributed import torch_dtensor as _dtensor
 from .errors import InvalidArgumentError
 from .format import dtypes
 from .trackable.base import DeferredRestoration, SlotVariable, Trackable
@@ -128,10 +129,14 @@ class TorchTensor(_Adapter):
         return self.obj
 
     def _serialize_tensors(self) -> Mapping[str, Any]:
-        return {VARIABLE_VALUE: tensor_view(self.tensor)}
+        return {VARIABLE_VALUE: tensor_view(_dtensor.local_tensor(self.tensor, self._full_name))}
 
     def _restore_tensors(self, values: Mapping[str, Any]) -> None:
-        copy_into(self.tensor, values[VARIABLE_VALUE])
+        copy_into(_dtensor.local_tensor(self.tensor, self._full_name), values[VARIABLE_VALUE])
+
+    def _checkpoint_layout(self) -> Any:
+        """A DTensor's block of its global tensor (``gpuckpt.distributed``), else replicated."""
+        return _dtensor.layout_of_tensor(self.tensor, self._full_name)
 
     def _checkpoint_full_name(self) -> str:
         return self._full_name
@@ -286,6 +291,8 @@ class TorchOptimizer(_Adapter):
         group = next(g for g in self.optimizer.param_groups if any(p is param for p in g["params"]))
         on_param_device = slot_name != "step" or group.get("capturable") or group.get("fused")
         device = param.device if on_param_device else torch.device("cpu")
+        if _dtensor.is_dtensor(param) and tuple(shape) == tuple(param.shape):  # sharded like its parameter
+            return torch.zeros_like(param, dtype=_torch_dtype(dtype))
         return torch.zeros(shape, dtype=_torch_dtype(dtype), device=device)
 
     def __repr__(self) -> str:
