@@ -30,8 +30,8 @@ class DistributedCheckpointManager:
         self._checkpoint = checkpoint
         self._directory = os.path.abspath(os.fspath(directory))
         self._prefix = os.path.join(self._directory, checkpoint_name)
-        self._manager = CheckpointManager(checkpoint.checkpoint, self._directory, max_to_keep,
-                                          keep_checkpoint_every_n_hours, checkpoint_name) if checkpoint.rank == 0 else None
+        self._manager = None if checkpoint.rank != 0 else CheckpointManager(
+            checkpoint.checkpoint, self._directory, max_to_keep, keep_checkpoint_every_n_hours, checkpoint_name)
         self._fsync = True
 
     @property

@@ -44,8 +44,9 @@ class TorchCommunicator(Agreements):
     def __init__(self, group: Any = None, *, timeout: float = 300.0, grace: float | None = None):
         dist = torch_distributed()
         if not dist.is_available() or not dist.is_initialized():
-            raise InvalidArgumentError("torch.distributed is not initialized: call torch.distributed.init_process_group "
-                                       "(torchrun sets its environment) before creating a distributed checkpoint")
+            raise InvalidArgumentError("torch.distributed is not initialized: call "
+                                       "torch.distributed.init_process_group (torchrun sets its environment) "
+                                       "before creating a distributed checkpoint")
         self.group = group
         self.rank: int = dist.get_rank(group)
         self.size: int = dist.get_world_size(group)
