@@ -184,9 +184,10 @@ def test_restored_on_2_ranks_from_4_and_from_one_process_trains_on_identically(s
     assert len(run.lines(r"^rank \d: ok restored 27 keys, \d+ bytes, counter 1$")) == 2
 
 
-def test_restored_into_a_plain_module_on_1_rank_and_in_a_single_process(saved_on_4, reference):
-    run = torchrun(1, saved_on_4, "restore:plain:fsdp")
-    assert losses_of(run) == [reference["after"]]
+def test_restored_into_a_plain_module_on_1_rank_and_in_a_single_process_and_a_one_rank_mesh(saved_on_4, reference):
+    run = torchrun(1, saved_on_4, "restore:plain:fsdp", "single")
+    assert losses_of(run) == [reference["after"]] * 2
+    assert run.lines(r"^rank 0: ok single-process restore, DTensor state$")
     module = M.build(seed=1)  # no torch.distributed at all: a plain Checkpoint reads the merged index
     opt = M.optimizer(module)
     gpuckpt.Checkpoint(model=module, optimizer=opt).restore(saved_on_4 / "fsdp").assert_consumed()

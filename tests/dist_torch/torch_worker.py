@@ -82,6 +82,18 @@ def restore(directory: str, spec: str, source: str, save_as: str = "") -> None:
     dist_ckpt.close()
 
 
+def single(directory: str) -> None:
+    """FSDP2 on a one-rank mesh through a plain single-process Checkpoint: its shards are whole tensors."""
+    module, opt = sharded("1")
+    for step in range(M.STEPS_BEFORE):
+        M.train_step(module, opt, step)
+    path = gpuckpt.Checkpoint(model=module, optimizer=opt).write(os.path.join(directory, "single1"))
+    module, opt = sharded("1", seed=1)
+    gpuckpt.Checkpoint(model=module, optimizer=opt).read(path).assert_consumed()
+    say(f"ok single-process restore, {type(opt.state[next(module.parameters())]['exp_avg']).__name__} state")
+    losses([M.train_step(module, opt, s) for s in range(M.STEPS_BEFORE, M.STEPS_BEFORE + M.STEPS_AFTER)])
+
+
 # -- DTensors of any placement, saved with one and restored with another ---------------------------
 
 def _truth(name: str) -> torch.Tensor:
@@ -190,7 +202,8 @@ def main() -> int:
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     directory, *scenarios = sys.argv[1:]
-    modes = {"train-save": train_save, "restore": restore, "placements": placements, "fail": fail}
+    modes = {"train-save": train_save, "restore": restore, "placements": placements, "fail": fail,
+             "single": single}
     for scenario in scenarios:
         mode, *args = scenario.split(":")
         modes[mode](directory, *args)
