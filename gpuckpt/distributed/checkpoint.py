@@ -182,7 +182,8 @@ class DistributedCheckpoint:
         created = _create_torch_slots(self.checkpoint, prefix)
         try:
             with local_shards():
-                return restore_distributed(prefix, self.checkpoint, self.group, replicated=self.replicated)
+                return restore_distributed(prefix, self.checkpoint, self.group,  # type: ignore[arg-type]  # any Communicator
+                                           replicated=self.replicated)
         except BaseException:
             created.undo()
             raise

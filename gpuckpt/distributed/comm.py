@@ -79,6 +79,13 @@ class Communicator(Protocol):
     def close(self) -> None:
         """Release what the communicator holds."""
 
+    def agree(self, report: Any, decide: Callable[[dict[int, Any], dict[int, str]], Any], *,
+              started: float | None = None, what: str = "operation") -> Any:
+        """:func:`agree` over this communicator (every implementation inherits :class:`Agreements`)."""
+
+    def barrier(self, what: str, error: str | None = None) -> None:
+        """:func:`barrier` over this communicator."""
+
 
 def agree(comm: Communicator, report: Any, decide: Callable[[dict[int, Any], dict[int, str]], Any], *,
           started: float | None = None, what: str = "operation") -> Any:
