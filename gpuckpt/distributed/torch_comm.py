@@ -5,7 +5,9 @@ Reports and verdicts travel through the process group's key-value store (the ``T
 blocking (``Store.check``), so the root knows *which* ranks are silent at the deadline, and no
 wait depends on the backend's own timeout or on a CUDA stream (NCCL's object collectives would
 need both). Broadcasts of replicated arrays (``replicated="broadcast"`` restores) use a gloo
-group, created on first use when the default backend is not gloo.
+group, created on first use when the group's backend is not gloo (``new_group`` is collective
+over the whole job: with a non-gloo subgroup, every rank of the job must take part in that
+first broadcast restore).
 
 torch is imported here on first use, through ``gpuckpt._deps``.
 """
