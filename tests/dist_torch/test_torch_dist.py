@@ -244,6 +244,13 @@ def test_a_rank_killed_mid_operation_fails_the_survivor_within_the_timeout(tmp_p
     assert not [n for n in os.listdir(tmp_path / fault) if n.startswith("ckpt-2")]
 
 
+def test_when_rank_0_dies_with_the_store_it_hosts_the_others_raise_at_once(tmp_path):
+    run = direct(2, tmp_path, "fail:kill-save:0")
+    assert run.lines(r"^rank 1: ok DistributedError ranks=\[0\] after [\d.]+s, counter 1: .*is unreachable \(the "
+                     r"process group's store failed"), run.stdout + run.stderr[-3000:]
+    _assert_nothing_committed(tmp_path / "kill-save")
+
+
 def test_a_rank_killed_under_torchrun_ends_the_job_without_a_commit(tmp_path):
     """torchrun's agent stops the other ranks when one dies; nothing is committed."""
     run = torchrun(2, tmp_path, "fail:kill-save:1", check=False, timeout=60)

@@ -169,6 +169,7 @@ def fail(directory: str, fault: str, culprit: str, source: str = "") -> None:
     dist_ckpt = DistributedCheckpoint(gpuckpt.Checkpoint(model=module, optimizer=opt), timeout=3)
     prefix = os.path.join(directory, fault, "ckpt")
     dist_ckpt.save(prefix)
+    dist.barrier()  # every rank has its verdict (a store hosted by a dying rank 0 would take it along)
     mine = dist.get_rank() == culprit_rank
     started = time.monotonic()
     try:
