@@ -53,6 +53,7 @@ import numpy as np
 
 from ._deps import import_optional
 from .arrays import as_device_array, is_device_array
+from .distributed import torch_dtensor as _dtensor
 from .errors import InvalidArgumentError
 from .format import dtypes
 from .statedict import validated_specs
@@ -164,18 +165,23 @@ class TorchTensor(_Adapter):
         return self.obj
 
     def _serialize_tensors(self) -> Mapping[str, Any]:
-        return {VARIABLE_VALUE: tensor_view(self.tensor, self._full_name)}
+        return {VARIABLE_VALUE: tensor_view(_dtensor.local_tensor(self.tensor, self._full_name), self._full_name)}
 
     def _restore_destinations(self) -> Mapping[str, Any]:
-        """The tensor's own memory, for restores that read in place: a NumPy view of a CPU tensor,
-        or the CUDA tensor itself (not the host copies ``tensor_view`` makes of some CUDA dtypes)."""
-        t = self.tensor.detach()
+        """The tensor's own memory (a DTensor's local shard), for restores that read in place: a NumPy
+        view of a CPU tensor, or the CUDA tensor itself (not the host copies ``tensor_view`` makes of some
+        CUDA dtypes)."""
+        t = _dtensor.local_tensor(self.tensor, self._full_name).detach()
         if t.device.type == "cpu" or (t.device.type == "cuda" and t.dtype not in _VIEWED):
-            return {VARIABLE_VALUE: tensor_view(t)}
+            return {VARIABLE_VALUE: tensor_view(t, self._full_name)}
         return {}
 
     def _restore_tensors(self, values: Mapping[str, Any]) -> None:
-        copy_into(self.tensor, values[VARIABLE_VALUE])
+        copy_into(_dtensor.local_tensor(self.tensor, self._full_name), values[VARIABLE_VALUE])
+
+    def _checkpoint_layout(self) -> Any:
+        """A DTensor's block of its global tensor (``gpuckpt.distributed``), else replicated."""
+        return _dtensor.layout_of_tensor(self.tensor, self._full_name)
 
     def _checkpoint_full_name(self) -> str:
         return self._full_name
@@ -381,6 +387,8 @@ class TorchOptimizer(_Adapter):
         group = self._group_of(param)
         on_param_device = slot_name != "step" or group.get("capturable") or group.get("fused")
         device = param.device if on_param_device else torch.device("cpu")
+        if _dtensor.is_dtensor(param) and tuple(shape) == tuple(param.shape):  # sharded like its parameter
+            return torch.zeros_like(param, dtype=_torch_dtype(dtype))
         return torch.zeros(shape, dtype=_torch_dtype(dtype), device=device)
 
     def __repr__(self) -> str:

@@ -1,31 +1,49 @@
-"""DistributedCheckpoint: ``Checkpoint.save``/``restore`` for a job of many MPI ranks."""
+"""DistributedCheckpoint: ``Checkpoint.save``/``restore`` for a job of many ranks (MPI or torch.distributed)."""
 
 from __future__ import annotations
 
 import os
-import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+import sys
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from ..checkpoint import resolve_restore_path
+from ..checkpoint import _run_callbacks, resolve_restore_path
 from ..engine.capture import CapturePool
 from ..engine.select import EngineCache
-from ..errors import InvalidArgumentError
+from ..futures import AsyncSaver, SaveHandle
 from ..options import CheckpointOptions
-from .comm import Group, mpi
+from .comm import Communicator, Group
 from .restore import RestoreResult, restore_distributed
-from .save import collect, save_distributed
+from .save import Tensor, collect, save_distributed
+from .torch_dtensor import local_shards
+
+
+def communicator(comm: Any = None, *, timeout: float = 300.0) -> Communicator:
+    """The communicator for ``comm``: a :class:`~.comm.Communicator` as it is; a torch ``ProcessGroup``;
+    an mpi4py communicator; or None: the default torch.distributed group when torch.distributed
+    is initialized, else ``MPI.COMM_WORLD``."""
+    if isinstance(comm, Communicator):
+        return comm
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and (
+            (comm is None and dist.is_initialized()) or isinstance(comm, dist.ProcessGroup)):
+        from .torch_comm import TorchCommunicator
+
+        return TorchCommunicator(comm, timeout=timeout)
+    return Group(comm, timeout=timeout)
 
 
 class DistributedCheckpoint:
-    """Saves and restores a :class:`gpuckpt.Checkpoint` whose variables are spread over MPI ranks.
+    """Saves and restores a :class:`gpuckpt.Checkpoint` whose variables are spread over ranks.
 
     Every rank builds the same object structure and wraps its ``Checkpoint``; variables declared
-    with :func:`set_layout` as ``Sharded`` hold this rank's block, all others are ``Replicated``.
-    Every rank calls the same methods in the same order (they are collective).
+    with :func:`set_layout` as ``Sharded``, and torch DTensors (FSDP2, tensor parallel), hold
+    this rank's block; all others are ``Replicated``. Every rank calls the same methods in the
+    same order (they are collective).
 
-    ``comm``: an mpi4py communicator (default ``MPI.COMM_WORLD``; it is duplicated).
+    ``comm``: see :func:`communicator` (torch.distributed's default group under ``torchrun``,
+    else ``MPI.COMM_WORLD``; ``comm.SingleProcess()`` for one process without either).
     ``timeout``: seconds, from the call, within which every rank must have written its shard (or
     read its part); a rank silent past it fails the operation on every rank with
     ``DistributedError``, and rank 0 commits nothing if its own writing overran it. Set it well
@@ -36,14 +54,13 @@ class DistributedCheckpoint:
 
     def __init__(self, checkpoint: Any, comm: Any = None, *, timeout: float = 300.0, replicated: str = "read"):
         self.checkpoint = checkpoint
-        self.group = Group(comm, timeout=timeout)
+        self.group = communicator(comm, timeout=timeout)
         self.replicated = replicated
         self._engines = EngineCache()
         self._captures = CapturePool()  # host snapshots of async saves, reused
-        self._background: ThreadPoolExecutor | None = None
-        self._background_group: Group | None = None
-        self._pending: Future | None = None
-        self._lock = threading.Lock()
+        self._async: AsyncSaver | None = None  # the runner of single-process async saves, created on first use
+        self._background_group: Communicator | None = None
+        self._last_save: SaveHandle | None = None
 
     @property
     def rank(self) -> int:
@@ -53,6 +70,11 @@ class DistributedCheckpoint:
     def size(self) -> int:
         return self.group.size
 
+    @property
+    def last_save(self) -> SaveHandle | None:
+        """The most recent asynchronous save (``wait_committed()``, ``result()``), or None."""
+        return self._last_save
+
     # -- saving ----------------------------------------------------------------------------------
 
     def write(self, file_prefix: str | os.PathLike, options: CheckpointOptions | None = None, *, io=None) -> str:
@@ -60,88 +82,120 @@ class DistributedCheckpoint:
 
         ``io`` substitutes the system calls of this rank's shard writes (fault injection in tests).
         """
-        return self._save(os.fspath(file_prefix), options or CheckpointOptions(), state=False, io=io)
+        options = options or CheckpointOptions()
+        self._make_room(options)
+        return self._save(os.path.abspath(os.fspath(file_prefix)), options, state=False, io=io)
 
     def save(self, file_prefix: str | os.PathLike, options: CheckpointOptions | None = None, *, io=None) -> str:
         """Write ``file_prefix-N`` (N: the incremented ``save_counter``), then name it in the state file.
 
         With ``options.enable_async`` the values are snapshotted to host memory and the write and
-        commit run on a background thread: this returns the path at once; :meth:`sync` (or the
-        next save or restore) waits for it and raises its error, once.
+        commit run in the background, through the same runner as a single-process async save
+        (``gpuckpt.futures``): this returns the path at once; :meth:`sync` (or the next save or
+        restore) waits for it and raises its error, once. A failed save frees its number.
         """
+        return self.save_numbered(f"{os.path.abspath(os.fspath(file_prefix))}-{{}}", options, io=io)
+
+    def save_numbered(self, pattern: str, options: CheckpointOptions | None = None, *, io=None,
+                      number: int | None = None, publish: Callable[[str], None] | None = None) -> str:
+        """``save`` at ``pattern.format(N)``; ``publish(path)`` (rank 0, at the commit) replaces the plain
+        state-file update (``DistributedCheckpointManager``'s retention)."""
         options = options or CheckpointOptions()
-        self.sync()
+        self._make_room(options)
         counter = self.checkpoint.save_counter
-        counter.assign_add(1)
-        path = f"{os.path.abspath(os.fspath(file_prefix))}-{int(counter.numpy())}"
+        previous = int(counter.numpy())
+        counter.assign(previous + 1 if number is None else number)
+        path = pattern.format(int(counter.numpy()))
         try:
-            return self._save(path, options, state=True, io=io)
+            return self._save(path, options, state=True, io=io, publish=publish, undo=lambda: counter.assign(previous))
         except BaseException:
-            counter.assign_sub(1)  # nothing was committed (on every rank alike), so the number is free
+            counter.assign(previous)  # nothing was committed (on every rank alike), so the number is free
             raise
 
-    def _save(self, prefix: str, options: CheckpointOptions, *, state: bool, io) -> str:
+    def _make_room(self, options: CheckpointOptions) -> None:
+        """One distributed save in flight at a time: wait for the previous one, raise its error."""
+        if self._async is not None:
+            self._async.sync()
+
+    def _save(self, prefix: str, options: CheckpointOptions, *, state: bool, io, publish=None,
+              undo: Callable[[], None] | None = None) -> str:
         if not options.enable_async:
-            self.sync()
-            return save_distributed(prefix, collect(self.checkpoint), self.group, options=options,
-                                    engines=self._engines, state=state, io=io)
+            path = save_distributed(prefix, collect(self.checkpoint), self.group, options=options,
+                                    engines=self._engines, state=state, io=io, publish=publish)
+            _run_callbacks(options, path)
+            return path
         group = self._async_group()
-        tensors = collect(self.checkpoint)
-        captured = self._captures.capture({t.key: t.value for t in tensors})  # the values at this call
+        runner = self._async_runner()
+        runner.reserve(1)
+        try:
+            tensors = collect(self.checkpoint)
+            captured = self._captures.capture({t.key: t.value for t in tensors})  # the values at this call
+        except BaseException:
+            runner.cancel()
+            raise
         tensors = [replace(t, value=captured.tensors[t.key]) for t in tensors]
-        counter = self.checkpoint.save_counter if state else None
-        self._pending = self._background.submit(self._save_in_background, prefix, tensors, captured, group,
-                                                options, state, io, counter)
+        handle = SaveHandle(prefix)
+        handle._set_staged()
+
+        def job() -> None:
+            try:
+                save_distributed(prefix, tensors, group, options=options, engines=self._engines, state=state, io=io,
+                                 publish=publish)
+            except BaseException:
+                if undo is not None:
+                    undo()  # one save in flight at a time: no later save has taken a number yet
+                raise
+            finally:
+                self._captures.release(captured)
+            _run_callbacks(options, prefix)
+
+        self._last_save = runner.submit(handle, job)
         return prefix
 
-    def _save_in_background(self, prefix, tensors, captured, group, options, state, io, counter) -> str:
-        try:
-            return save_distributed(prefix, tensors, group, options=options, engines=self._engines, state=state,
-                                    io=io)
-        except BaseException:
-            if counter is not None:
-                counter.assign_sub(1)
-            raise
-        finally:
-            self._captures.release(captured)
+    def _async_runner(self) -> AsyncSaver:
+        if self._async is None:
+            self._async = AsyncSaver()
+        return self._async
 
-    def _async_group(self) -> Group:
+    def _async_group(self) -> Communicator:
         """A second communicator for background saves, so they never match the main thread's messages."""
-        if self._background is None:
-            MPI = mpi()
-            if MPI.Query_thread() < MPI.THREAD_MULTIPLE:
-                raise InvalidArgumentError("async distributed saves need MPI_THREAD_MULTIPLE; this MPI was initialised "
-                                    "with less (set mpi4py.rc.thread_level = 'multiple' before importing MPI)")
-            self._background_group = Group(self.group.comm, timeout=self.group.timeout, grace=self.group.grace)
-            self._background = ThreadPoolExecutor(1, thread_name_prefix="gpuckpt-mpi-save")
+        if self._background_group is None:
+            self._background_group = self.group.duplicate()
         return self._background_group
 
     def sync(self) -> None:
         """Wait for the background save, if any; raise its error (once)."""
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.result()
+        if self._async is not None:
+            self._async.sync()
 
     # -- restoring -------------------------------------------------------------------------------
 
     def restore(self, save_path: str | os.PathLike) -> RestoreResult:
         """Restore every live variable's part on this rank from a prefix, or a directory's latest checkpoint.
 
-        The checkpoint may have been saved by any number of ranks (or by one process).
+        The checkpoint may have been saved by any number of ranks (or by one process), with any
+        layout. PyTorch optimizer state not created yet (a fresh optimizer) is created from the
+        checkpoint first, sharded like its parameter; it is removed again if the restore fails.
         """
         self.sync()
         prefix = resolve_restore_path(os.fspath(save_path))
-        return restore_distributed(prefix, self.checkpoint, self.group, replicated=self.replicated)
+        created = _create_torch_slots(self.checkpoint, prefix)
+        try:
+            with local_shards():
+                return restore_distributed(prefix, self.checkpoint, self.group,  # type: ignore[arg-type]  # any Communicator
+                                           replicated=self.replicated)
+        except BaseException:
+            created.undo()
+            raise
 
     def close(self) -> None:
         """Wait for a pending save, then release the communicators and engines."""
         try:
             self.sync()
         finally:
-            if self._background is not None:
-                self._background.shutdown()
+            if self._background_group is not None:
                 self._background_group.close()
-                self._background = None
+                self._background_group = None
             self.group.close()
             self._engines.close()
             self._captures.close()
@@ -151,3 +205,20 @@ class DistributedCheckpoint:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class _NothingCreated:
+    def undo(self) -> None:
+        pass
+
+
+def _create_torch_slots(checkpoint: Any, prefix: str):
+    """Optimizer state a restore needs that the live torch optimizers lack (none without torch)."""
+    if "gpuckpt.torch" not in sys.modules:
+        return _NothingCreated()
+    from .torch_state import create_missing_slots
+
+    return create_missing_slots(checkpoint, prefix)
+
+
+__all__ = ["DistributedCheckpoint", "Tensor", "communicator"]

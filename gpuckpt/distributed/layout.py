@@ -47,15 +47,23 @@ class Replicated:
 
 @dataclass(frozen=True)
 class Sharded:
-    """This rank holds the block ``[offsets, offsets + lengths)`` of a tensor of ``global_shape``."""
+    """This rank holds the block ``[offsets, offsets + lengths)`` of a tensor of ``global_shape``.
+
+    ``replicas`` ranks hold the same block (a DTensor ``Replicate`` mesh dimension); this rank is
+    replica ``replica`` of them. One replica per tensor writes it, chosen by key.
+    """
 
     global_shape: tuple[int, ...]
     offsets: tuple[int, ...]
     lengths: tuple[int, ...]
+    replica: int = 0
+    replicas: int = 1
 
     def __post_init__(self) -> None:
         for name in ("global_shape", "offsets", "lengths"):
             object.__setattr__(self, name, tuple(int(x) for x in getattr(self, name)))
+        if not 0 <= self.replica < self.replicas:
+            raise InvalidArgumentError(f"Sharded: replica {self.replica} is not in [0, {self.replicas})")
         rank = len(self.global_shape)
         if len(self.offsets) != rank or len(self.lengths) != rank:
             raise InvalidArgumentError(
@@ -119,11 +127,16 @@ def set_layout(variable: Any, layout: Layout) -> Any:
 
 
 def layout_of(obj: Any) -> Layout:
-    """The layout declared for ``obj`` with :func:`set_layout`, else :data:`REPLICATED`."""
+    """The layout declared for ``obj`` with :func:`set_layout`, else the one it reports itself
+    (``_checkpoint_layout()``: a torch adapter's DTensor), else :data:`REPLICATED`."""
     try:
-        return _LAYOUTS.get(obj, REPLICATED)
+        declared = _LAYOUTS.get(obj)
     except TypeError:  # not weak-referenceable: nothing can have been declared for it
-        return REPLICATED
+        declared = None
+    if declared is not None:
+        return declared
+    own = getattr(obj, "_checkpoint_layout", None)
+    return own() if own is not None else REPLICATED
 
 
 # -- box arithmetic ------------------------------------------------------------------------------

@@ -17,14 +17,15 @@ Protocol, for ``N`` ranks saving prefix ``P`` (each step names the ranks that ru
    :class:`DistributedError` naming the ranks at fault; the previous checkpoint stays the latest.
 
 A rank that fails or stays silent past the group's timeout makes rank 0 decide "failed", so
-nothing is committed and every surviving rank raises instead of hanging (``comm.Group``).
+nothing is committed and every surviving rank raises instead of hanging (``comm.agree``).
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
+import zlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -38,9 +39,10 @@ from ..format.slices import slice_key
 from ..format.statefile import CheckpointState
 from ..saver import describe_tensors, plan_for, write_planned
 from ..storage import filesystem
-from .comm import ROOT, Failure, Group
+from .comm import ROOT, Communicator, Failure
 from .errors import DistributedError
 from .layout import Box, Replicated, Sharded, check_tiling, layout_of
+from .torch_dtensor import local_shards
 
 
 @dataclass(frozen=True)
@@ -74,8 +76,9 @@ class Report:
 
 
 def collect(checkpoint) -> list[Tensor]:
-    """Every tensor of ``checkpoint`` with its layout, the object graph last."""
-    live = checkpoint._graph()
+    """Every tensor of ``checkpoint`` with its layout (DTensors as their local shards), the object graph last."""
+    with local_shards():
+        live = checkpoint._graph()
     out = []
     for node, obj, values in zip(live.graph.nodes, live.objects, live.tensors):
         layout = layout_of(obj)
@@ -118,11 +121,17 @@ def local_tensors(tensors: Sequence[Tensor], rank: int, num_ranks: int) -> list[
     for t in tensors:
         if isinstance(t.layout, Sharded):
             _check_block(t)
-            if t.layout.box.size:
+            if t.layout.box.size and writes_replica(t.key, t.layout):
                 mine.append((t, t.layout.box))
         elif owners[t.key] == rank:
             mine.append((t, None))
     return mine
+
+
+def writes_replica(key: str, layout: Sharded) -> bool:
+    """Whether this rank writes its block: of the ``replicas`` ranks holding it, the one the key's
+    CRC picks (the same choice on every rank, spread over the replicas from key to key)."""
+    return layout.replicas == 1 or zlib.crc32(key.encode()) % layout.replicas == layout.replica
 
 
 def _signature(t: Tensor) -> tuple[str, str, tuple[int, ...]]:
@@ -217,8 +226,11 @@ class Committed:
 
 
 def commit(prefix: str, reports: dict[int, Report], missing: dict[int, str], num_ranks: int, *,
-           fsync: bool, state: bool) -> Committed | Failure:
-    """Step 4 on rank 0: all reports in and clean → merged index, commit, state file; else a Failure."""
+           fsync: bool, state: bool, publish: Callable[[str], None] | None = None) -> Committed | Failure:
+    """Step 4 on rank 0: all reports in and clean → merged index, commit, state file; else a Failure.
+
+    ``publish(prefix)`` (with ``state``) replaces the plain state-file update: a manager's
+    retention, which then runs before any rank hears that the save is committed."""
     failed = sorted({r.rank for r in reports.values() if r.error is not None} | set(missing))
     if failed:
         reasons = [f"rank {r}: {missing[r] if r in missing else reports[r].error}" for r in failed]
@@ -227,15 +239,17 @@ def commit(prefix: str, reports: dict[int, Report], missing: dict[int, str], num
     index = merge_index(ordered, num_ranks)
     files = [pair for r in ordered for pair in r.files]
     filesystem.commit_files(prefix, files, index, fsync=fsync)
-    if state:
+    if state and publish is not None:
+        publish(prefix)
+    elif state:
         directory = os.path.dirname(prefix) or os.curdir
         relative = os.path.relpath(prefix, directory)
         filesystem.publish_state(directory, CheckpointState(relative, (relative,)), prefix, fsync=fsync)
     return Committed(prefix)
 
 
-def save_distributed(prefix: str, tensors: Sequence[Tensor], group: Group, *, options=None,
-                     engines: EngineCache, state: bool, io=None) -> str:
+def save_distributed(prefix: str, tensors: Sequence[Tensor], group: Communicator, *, options=None,
+                     engines: EngineCache, state: bool, io=None, publish: Callable[[str], None] | None = None) -> str:
     """The whole protocol on one rank; returns ``prefix`` once it is committed, or raises
     :class:`DistributedError` (on every rank) when it was not."""
     started = time.monotonic()
@@ -248,7 +262,7 @@ def save_distributed(prefix: str, tensors: Sequence[Tensor], group: Group, *, op
         if written > group.timeout:  # the others stop waiting at timeout + grace: too late to start a commit
             late = f"finished writing after {written:.1f} s, past the {group.timeout:.0f} s timeout"
             missing = {**missing, ROOT: late}
-        return commit(prefix, reports, missing, group.size, fsync=fsync, state=state)
+        return commit(prefix, reports, missing, group.size, fsync=fsync, state=state, publish=publish)
 
     try:
         verdict = group.agree(report, decide, started=started, what=f"save of {prefix!r}")

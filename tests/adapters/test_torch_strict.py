@@ -169,7 +169,7 @@ def test_an_optimizer_without_its_model_is_an_error_at_save(tmp_path: Path) -> N
     assert not list(tmp_path.iterdir())
 
 
-def test_a_dtensor_parameter_is_named(tmp_path: Path) -> None:
+def test_a_dtensor_parameter_on_a_one_rank_mesh_round_trips(tmp_path: Path) -> None:
     distributed = pytest.importorskip("torch.distributed")
     if not distributed.is_available():
         pytest.skip("torch.distributed is not built")
@@ -181,8 +181,12 @@ def test_a_dtensor_parameter_is_named(tmp_path: Path) -> None:
         mesh = init_device_mesh("cpu", (1,))
         model = Stack(1)
         model.h[0].weight = torch.nn.Parameter(DTensor.from_local(model.h[0].weight.detach(), mesh, [Replicate()]))
-        with pytest.raises(gpuckpt.InvalidArgumentError, match=r"cannot checkpoint h.0.weight: it is a DTensor"):
-            gpuckpt.Checkpoint(model=model).write(tmp_path / "c")
+        path = gpuckpt.Checkpoint(model=model).write(tmp_path / "c")  # the local shard is the whole tensor
+        fresh = Stack(1)
+        fresh.h[0].weight = torch.nn.Parameter(DTensor.from_local(torch.zeros_like(fresh.h[0].weight), mesh,
+                                                                  [Replicate()]))
+        gpuckpt.Checkpoint(model=fresh).read(path).assert_consumed()
+        assert torch.equal(fresh.h[0].weight.to_local(), model.h[0].weight.to_local())
     finally:
         distributed.destroy_process_group()
 

@@ -1,0 +1,137 @@
+"""The distributed pipeline as a one-rank job (``SingleProcess``: no MPI, no torch.distributed), and the
+communicator seam's contract, in this process."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import gpuckpt
+from gpuckpt.distributed import (
+    Communicator,
+    DistributedCheckpoint,
+    DistributedCheckpointManager,
+    DistributedError,
+    Sharded,
+    SingleProcess,
+    layout_of,
+)
+from gpuckpt.distributed.comm import Failure, Group, agree
+from gpuckpt.storage.filesystem import PosixIO
+
+
+def _model(fill: float) -> gpuckpt.Module:
+    model = gpuckpt.Module()
+    model.w = gpuckpt.Variable(np.full((4, 3), fill, np.float32))
+    model.names = gpuckpt.Variable(np.array([b"a", b"bc"], dtype=object))
+    return model
+
+
+class Failing(PosixIO):
+    def pwrite(self, fd, data, offset):
+        raise OSError(5, "injected I/O error")
+
+
+def test_one_rank_saves_restores_and_names_the_checkpoint(tmp_path):
+    dist = DistributedCheckpoint(gpuckpt.Checkpoint(model=_model(2.0)), comm=SingleProcess(timeout=30))
+    path = dist.save(tmp_path / "ckpt")
+    assert path == str(tmp_path / "ckpt-1") and gpuckpt.latest_checkpoint(tmp_path) == path
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint", "ckpt-1.data-00000-of-00001", "ckpt-1.index"]
+    restored = _model(0.0)
+    result = DistributedCheckpoint(gpuckpt.Checkpoint(model=restored), comm=SingleProcess()).restore(tmp_path)
+    assert np.all(restored.w.numpy() == 2.0) and restored.names.numpy().tolist() == [b"a", b"bc"]
+    assert result.unused_keys == () and len(result.restored_keys) == 3  # w, names, save_counter
+    # and a plain single-process Checkpoint reads it
+    again = _model(0.0)
+    gpuckpt.Checkpoint(model=again).restore(path).assert_consumed()
+    assert np.all(again.w.numpy() == 2.0)
+
+
+def test_async_saves_run_on_the_shared_runner_and_a_failure_frees_the_number(tmp_path):
+    model = _model(1.0)
+    dist = DistributedCheckpoint(gpuckpt.Checkpoint(model=model), comm=SingleProcess(timeout=30))
+    path = dist.save(tmp_path / "ckpt", gpuckpt.CheckpointOptions(enable_async=True))
+    model.w.assign(np.full((4, 3), 9.0, np.float32))  # after the snapshot: not in ckpt-1
+    assert dist.last_save.result(timeout=60) == path
+    with gpuckpt.load_checkpoint(path) as reader:
+        assert np.all(reader.get_tensor("model/w/.ATTRIBUTES/VARIABLE_VALUE") == 1.0)
+    dist.save(tmp_path / "ckpt", gpuckpt.CheckpointOptions(enable_async=True), io=Failing())
+    with pytest.raises(DistributedError, match="could not write data file .*Input/output error"):
+        dist.sync()
+    assert int(dist.checkpoint.save_counter.numpy()) == 1
+    assert gpuckpt.latest_checkpoint(tmp_path) == path and not (tmp_path / "ckpt-2.index").exists()
+    assert dist.save(tmp_path / "ckpt") == str(tmp_path / "ckpt-2")  # the freed number is used again
+    dist.close()
+
+
+def test_the_manager_keeps_the_newest_and_restores_the_latest(tmp_path):
+    dist = DistributedCheckpoint(gpuckpt.Checkpoint(model=_model(0.0)), comm=SingleProcess(timeout=30))
+    manager = DistributedCheckpointManager(dist, tmp_path, max_to_keep=2)
+    assert manager.restore_or_initialize() is None
+    for value in (1.0, 2.0, 3.0):
+        dist.checkpoint.model.w.assign(np.full((4, 3), value, np.float32))
+        manager.save(options=gpuckpt.CheckpointOptions(enable_async=value == 3.0))
+    manager.sync()
+    assert manager.checkpoints == [str(tmp_path / "ckpt-2"), str(tmp_path / "ckpt-3")]
+    assert not (tmp_path / "ckpt-1.index").exists() and manager.latest_checkpoint == str(tmp_path / "ckpt-3")
+    fresh = DistributedCheckpoint(gpuckpt.Checkpoint(model=_model(0.0)), comm=SingleProcess())
+    DistributedCheckpointManager(fresh, tmp_path, max_to_keep=2).restore_or_initialize()
+    assert np.all(fresh.checkpoint.model.w.numpy() == 3.0) and int(fresh.checkpoint.save_counter.numpy()) == 3
+
+
+def test_a_failing_decision_reaches_every_rank_as_a_failure():
+    sent = []
+
+    class Root(SingleProcess):
+        size = 3
+
+        def collect_reports(self, round, deadline):
+            return {1: "one"}, {2: "no report within 1 s"}
+
+        def send_verdict(self, verdict, round):
+            sent.append(verdict)
+
+    def decide(reports, missing):
+        assert reports == {0: "zero", 1: "one"} and missing == {2: "no report within 1 s"}
+        raise OSError("disk full")
+
+    with pytest.raises(DistributedError, match="disk full") as caught:
+        agree(Root(), "zero", decide, what="save")
+    assert caught.value.ranks == (0,) and sent == [Failure((0,), "rank 0: OSError: disk full")]
+
+
+def test_every_communicator_meets_the_protocol():
+    assert isinstance(SingleProcess(), Communicator)
+    for name in ("next_round", "send_report", "collect_reports", "send_verdict", "receive_verdict", "bcast_arrays",
+                 "duplicate", "close", "agree", "barrier"):
+        assert callable(getattr(Group, name)), name
+    torch_comm = pytest.importorskip("gpuckpt.distributed.torch_comm")
+    for name in ("next_round", "send_report", "collect_reports", "send_verdict", "receive_verdict", "bcast_arrays",
+                 "duplicate", "close", "agree", "barrier"):
+        assert callable(getattr(torch_comm.TorchCommunicator, name)), name
+
+
+def test_a_trackable_may_report_its_own_layout():
+    class Block(gpuckpt.Variable):
+        def _checkpoint_layout(self):
+            return Sharded((8, 3), (4, 0), (4, 3), replica=1, replicas=2)
+
+    block = Block(np.zeros((4, 3), np.float32))
+    assert layout_of(block) == Sharded((8, 3), (4, 0), (4, 3), replica=1, replicas=2)
+    with pytest.raises(gpuckpt.errors.InvalidArgumentError, match="replica 2 is not in"):
+        Sharded((8, 3), (4, 0), (4, 3), replica=2, replicas=2)
+
+
+def test_replicas_of_a_block_write_it_once():
+    from gpuckpt.distributed.save import Tensor, local_tensors
+
+    tensors = [Tensor(f"k{i}", np.zeros((2, 3), np.float32), Sharded((4, 3), (0, 0), (2, 3), replica=r, replicas=2))
+               for i in range(8) for r in (0, 1)]
+    writers = {}
+    for t in tensors:
+        if local_tensors([t], 0, 1):
+            writers.setdefault(t.key, []).append(t.layout.replica)
+    assert sorted(writers) == [f"k{i}" for i in range(8)] and all(len(v) == 1 for v in writers.values())
+    assert {v[0] for v in writers.values()} == {0, 1}  # spread over the replicas
