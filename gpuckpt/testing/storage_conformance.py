@@ -36,7 +36,7 @@ class StorageConformance:
         """Write ``{key: (shard, bytes)}`` back to back per shard and commit; return the entries."""
         writer = self.writer(prefix, num_shards)
         ends = [0] * num_shards
-        entries = {}
+        entries: dict[str | bytes, BundleEntry] = {}
         for key, (shard, data) in payloads.items():
             writer.write(shard, ends[shard], np.frombuffer(data, np.uint8))
             entries[key] = BundleEntry(_UINT8, (len(data),), shard, ends[shard], len(data), crc.masked_crc32c(data))
