@@ -1,16 +1,16 @@
 """gpuckpt: fast, safe, TensorFlow-compatible checkpoints of training state, on GPU or CPU."""
 
-from .errors import CheckpointError, DataLossError, InvalidArgumentError, NotFoundError, PartialRestoreError
-from .reader import CheckpointReader, latest_checkpoint, list_variables, load_checkpoint
+from . import rng
 from .checkpoint import Checkpoint
+from .errors import CheckpointError, DataLossError, InvalidArgumentError, NotFoundError, PartialRestoreError
 from .manager import CheckpointManager
 from .options import CheckpointOptions, MaxShardSizePolicy, ShardByTaskPolicy
-from .status import CheckpointLoadStatus, InitializationOnlyStatus, NameBasedSaverStatus
-from .trackable import Module, Trackable, Variable
 from .pystate import PythonState
-from .strict import UnmatchedStateError
+from .reader import CheckpointReader, latest_checkpoint, list_variables, load_checkpoint
 from .restorer import UnrestoredValuesWarning
-from . import rng
+from .status import CheckpointLoadStatus, InitializationOnlyStatus, NameBasedSaverStatus
+from .strict import UnmatchedStateError
+from .trackable import Module, Trackable, Variable
 
 __version__ = "0.1.0"
 

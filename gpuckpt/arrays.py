@@ -10,6 +10,7 @@ that knows how foreign arrays expose their memory.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -40,7 +41,9 @@ def _string_elements(arr: np.ndarray, key: str) -> list[bytes]:
         elif isinstance(item, str):
             out.append(item.encode("utf-8"))
         else:
-            raise InvalidArgumentError(f"string tensor {key!r} holds a {type(item).__name__}, not bytes or str", key=key)
+            raise InvalidArgumentError(
+                f"string tensor {key!r} holds a {type(item).__name__}, not bytes or str", key=key
+            )
     return out
 
 
@@ -65,7 +68,7 @@ class DeviceView:
     device: int
     owner: object
     stream: int | None = None
-    runtime: object | None = None
+    runtime: Any = None  # duck-typed like engine/cuda.py's runtime; no shared base class to name
 
     @property
     def itemsize(self) -> int:
@@ -271,6 +274,11 @@ def as_tensor(value, key: str = "?") -> HostTensor | DeviceTensor:
     """Describe ``value`` for saving under ``key``; InvalidArgumentError for what cannot be saved."""
     if is_device_array(value):
         return device_bytes(value, key)
+    return host_tensor(value, key)
+
+
+def host_tensor(value, key: str = "?") -> HostTensor:
+    """Describe a host value (an array, a scalar, ``bytes`` or ``str``) for saving under ``key``."""
     if isinstance(value, (bytes, str)):
         value = np.array(value.encode("utf-8") if isinstance(value, str) else value, dtype=object)
     arr = np.asarray(value)
@@ -285,7 +293,7 @@ def as_tensor(value, key: str = "?") -> HostTensor | DeviceTensor:
     return HostTensor(dtype, arr.shape, arr.reshape(-1).view(np.uint8))
 
 
-def aligned_empty(shape: tuple[int, ...], dtype: np.dtype, alignment: int = 4096) -> np.ndarray:
+def aligned_empty(shape: tuple[int, ...], dtype: np.dtype | type[np.generic], alignment: int = 4096) -> np.ndarray:
     """An uninitialised array whose data starts on an ``alignment`` boundary (reads into it are ~4x faster)."""
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize

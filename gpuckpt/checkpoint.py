@@ -24,7 +24,7 @@ from .graph import LiveGraph, walk
 from .options import CheckpointOptions, callback_arity
 from .pystate import PythonState, is_plain
 from .reader import latest_checkpoint
-from .session import RestoreSession, open_session
+from .session import open_session
 from .status import CheckpointLoadStatus, InitializationOnlyStatus, NameBasedSaverStatus, load_status
 from .storage import filesystem
 from .trackable.base import Trackable, as_trackable, is_trackable
@@ -184,7 +184,7 @@ class Checkpoint(AutoTrackable):
             self._self_async.sync()
 
     def _run_save(self, path: str, options: CheckpointOptions, persist: Callable[[dict[str, Any]], None],
-                  undo: Callable[[], None]) -> None:
+                  undo: Callable[[], object]) -> None:
         """``persist`` the current values now, or capture them and persist them in the background.
 
         Called with the save lock held, after ``_make_room``. ``undo`` (give the checkpoint number
@@ -221,7 +221,7 @@ class Checkpoint(AutoTrackable):
                             engines=self._self_engines)
 
     def _stage(self, path: str, options: CheckpointOptions, persist: Callable[[dict[str, Any]], None],
-               undo: Callable[[], None]) -> None:
+               undo: Callable[[], object]) -> None:
         """Wait for a place in flight, capture the values, and ``persist`` them in the background."""
         background = self._background()
         try:

@@ -18,6 +18,12 @@ import os
 class CheckpointError(Exception):
     """Base class of every error gpuckpt raises on purpose."""
 
+    # Set only where they apply (declared here, not defaulted): ``errno`` on errors converted
+    # from an OSError by the storage layer; ``withdrawn`` on a failed publish of a new checkpoint,
+    # True when that checkpoint was deleted again.
+    errno: int | None
+    withdrawn: bool
+
     def __init__(self, message: str, *, path: str | os.PathLike | None = None, key: str | None = None):
         self.path = os.fspath(path) if path is not None else None
         self.key = key

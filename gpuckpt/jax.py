@@ -16,8 +16,8 @@ they are and reported by the status, like any unmatched object (``(root).params.
 
 Saving takes no copies of arrays on the CPU (NumPy views of their buffers); arrays on a GPU
 go through gpuckpt's device path (``__cuda_array_interface__``), except those of dtypes NumPy
-lacks (bfloat16, float8), which that interface cannot describe and which are copied to the host. Restored values are read
-into host memory, CRC-verified, then placed on the device.
+lacks (bfloat16, float8), which that interface cannot describe and which are copied to the host.
+Restored values are read into host memory, CRC-verified, then placed on the device.
 
     >>> gpuckpt.jax.save("/tmp/run/params", params)                     # doctest: +SKIP
     >>> restored, status = gpuckpt.jax.restore("/tmp/run/params", params)  # doctest: +SKIP
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -41,7 +41,10 @@ from .status import CheckpointLoadStatus, NameBasedSaverStatus
 from .trackable.base import Trackable
 from .trackable.variable import VARIABLE_VALUE
 
-jax = import_optional("jax", extra="jax")
+if TYPE_CHECKING:
+    import jax
+else:
+    jax = import_optional("jax", extra="jax")
 
 __all__ = ["PyTree", "restore", "save"]
 
@@ -130,7 +133,7 @@ class _Leaf(Trackable):
             raise InvalidArgumentError(f"pytree leaf {path!r} is a {type(value).__name__}; gpuckpt.jax saves "
                                        "JAX arrays (typed PRNG keys included), NumPy arrays and Python numbers, and "
                                        "restores into those and jax.ShapeDtypeStruct templates", key=path)
-        self.value = value
+        self.value: Any = value  # a leaf of any accepted kind, replaced by what a restore gives it
         self.path = path
         self.cast = cast
         self._saved: dict[str, tuple[Any, tuple[int, ...]]] = {}  # what the checkpoint holds, when known
@@ -188,8 +191,8 @@ class _Leaf(Trackable):
                                        "(jax.random.key) or a ShapeDtypeStruct of one", key=self.path)
         want_shape = tuple(np.shape(template)) if not isinstance(template, jax.ShapeDtypeStruct) else template.shape
         if tuple(shape) != want_shape:
-            raise InvalidArgumentError(f"pytree leaf {self.path!r} ({where}): the checkpoint holds shape {list(shape)}, "
-                                       f"the template shape {list(want_shape)}", key=self.path)
+            raise InvalidArgumentError(f"pytree leaf {self.path!r} ({where}): the checkpoint holds shape "
+                                       f"{list(shape)}, the template shape {list(want_shape)}", key=self.path)
         want = _dtype_of(template)
         if np.dtype(dtype.numpy) == want:
             if isinstance(template, jax.ShapeDtypeStruct):
@@ -212,7 +215,8 @@ class _Leaf(Trackable):
             impl = values[PRNG_IMPL]
             impl = (impl.item() if isinstance(impl, np.ndarray) else impl)
             impl = impl.decode("utf-8") if isinstance(impl, bytes) else str(impl)
-            key = jax.random.wrap_key_data(restored, impl=impl)
+            # jax annotates key data as jax.Array; it takes NumPy arrays as well (and documents ArrayLike elsewhere)
+            key = jax.random.wrap_key_data(restored, impl=impl)  # type: ignore[arg-type]
             sharding = getattr(self.value, "sharding", None)
             self.value = jax.device_put(key, sharding) if sharding is not None else key
         else:

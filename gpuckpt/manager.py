@@ -258,8 +258,11 @@ class CheckpointManager:
         filesystem.write_state(self._directory, self._state(), fsync=fsync)
 
     def _state(self) -> CheckpointState:
+        """The state file's contents; written only after a save has set the latest checkpoint."""
+        latest = self._latest
+        assert latest is not None, "_record_and_sweep sets the latest checkpoint before writing the state"
         return CheckpointState(
-            model_checkpoint_path=self._relative(self._latest),
+            model_checkpoint_path=self._relative(latest),
             all_model_checkpoint_paths=tuple(self._relative(i.path) for i in self._managed),
             all_model_checkpoint_timestamps=tuple(i.timestamp for i in self._managed),
             last_preserved_timestamp=self._last_preserved)

@@ -17,18 +17,19 @@ from .trackable.base import Trackable
 
 def run(session: RestoreSession, root: Trackable, attached: Sequence[tuple[str, Trackable]] = ()) -> None:
     """Call ``_checkpoint_prepare`` on every bound object that has it (a no-op when none has)."""
-    if getattr(session, "saved", None) is None:
+    saved_graph = session.saved
+    if saved_graph is None:
         return
     if not any(hasattr(obj, "_checkpoint_prepare") for obj in reachable(root, attached)[0]):
         return
-    found = match(session.saved, [(0, root)], {}, attached=attached, skip_slots=session.skip_slots)
+    found = match(saved_graph, [(0, root)], {}, attached=attached, skip_slots=session.skip_slots)
     entries = session.entries
     for node_id, obj in found.bindings:
         hook = getattr(obj, "_checkpoint_prepare", None)
         if hook is None:
             continue
         saved = {}
-        for attribute in session.saved.nodes[node_id].attributes:
+        for attribute in saved_graph.nodes[node_id].attributes:
             entry = entries.get(attribute.checkpoint_key)
             if entry is not None:
                 saved[attribute.name] = (entry.dtype, tuple(entry.shape))

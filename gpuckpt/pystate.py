@@ -80,7 +80,7 @@ def to_node(value: Any, path: str, extra: Extra | None) -> Any:
         "state_dict()/load_state_dict()", key=path or None)
 
 
-def from_node(node: Any, where: str, tensor: Callable[[str], Any] | None = None) -> Any:
+def from_node(node: Any, where: str, tensor: Callable[[list[str]], Any] | None = None) -> Any:
     """The value a JSON node stands for; ``DataLossError`` (naming ``where``) for anything unknown."""
     if node is None or isinstance(node, (bool, int, float, str)):
         return node
@@ -119,12 +119,13 @@ def _hashable(key: Any, where: str) -> Any:
 
 
 def encode(value: Any, path: str = "", extra: Extra | None = None) -> bytes:
-    """``value`` as the encoding's UTF-8 JSON bytes; ``InvalidArgumentError`` naming the path of what cannot be saved."""
+    """``value`` as the encoding's UTF-8 JSON bytes; ``InvalidArgumentError`` naming the path of what cannot be
+    saved."""
     document = {FORMAT: VERSION, "value": to_node(value, path, extra)}
     return json.dumps(document, allow_nan=False, separators=(",", ":")).encode("utf-8")
 
 
-def decode(data: Any, where: str, tensor: Callable[[str], Any] | None = None) -> Any:
+def decode(data: Any, where: str, tensor: Callable[[list[str]], Any] | None = None) -> Any:
     """The value ``encode`` wrote; ``DataLossError`` naming ``where`` for anything else."""
     if isinstance(data, np.ndarray) and data.shape == ():
         data = data.item()

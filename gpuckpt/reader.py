@@ -48,7 +48,9 @@ class CheckpointReader:
         try:
             return self.index.entries[key]
         except KeyError:
-            raise NotFoundError(f"Key {key} not found in checkpoint {self.prefix!r}", path=self.index_path, key=key) from None
+            raise NotFoundError(
+                f"Key {key} not found in checkpoint {self.prefix!r}", path=self.index_path, key=key
+            ) from None
 
     def get_variable_to_shape_map(self) -> dict[str, list[int]]:
         return {k: list(e.shape) for k, e in self.index.entries.items()}
@@ -62,6 +64,7 @@ class CheckpointReader:
         plan = self._plan([Request(key, repr(key), entry.dtype, entry.shape)])  # bounds checked before allocating
         if plan.strings:
             return read_string(self.storage, plan.strings[0])
+        assert entry.dtype.numpy is not None  # string tensors were read above
         out = aligned_empty(entry.shape, entry.dtype.numpy)
         self._run(plan.reads, [out])
         return out

@@ -121,6 +121,7 @@ def _match_slots(candidates: Sequence[SlotWait], bound: Mapping[int, Trackable],
             waits.append(wait)
             continue
         optimizer = new.get(wait.optimizer_node_id, bound.get(wait.optimizer_node_id))
+        assert optimizer is not None  # waits are made for, and kept under, optimizers already bound
         slot = optimizer._lookup_slot(original, ref.slot_name)
         if slot is None:
             slot_deferrals.append(SlotDeferral(optimizer, original, ref.slot_name, ref.slot_variable_node_id))
@@ -243,7 +244,8 @@ class ObjectGraphMatching:
         self._commit(found, unused)
 
     def _targets(self, bindings: Sequence[tuple[int, Trackable]]) -> tuple[list[Target], dict[int, list[str]]]:
-        out, unused = [], {}
+        out: list[Target] = []
+        unused: dict[int, list[str]] = {}
         for node_id, obj in bindings:
             attributes = self.saved.nodes[node_id].attributes
             current = obj._serialize_tensors() if attributes else {}
@@ -280,8 +282,8 @@ class ObjectGraphMatching:
         state.unused_attributes.update(unused)
         for d in found.deferrals:
             d.parent._defer_dependency(d.local_name, _Deferred(self, d.node_id))
-        for d in found.slot_deferrals:
-            d.optimizer._defer_slot(d.slot_name, d.original, _Deferred(self, d.node_id))
+        for sd in found.slot_deferrals:
+            sd.optimizer._defer_slot(sd.slot_name, sd.original, _Deferred(self, sd.node_id))
 
     # -- what statuses ask -------------------------------------------------------------
 

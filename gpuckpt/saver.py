@@ -89,7 +89,7 @@ def write_tensors(
     keys, described, use_gpu = describe_tensors(tensors, options)
     plan = plan_for(keys, described, max_shard_size)
     fsync = getattr(options, "fsync", True)
-    writer = FileSystemWriter(prefix, plan.num_shards, fsync=fsync, **({"io": io} if io else {}))
+    writer = FileSystemWriter(prefix, plan.num_shards, fsync=fsync, io=io if io else None)
     cache = engines if engines is not None else EngineCache()
     try:
         crcs = (cache.gpu() if use_gpu else CpuEngine()).write(plan, described, writer)

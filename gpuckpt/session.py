@@ -160,6 +160,7 @@ class RestoreSession:
         failed = read_host(self.storage, host, [s.host for s in sinks])
         untouched: frozenset[int] = frozenset()
         if on_device:
+            assert self._engines is not None  # device destinations are used only when _use_gpu() found engines
             try:
                 outcome = self._engines.ring(self.ring_bytes).read(self.storage, on_device, [s.device for s in sinks])
             finally:
@@ -261,6 +262,7 @@ def read_stored_string(storage: FileSystemReader, key: str) -> Any:
 def _fresh(r: Request) -> _Sink:
     if r.dtype.is_string:
         return _Sink(None, None, False)
+    assert r.dtype.numpy is not None  # only string dtypes have no NumPy layout
     return _Sink(aligned_empty(r.dest_shape, r.dtype.numpy), None, False)
 
 

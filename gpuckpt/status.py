@@ -109,6 +109,7 @@ def load_status(session: RestoreSession, live_graph: Callable[[], LiveGraph]
     strategy = session.strategy
     if isinstance(strategy, NameBasedMatching):
         return NameBasedSaverStatus(strategy.result)
+    assert isinstance(strategy, ObjectGraphMatching)  # open_session makes one of these two strategies
     return CheckpointLoadStatus(strategy, live_graph)
 
 

@@ -55,21 +55,22 @@ class UnmatchedStateError(InvalidArgumentError):
 def check(session: RestoreSession, root: Trackable, attached: Sequence[tuple[str, Trackable]] = ()) -> None:
     """Raise :class:`UnmatchedStateError` if the torch objects reached by this restore do not match exactly."""
     torch_adapter = sys.modules.get("gpuckpt.torch")
-    if getattr(session, "saved", None) is None:
+    saved = session.saved
+    if saved is None:
         return  # a name-based (TF1) restore has no object graph to compare; its status reports what is missing
     if torch_adapter is None or not _has_torch(root, attached, torch_adapter):
         return
-    found = match(session.saved, [(0, root)], {}, attached=attached, skip_slots=session.skip_slots)
+    found = match(saved, [(0, root)], {}, attached=attached, skip_slots=session.skip_slots)
     live = walk(root, attached)
     if _retie(session, live, found, torch_adapter):
-        found = match(session.saved, [(0, root)], {}, attached=attached, skip_slots=session.skip_slots)
+        found = match(saved, [(0, root)], {}, attached=attached, skip_slots=session.skip_slots)
         live = walk(root, attached)
     bound = dict(found.bindings)
     missing = _missing(session, live, bound, torch_adapter)
     unexpected = _unexpected(session, found, bound, torch_adapter)
     if missing or unexpected:
-        unmatched_top = [c.local_name for c in session.saved.nodes[0].children
-                         if c.node_id not in bound and session.saved.nodes[c.node_id].holds_values]
+        unmatched_top = [c.local_name for c in saved.nodes[0].children
+                         if c.node_id not in bound and saved.nodes[c.node_id].holds_values]
         message = _message(session.prefix, missing, unexpected)
         if unmatched_top:
             message += (f"\nThe checkpoint's top-level objects {unmatched_top} match no live object (saved under "
@@ -111,7 +112,7 @@ def _slots(live) -> list:
 
 def _unexpected(session: RestoreSession, found, bound: dict, adapter) -> list[Difference]:
     """Saved values below bound torch objects that nothing live takes."""
-    saved: ObjectGraph = session.saved
+    saved = _saved_graph(session)
     out: list[Difference] = []
     seen: set[int] = set()
     queue = [n for n, obj in bound.items() if isinstance(obj, (adapter.TorchModule, adapter.TorchOptimizer,
@@ -144,7 +145,7 @@ def _unexpected(session: RestoreSession, found, bound: dict, adapter) -> list[Di
 
 def _node_keys(session: RestoreSession, node_id: int) -> list[Difference]:
     return [Difference(a.checkpoint_key, a.full_name or session.names[node_id])
-            for a in session.saved.nodes[node_id].attributes]
+            for a in _saved_graph(session).nodes[node_id].attributes]
 
 
 def _retie(session: RestoreSession, live, found, adapter) -> bool:
@@ -156,7 +157,7 @@ def _retie(session: RestoreSession, live, found, adapter) -> bool:
     for obj, path in zip(live.objects, live.paths):
         if not isinstance(obj, adapter.TorchTensor) or id(obj) in bound_ids or not path:
             continue
-        node_id = _saved_node(session.saved, path)
+        node_id = _saved_node(_saved_graph(session), path)
         other = bound.get(node_id) if node_id is not None else None
         parent = by_path.get(path[:-1])
         if not isinstance(other, adapter.TorchTensor) or not isinstance(parent, adapter.TorchModule):
@@ -174,10 +175,18 @@ def _retie(session: RestoreSession, live, found, adapter) -> bool:
 def _saved_node(saved: ObjectGraph, path: tuple[str, ...]) -> int | None:
     node_id = 0
     for name in path:
-        node_id = next((c.node_id for c in saved.nodes[node_id].children if c.local_name == name), None)
-        if node_id is None:
+        child = next((c.node_id for c in saved.nodes[node_id].children if c.local_name == name), None)
+        if child is None:
             return None
+        node_id = child
     return node_id
+
+
+def _saved_graph(session: RestoreSession) -> ObjectGraph:
+    """The checkpoint's object graph; :func:`check` compares only restores that have one."""
+    saved = session.saved
+    assert saved is not None, "check() returns early for restores without an object graph"
+    return saved
 
 
 def _message(prefix: str, missing: Sequence[Difference], unexpected: Sequence[Difference]) -> str:

@@ -46,7 +46,7 @@ from __future__ import annotations
 import numbers
 import weakref
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ml_dtypes
 import numpy as np
@@ -60,7 +60,10 @@ from .statedict import validated_specs
 from .trackable.base import DeferredRestoration, SlotVariable, Trackable
 from .trackable.variable import VARIABLE_VALUE
 
-torch = import_optional("torch", extra="torch")
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = import_optional("torch", extra="torch")
 
 __all__ = ["TorchModule", "TorchOptimizer", "TorchTensor", "adapt", "trackable"]
 
@@ -77,7 +80,7 @@ _VIEWED_BY_NUMPY = {np.dtype(ml): (through, dtype) for dtype, (through, ml) in _
 # leave with their object (weakref.finalize); adapters hold only weak references, so the
 # cache keeps nothing alive, and nothing is stored on the user's objects (torch.save of a
 # state_dict would pickle it).
-_ADAPTERS: dict[int, "_Adapter"] = {}
+_ADAPTERS: dict[int, "TorchModule | TorchOptimizer | TorchTensor"] = {}
 
 
 def adapt(value: object) -> "Trackable | None":
@@ -118,7 +121,7 @@ def trackable(obj: Any, full_name: str = "") -> "TorchModule | TorchOptimizer | 
     if cached is not None and cached._ref() is obj:
         return cached
     if isinstance(obj, torch.nn.Module):
-        adapter: _Adapter = TorchModule(obj, full_name)
+        adapter: TorchModule | TorchOptimizer | TorchTensor = TorchModule(obj, full_name)
     elif isinstance(obj, torch.optim.Optimizer):
         adapter = TorchOptimizer(obj)
     elif isinstance(obj, torch.Tensor):
@@ -188,7 +191,8 @@ class TorchTensor(_Adapter):
 
     def __repr__(self) -> str:
         t = self.tensor
-        return f"<gpuckpt.torch.TorchTensor {self._full_name!r} shape={tuple(t.shape)} dtype={t.dtype} device={t.device}>"
+        return (f"<gpuckpt.torch.TorchTensor {self._full_name!r} shape={tuple(t.shape)} dtype={t.dtype} "
+                f"device={t.device}>")
 
 
 def _refuse_subclasses(tensor: "torch.Tensor", name: str = "") -> None:
@@ -201,7 +205,8 @@ def _refuse_subclasses(tensor: "torch.Tensor", name: str = "") -> None:
         return
     what = "a DTensor (FSDP2 / tensor parallel)" if type(data).__name__ == "DTensor" else f"a {type(data).__name__}"
     raise InvalidArgumentError(f"cannot checkpoint {name or 'a tensor'}: it is {what}, a tensor subclass; gpuckpt "
-                               "saves plain CPU and CUDA tensors (DTensor support is not implemented yet)", key=name or None)
+                               "saves plain CPU and CUDA tensors (DTensor support is not implemented yet)",
+                               key=name or None)
 
 
 def tensor_view(tensor: "torch.Tensor", name: str = "") -> Any:
@@ -356,7 +361,8 @@ class TorchOptimizer(_Adapter):
                         f"optimizer {type(self.optimizer).__name__} keeps {name!r} of parameter "
                         f"{original._checkpoint_full_name() or tuple(param.shape)} as a {type(value).__name__}; "
                         "gpuckpt.torch saves only tensor state")
-                slots.append(SlotVariable(name, original, trackable(value, f"{original._checkpoint_full_name()}/{name}")))
+                slot = trackable(value, f"{original._checkpoint_full_name()}/{name}")
+                slots.append(SlotVariable(name, original, slot))
         return slots
 
     def _lookup_slot(self, original: Trackable, slot_name: str) -> Trackable | None:
@@ -376,7 +382,9 @@ class TorchOptimizer(_Adapter):
         state = self.optimizer.state[param]
         state[slot_name] = self._new_state(param, slot_name, *spec)
         try:
-            restoration.apply(self._lookup_slot(original, slot_name))
+            slot = self._lookup_slot(original, slot_name)
+            assert slot is not None, "the state just created is a tensor, so its slot exists"
+            restoration.apply(slot)
         except BaseException:
             del state[slot_name]
             raise
@@ -385,6 +393,7 @@ class TorchOptimizer(_Adapter):
                    shape: tuple[int, ...]) -> "torch.Tensor":
         """Zeros of the saved dtype and shape where ``Optimizer.load_state_dict`` would put them."""
         group = self._group_of(param)
+        assert group is not None, "_defer_slot creates state only for parameters in a group"
         on_param_device = slot_name != "step" or group.get("capturable") or group.get("fused")
         device = param.device if on_param_device else torch.device("cpu")
         if _dtensor.is_dtensor(param) and tuple(shape) == tuple(param.shape):  # sharded like its parameter
@@ -393,6 +402,14 @@ class TorchOptimizer(_Adapter):
 
     def __repr__(self) -> str:
         return f"<gpuckpt.torch.TorchOptimizer of {type(self.optimizer).__name__}>"
+
+
+def _live_optimizer(ref: "weakref.ref[torch.optim.Optimizer]") -> "torch.optim.Optimizer":
+    """The optimizer a weak reference points at, or the error ``_Adapter.obj`` gives once it is gone."""
+    optimizer = ref()
+    if optimizer is None:
+        raise InvalidArgumentError("the torch optimizer behind its param groups no longer exists")
+    return optimizer
 
 
 class _ParamGroups(Trackable):
@@ -406,7 +423,7 @@ class _ParamGroups(Trackable):
         """Not kept, as in ``_Adapter._defer_dependency`` (``add_param_group`` announces nothing)."""
 
     def _trackable_children(self) -> list[tuple[str, Trackable]]:
-        groups = self._optimizer().param_groups
+        groups = _live_optimizer(self._optimizer).param_groups
         while len(self._groups) < len(groups):
             self._groups.append(_ParamGroup(self._optimizer, len(self._groups)))
         return [(str(i), g) for i, g in enumerate(self._groups[:len(groups)])]
@@ -419,12 +436,12 @@ class _ParamGroup(Trackable):
     Python type, so ``lr`` stays a float and ``betas`` a tuple.
     """
 
-    def __init__(self, optimizer_ref: "weakref.ref", index: int):
+    def __init__(self, optimizer_ref: "weakref.ref[torch.optim.Optimizer]", index: int):
         self._optimizer = optimizer_ref
         self._index = index
 
     def _group(self) -> dict:
-        return self._optimizer().param_groups[self._index]
+        return _live_optimizer(self._optimizer).param_groups[self._index]
 
     def _serialize_tensors(self) -> Mapping[str, Any]:
         out = {}
@@ -446,7 +463,7 @@ class _ParamGroup(Trackable):
                 group[name] = type(current)(np.asarray(array).item())
 
 
-def _hyperparameter_array(value: Any) -> np.ndarray | None:
+def _hyperparameter_array(value: Any) -> np.ndarray | np.generic | None:
     """A hyperparameter as a NumPy value, or None for what is not numeric (``params``, None, strings)."""
     if isinstance(value, torch.Tensor):
         return tensor_view(value) if value.dim() == 0 else None

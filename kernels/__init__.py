@@ -1,4 +1,5 @@
-"""CUDA kernels of gpuckpt, importable as ``gpuckpt.kernels``: CRC-32C of many segments in one launch (save and restore), with an optional fused copy.
+"""CUDA kernels of gpuckpt, importable as ``gpuckpt.kernels``: CRC-32C of many segments in one launch
+(save and restore), with an optional fused copy.
 
 Importing this package is cheap and does not import numba; the first use of a function
 below imports the submodule that defines it (and numba with it). Without numba and

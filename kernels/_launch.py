@@ -14,7 +14,7 @@ from gpuckpt.errors import InvalidArgumentError  # noqa: E402
 
 def simulated() -> bool:
     """True when numba runs CUDA kernels in its simulator (NUMBA_ENABLE_CUDASIM=1)."""
-    return bool(config.ENABLE_CUDASIM)
+    return bool(config.ENABLE_CUDASIM)  # type: ignore[attr-defined]  # numba sets its config at import
 
 
 def device_bytes(arr, name: str):

@@ -83,10 +83,11 @@ else:
 
         return typer
 
-    load_u8 = intrinsic(_loader(8, types.uint8))
-    load_u64 = intrinsic(_loader(64, types.uint64))
-    store_u8 = intrinsic(_storer(8, types.uint8))
-    store_u64 = intrinsic(_storer(64, types.uint64))
+    # numba.cuda.types defines its number types at import time, which mypy cannot see
+    load_u8 = intrinsic(_loader(8, types.uint8))  # type: ignore[attr-defined]
+    load_u64 = intrinsic(_loader(64, types.uint64))  # type: ignore[attr-defined]
+    store_u8 = intrinsic(_storer(8, types.uint8))  # type: ignore[attr-defined]
+    store_u64 = intrinsic(_storer(64, types.uint64))  # type: ignore[attr-defined]
 
 
 def gather_kernel_source(table, dst, dst64):

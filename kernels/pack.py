@@ -215,7 +215,8 @@ def crc_segments(buf, seg_offsets, seg_sizes, stream=None) -> np.ndarray:
 
 @njit
 def _emulate(
-    src, src64, dst, dst64, offsets, sizes, segs, starts, chunk_bytes, nthreads, cell, tab, gap, xw, x2n, words, copy, out
+    src, src64, dst, dst64, offsets, sizes, segs, starts, chunk_bytes, nthreads, cell, tab, gap, xw, x2n, words, copy,
+    out,
 ):
     """Both kernels' work, chunk by chunk and thread by thread, XOR-ing into ``out``."""
     for c in range(segs.shape[0]):

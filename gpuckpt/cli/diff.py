@@ -87,6 +87,8 @@ def compare(ra: CheckpointReader, rb: CheckpointReader, key: str) -> ValueDiff:
     if entry.dtype.is_string or entry.is_sliced or rb.index.entries[key].is_sliced:
         return _compare_whole(ra, rb, key)
     stats = _Stats(entry)
+    dtype = entry.dtype.numpy
+    assert dtype is not None, "only strings lack a NumPy dtype, and they are compared whole"
     itemsize = entry.dtype.itemsize
     step = max(CHUNK_BYTES // max(itemsize, 1), 1) * itemsize
     buffers = [aligned_empty((min(step, entry.size),), np.dtype(np.uint8)) for _ in range(2)]
@@ -96,7 +98,7 @@ def compare(ra: CheckpointReader, rb: CheckpointReader, key: str) -> ValueDiff:
         for i, reader in enumerate((ra, rb)):
             reader.read_unverified(key, reader.index.entries[key], start, buffers[i][:n])
             crcs[i] = crc.crc32c(buffers[i][:n], crcs[i])
-        stats.add(buffers[0][:n].view(entry.dtype.numpy), buffers[1][:n].view(entry.dtype.numpy))
+        stats.add(buffers[0][:n].view(dtype), buffers[1][:n].view(dtype))
     for value, reader in zip(crcs, (ra, rb)):
         e = reader.index.entries[key]
         if crc.mask(value) != e.crc32c:

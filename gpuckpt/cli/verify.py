@@ -149,7 +149,9 @@ def _check_batch(reader: CheckpointReader, batch: list[str], arena: np.ndarray, 
     pairs, offset = [], 0
     for key in batch:
         e = entries[key]
-        pairs.append((key, arena[offset: offset + e.size].view(e.dtype.numpy).reshape(e.shape)))
+        dtype = e.dtype.numpy
+        assert dtype is not None, "_check_all batches only non-string tensors, which all have a NumPy dtype"
+        pairs.append((key, arena[offset: offset + e.size].view(dtype).reshape(e.shape)))
         offset += -(-e.size // _ALIGN) * _ALIGN
     try:
         reader.read_tensors(pairs)

@@ -42,6 +42,7 @@ from ..format import dtypes, objgraph
 from ..reader import CheckpointReader
 from ..restore_plan import Request, build_restore_plan
 from ..session import read_string
+from ..trackable.base import Trackable
 from .comm import ROOT, Failure, Group
 from .errors import DistributedError
 from .layout import Box, Sharded, layout_of
@@ -54,7 +55,7 @@ class Target:
     """One live tensor to fill: the object and attribute it belongs to and the block this rank holds."""
 
     key: str
-    obj: object
+    obj: Trackable
     attribute: str
     box: Box
     global_shape: tuple[int, ...]
@@ -91,7 +92,10 @@ def live_targets(checkpoint) -> list[Target]:
 def _dtype_and_shape(key: str, value: object) -> tuple[np.dtype, tuple[int, ...]]:
     """NumPy dtype (object for strings) and shape of a live value, host or device (nothing is copied)."""
     described = as_tensor(value, key)
-    return (np.dtype(object) if described.dtype.is_string else described.dtype.numpy), tuple(described.shape)
+    numpy_dtype = described.dtype.numpy
+    if described.dtype.is_string or numpy_dtype is None:  # strings are the one dtype without a NumPy layout
+        numpy_dtype = np.dtype(object)
+    return numpy_dtype, tuple(described.shape)
 
 
 def _request(target: Target, reader: CheckpointReader) -> Request:
@@ -115,7 +119,8 @@ def read_targets(reader: CheckpointReader, targets: Sequence[Target]) -> tuple[l
     requests = [_request(t, reader) for t in targets]
     plan = build_restore_plan(reader.index, requests, reader.storage.shard_size, prefix=reader.prefix,
                               shard_path=reader.storage.shard_path)
-    outs: list = [None if r.dtype.is_string else aligned_empty(r.dest_shape, r.dtype.numpy) for r in requests]
+    # strings (the one dtype without a NumPy layout) are read into lists, not preallocated buffers
+    outs: list = [None if r.dtype.numpy is None else aligned_empty(r.dest_shape, r.dtype.numpy) for r in requests]
     failed = read_host(reader.storage, plan.reads, outs)
     if failed:
         raise failed[min(failed)]
@@ -163,6 +168,7 @@ def restore_distributed(prefix: str, checkpoint, group: Group, *, replicated: st
             _checked(group, None if error is None else f"{type(error).__name__}: {error}", what, started)
         except DistributedError as exc:
             raise exc from error
+        assert reader is not None, "_checked raises on every rank when any rank failed, opening the reader included"
         for t in broadcast:
             if t.key not in got:
                 got[t.key] = aligned_empty(t.box.lengths, t.dtype)
@@ -190,7 +196,7 @@ def _read_local(reader: CheckpointReader, checkpoint, group: Group, replicated: 
 
 def _assign(targets: Sequence[Target], values: dict[str, np.ndarray]) -> None:
     """Hand each object all of its values at once (its ``_restore_tensors``)."""
-    by_object: dict[int, tuple[object, dict]] = {}
+    by_object: dict[int, tuple[Trackable, dict]] = {}
     for t in targets:
         by_object.setdefault(id(t.obj), (t.obj, {}))[1][t.attribute] = values[t.key]
     for obj, attrs in by_object.values():

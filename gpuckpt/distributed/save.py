@@ -117,10 +117,10 @@ def local_tensors(tensors: Sequence[Tensor], rank: int, num_ranks: int) -> list[
     checkpoint's payload order (object graph node order, as a single process writes)."""
     replicated = [(t.key, _nbytes(t.value)) for t in tensors if isinstance(t.layout, Replicated)]
     owners = assign_owners(replicated, num_ranks, {objgraph.OBJECT_GRAPH_KEY: ROOT})
-    mine = []
+    mine: list[tuple[Tensor, Box | None]] = []
     for t in tensors:
         if isinstance(t.layout, Sharded):
-            _check_block(t)
+            _check_block(t, t.layout)
             if t.layout.box.size and writes_replica(t.key, t.layout):
                 mine.append((t, t.layout.box))
         elif owners[t.key] == rank:
@@ -140,11 +140,12 @@ def _signature(t: Tensor) -> tuple[str, str, tuple[int, ...]]:
     return t.key, described.dtype.name, tuple(described.shape)
 
 
-def _check_block(t: Tensor) -> None:
+def _check_block(t: Tensor, layout: Sharded) -> None:
+    """This rank's value must have the shape its Sharded ``layout`` declares, and must not be strings."""
     _, dtype, shape = _signature(t)
-    if shape != t.layout.lengths:
+    if shape != layout.lengths:
         raise InvalidArgumentError(f"key {t.key!r}: this rank's value has shape {list(shape)} but its Sharded layout "
-                                   f"declares a block of {list(t.layout.lengths)}", key=t.key)
+                                   f"declares a block of {list(layout.lengths)}", key=t.key)
     if dtype == "string":
         raise InvalidArgumentError(f"key {t.key!r}: string tensors cannot be Sharded", key=t.key)
 

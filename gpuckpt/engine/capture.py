@@ -63,9 +63,9 @@ class DeviceSnapshot:
 
     def copy_to_host(self) -> np.ndarray:
         """The values, copied to host memory (after the snapshot's copy)."""
-        from ..arrays import as_tensor
+        from ..arrays import device_bytes
 
-        return as_tensor(self).data.copy_to_host().view(self.dtype).reshape(self.shape)
+        return device_bytes(self).data.copy_to_host().view(self.dtype).reshape(self.shape)
 
     @property
     def dtype(self) -> np.dtype:
@@ -122,7 +122,7 @@ class CapturePool:
         """Copy every value now (device values: queued on the device, fenced against their producers)."""
         plan, total, device_values = _layout(tensors)
         out: dict[str, object] = {}
-        on_host_device = {}  # device values that go through pinned host memory
+        on_host_device: dict[str, DeviceView] = {}  # device values that go through pinned host memory
         device_buffers = []
         try:
             for (runtime, ordinal), members in _by_device(device_values).items():
@@ -138,17 +138,19 @@ class CapturePool:
             self._give_back_device(device_buffers)
             raise
         host_total = total + sum(_rounded(v.nbytes, ALIGN) for v in on_host_device.values())
-        pending: tuple = ()
+        pending: tuple[PendingHostArray, ...] = ()
         pinned = bool(on_host_device)
         buffer = self._take(host_total, pinned=pinned) if host_total else None
         done = Capture({}, buffer, host_total, pinned, tuple(device_buffers))
         try:
             offset = total
+            host_offsets: dict[str, int] = {}  # where each of on_host_device lands in the host buffer
             for key, view in on_host_device.items():
-                plan[key] = (offset, view)
+                host_offsets[key] = offset
                 offset += _rounded(view.nbytes, ALIGN)
             if on_host_device:
-                out.update(_snapshot_to_host(on_host_device, plan, buffer, self.timeout))
+                assert buffer is not None  # host_total counts every value in on_host_device
+                out.update(_snapshot_to_host(on_host_device, host_offsets, buffer, self.timeout))
                 pending = tuple(v for v in out.values() if isinstance(v, PendingHostArray))
             for key, value in tensors.items():
                 if key not in out:
@@ -212,7 +214,7 @@ def _rounded(n: int, align: int) -> int:
 
 def _layout(tensors: Mapping[str, object]):
     """Offsets of host numeric values in the host buffer, its size, and the device values' views."""
-    plan: dict[str, tuple[int, object]] = {}
+    plan: dict[str, tuple[int, np.ndarray]] = {}
     device: dict[str, DeviceView] = {}
     offset = 0
     for key, value in tensors.items():
@@ -260,7 +262,7 @@ def _snapshot_on_device(runtime, members, buffer) -> dict[str, object]:
         runtime.gather(table_dev, table.shape[0], buffer, stream)
     release_producers(runtime, producers, stream)
     base = runtime.address_of(buffer)
-    out = {}
+    out: dict[str, object] = {}
     for key, view, off in placed:
         snap = DeviceView(base + off, view.dtype, view.shape, c_strides(view.shape, view.itemsize), view.device,
                           buffer, None, view.runtime)
@@ -272,8 +274,9 @@ def _snapshot_on_device(runtime, members, buffer) -> dict[str, object]:
     return out
 
 
-def _snapshot_to_host(views: dict[str, DeviceView], plan, buffer: np.ndarray, timeout: float) -> dict[str, object]:
-    """Queue a DMA of each device value into its place in the pinned buffer (fenced against its
+def _snapshot_to_host(views: dict[str, DeviceView], offsets: Mapping[str, int], buffer: np.ndarray,
+                      timeout: float) -> dict[str, object]:
+    """Queue a DMA of each device value into its place (``offsets``) in the pinned buffer (fenced against its
     producers); the values are PendingHostArrays. If queuing fails, wait for what was queued."""
     from .cuda import fence_producers, release_producers
 
@@ -286,7 +289,7 @@ def _snapshot_to_host(views: dict[str, DeviceView], plan, buffer: np.ndarray, ti
             arrays, keep = {}, []
             try:
                 for key, view in members:
-                    offset = plan[key][0]
+                    offset = offsets[key]
                     dst = buffer[offset : offset + view.nbytes]
                     if view.nbytes:
                         keep.append(_c_order_bytes(runtime, view))
@@ -313,7 +316,7 @@ def _c_order_bytes(runtime, view: DeviceView):
     return device_array_at(view.address, view.nbytes, view.owner)
 
 
-def _copy_one(value: object, placed: tuple[int, object] | None, buffer: np.ndarray | None) -> object:
+def _copy_one(value: object, placed: tuple[int, np.ndarray] | None, buffer: np.ndarray | None) -> object:
     if placed is None:  # strings: bytes are immutable; an object array is copied (its items are bytes)
         return np.array(value, dtype=object, copy=True) if isinstance(value, np.ndarray) else value
     offset, arr = placed

@@ -42,7 +42,9 @@ class _Batch:
         self.size = 0
 
     def add(self, shard: int, offset: int, data: np.ndarray) -> None:
-        if self.parts and (shard != self.shard or offset != self.start + self.size or self.size + data.nbytes > BATCH_BYTES):
+        if self.parts and (
+            shard != self.shard or offset != self.start + self.size or self.size + data.nbytes > BATCH_BYTES
+        ):
             self.flush()
         if not self.parts:
             self.shard, self.start = shard, offset
@@ -104,20 +106,30 @@ def read_host(storage, items: Sequence[ReadItem], dests: Sequence[np.ndarray | N
         for item in in_place:
             view = flat.get(item.request)
             if view is None:
-                view = flat[item.request] = memoryview(dests[item.request].reshape(-1).view(np.uint8))
+                dest = dests[item.request]
+                assert dest is not None  # planned reads name only requests with a host destination
+                view = flat[item.request] = dest.reshape(-1).view(np.uint8).data
             targets.append(ReadTarget(item.key, item.shard, item.offset, item.length, item.crc32c, view))
         for i, error in storage.read_verified(targets).failed:
             failed.setdefault(in_place[i].request, error)
     for group in _scratch_groups([item for item in items if not item.in_place]):
-        buffers = [aligned_empty(item.block_shape, dests[item.request].dtype) for item in group]
+        group_dests = [_host_dest(dests, item.request) for item in group]
+        buffers = [aligned_empty(item.block_shape, dest.dtype) for item, dest in zip(group, group_dests)]
         targets = [ReadTarget(item.key, item.shard, item.offset, item.length, item.crc32c,
-                              memoryview(buf.reshape(-1).view(np.uint8))) for item, buf in zip(group, buffers)]
+                              buf.reshape(-1).view(np.uint8).data) for item, buf in zip(group, buffers)]
         for i, error in storage.read_verified(targets).failed:
             failed.setdefault(group[i].request, error)
-        for item, buf in zip(group, buffers):
+        for item, buf, dest in zip(group, buffers, group_dests):
             if item.request not in failed:
-                dests[item.request][item.dst] = buf[item.src]
+                dest[item.dst] = buf[item.src]
     return failed
+
+
+def _host_dest(dests: Sequence[np.ndarray | None], request: int) -> np.ndarray:
+    """The host destination of a planned read (planned reads name only requests that have one)."""
+    dest = dests[request]
+    assert dest is not None
+    return dest
 
 
 def _scratch_groups(items: Sequence[ReadItem]) -> list[list[ReadItem]]:

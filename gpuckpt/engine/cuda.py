@@ -33,7 +33,7 @@ def simulated() -> bool:
     """True when numba runs CUDA in its simulator (NUMBA_ENABLE_CUDASIM=1)."""
     from numba import config
 
-    return bool(config.ENABLE_CUDASIM)
+    return bool(config.ENABLE_CUDASIM)  # type: ignore[attr-defined]  # numba sets its config at import
 
 
 def device_of_pointer(address: int) -> int:
@@ -339,7 +339,7 @@ def check_kernel_toolchain() -> None:
     try:
         from cuda.bindings import nvjitlink
 
-        linker = tuple(nvjitlink.version())[:2] if driver._have_nvjitlink() else None
+        linker = tuple(nvjitlink.version())[:2] if driver._have_nvjitlink() else None  # type: ignore[attr-defined]
     except Exception:
         linker = None
     problem = kernel_toolchain_problem(tuple(raw)[:2], isa, linker)

@@ -218,8 +218,9 @@ class DeviceRing:
             self._tables[i] = rt.table_buffer(rows)
             self._resident[i] = None
         n = plan.sizes.size
-        if self._crc_host[i] is None or self._crc_host[i].size < n:
-            self._crc_host[i] = rt.pinned(4 * max(n, 16)).view(np.uint32)
+        crc_host = self._crc_host[i]
+        if crc_host is None or crc_host.size < n:
+            crc_host = self._crc_host[i] = rt.pinned(4 * max(n, 16)).view(np.uint32)
         rt.wait(self.compute, self.copied[i])  # the slot's previous bytes have left the device
         if self._resident[i] is not plan.table:
             rt.upload(plan.table, self._tables[i], self.compute)
@@ -227,7 +228,7 @@ class DeviceRing:
         slot = self.arena[i]
         rt.gather(self._tables[i], rows, slot, self.compute)
         crcs = rt.crc(slot, plan.offsets, plan.sizes, self.compute)
-        rt.download(self._crc_host[i][:n], crcs, self.compute)
+        rt.download(crc_host[:n], crcs, self.compute)
         self._inflight[i] = crcs
         rt.record(self.gathered[i], self.compute)
         rt.wait(self.dma, self.gathered[i])
@@ -237,7 +238,9 @@ class DeviceRing:
     def _job(self, i: int, plan: _SlotPlan, lease, out: WriterThread, parts, indices):
         def job() -> None:
             self.runtime.host_wait(self.copied[i], self.timeout, f"staging slot {i}")
-            values = self._crc_host[i][: plan.sizes.size].copy()
+            crc_host = self._crc_host[i]
+            assert crc_host is not None  # _enqueue filled it before queueing this job
+            values = crc_host[: plan.sizes.size].copy()
             for p, value in zip(plan.pieces, values):
                 parts[indices[p.index]].append((p.start, p.nbytes, int(value)))
             for w in plan.writes:
@@ -300,6 +303,7 @@ class GpuEngine:
     def write(self, plan: SavePlan, tensors: Sequence[HostTensor | DeviceTensor], writer) -> list[int]:
         """Write every planned tensor; device ones through the kernels, host ones as the CPU engine does."""
         device = [i for i, t in enumerate(tensors) if isinstance(t, DeviceTensor)]
+        on_device = [t for t in tensors if isinstance(t, DeviceTensor)]  # on_device[m] is tensors[device[m]]
         masked: dict[int, int] = {}
         host_items = [(item, t) for item, t in zip(plan.items, tensors) if not isinstance(t, DeviceTensor)]
         if host_items:
@@ -312,7 +316,7 @@ class GpuEngine:
         try:
             for ordinal, members in self._by_device(tensors, device).items():
                 ring = self.ring(ordinal)
-                ring.save([plan.items[device[m]] for m in members], [tensors[device[m]] for m in members],
+                ring.save([plan.items[device[m]] for m in members], [on_device[m] for m in members],
                           out, parts, members)
         finally:
             out.close()

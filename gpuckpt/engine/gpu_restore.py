@@ -100,6 +100,7 @@ class RestoreRing:
         try:
             for number, batch in enumerate(batches):
                 pinned, device = self._pinned[number % len(self._pinned)], self._device[number % len(self._device)]
+                assert pending is not None  # this slot's fill was submitted before the loop or one batch earlier
                 pending.result()  # 1. this slot's bytes are in pinned memory
                 pending = None
                 if number + 1 < len(batches):  # the next slot fills while this one is on the device

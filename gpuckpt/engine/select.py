@@ -8,9 +8,14 @@ fails clearly when none is usable.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from ..arrays import DeviceTensor, HostTensor, as_tensor
+from ..arrays import DeviceTensor, HostTensor, host_tensor
 from ..errors import InvalidArgumentError
+
+if TYPE_CHECKING:  # the GPU engines import numba; they are imported on first use
+    from .gpu import GpuEngine
+    from .gpu_restore import RestoreRing
 
 
 def gpu_usable() -> bool:
@@ -43,7 +48,7 @@ def to_host(tensor: HostTensor | DeviceTensor, key: str) -> HostTensor:
     if isinstance(tensor, HostTensor):
         return tensor
     host = tensor.data.copy_to_host().view(tensor.dtype.numpy).reshape(tensor.shape)
-    return as_tensor(host, key)
+    return host_tensor(host, key)
 
 
 class EngineCache:
@@ -52,10 +57,10 @@ class EngineCache:
 
     def __init__(self, staging_bytes: int | None = None):
         self.staging_bytes = staging_bytes
-        self._gpu = None
-        self._ring = None
+        self._gpu: GpuEngine | None = None
+        self._ring: RestoreRing | None = None
 
-    def gpu(self):
+    def gpu(self) -> GpuEngine:
         """The GPU engine, created on first use."""
         if self._gpu is None:
             from .gpu import GpuEngine
@@ -63,7 +68,7 @@ class EngineCache:
             self._gpu = GpuEngine() if self.staging_bytes is None else GpuEngine(self.staging_bytes)
         return self._gpu
 
-    def ring(self, ring_bytes: int | None = None):
+    def ring(self, ring_bytes: int | None = None) -> RestoreRing:
         """The GPU restore ring of ``ring_bytes`` (default: ``gpu_restore.DEFAULT_RING_BYTES``), created on
         first use; a restore releases it when it ends (``release_ring``)."""
         from .gpu_restore import DEFAULT_RING_BYTES, RestoreRing

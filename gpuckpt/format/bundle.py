@@ -179,9 +179,9 @@ def parse_index(data, path: str | None = None) -> BundleIndex:
                 f"entry {key!r} in {path!r} names shard {entry.shard_id} of {num_shards}", path=path, key=key
             )
         entries[key] = entry
-    for key, entry in slice_entries.items():
+    for slice_key, entry in slice_entries.items():
         if entry.shard_id >= num_shards:
-            raise DataLossError(f"slice entry {key!r} in {path!r} names shard {entry.shard_id}", path=path)
+            raise DataLossError(f"slice entry {slice_key!r} in {path!r} names shard {entry.shard_id}", path=path)
     index = BundleIndex(num_shards, entries, slice_entries)
     validate_index(index, path)
     return index

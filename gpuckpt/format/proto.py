@@ -23,7 +23,8 @@ _TYPES = {
 }
 
 # message name -> [(field name, number, type or ".gpuckpt.tf.Message", repeated?, oneof index)]
-_MESSAGES = {
+_Field = tuple[str, int, str, bool] | tuple[str, int, str, bool, int]
+_MESSAGES: dict[str, list[_Field]] = {
     "VersionDef": [("producer", 1, "int32", False), ("min_consumer", 2, "int32", False),
                    ("bad_consumers", 3, "int32", True)],
     "TensorShapeProto.Dim": [("size", 1, "int64", False), ("name", 2, "string", False)],

@@ -115,6 +115,7 @@ def build_table(entries: Iterable[tuple[bytes, bytes]]) -> bytes:
             pending_handle = write_block(data)
             data = _BlockBuilder(DATA_RESTART_INTERVAL)
         if pending_handle is not None:
+            assert last_key is not None  # a block was written, so it held at least one key
             index.add(shortest_separator(last_key, key), pending_handle)
             pending_handle = None
         data.add(key, value)
@@ -126,6 +127,7 @@ def build_table(entries: Iterable[tuple[bytes, bytes]]) -> bytes:
         pending_handle = write_block(data)
     metaindex_handle = write_block(_BlockBuilder(DATA_RESTART_INTERVAL))
     if pending_handle is not None:
+        assert last_key is not None  # a block was written, so it held at least one key
         index.add(short_successor(last_key), pending_handle)
     index_handle = write_block(index)
     footer = metaindex_handle + index_handle
@@ -198,7 +200,9 @@ def _read_block(table, offset: int, size: int, path: str | None) -> memoryview:
     if stored != actual:
         raise DataLossError(f"block checksum mismatch in index file {path!r} (block at offset {offset})", path=path)
     if kind == _SNAPPY:
-        raise DataLossError(f"index file {path!r} has a Snappy-compressed block, which gpuckpt does not read", path=path)
+        raise DataLossError(
+            f"index file {path!r} has a Snappy-compressed block, which gpuckpt does not read", path=path
+        )
     if kind != _NO_COMPRESSION:
         raise DataLossError(f"index file {path!r}: unknown block compression type {kind}", path=path)
     return raw[:size]

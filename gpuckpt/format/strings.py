@@ -27,7 +27,9 @@ def encode(elements: Sequence[bytes]) -> tuple[bytes, int]:
     return payload, crc.mask(entry_crc)
 
 
-def decode(payload: bytes, count: int, expected_crc: int, *, path: str | None = None, key: str | None = None) -> list[bytes]:
+def decode(
+    payload: bytes, count: int, expected_crc: int, *, path: str | None = None, key: str | None = None
+) -> list[bytes]:
     """Split a string tensor's payload into ``count`` elements, verifying both checksums."""
     if count == 0 and len(payload) in (0, 4):
         return []

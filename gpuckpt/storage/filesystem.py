@@ -123,7 +123,10 @@ def pwrite_all(fd: int, data, offset: int) -> None:
     parts = data if isinstance(data, list) else [data]
     views = [memoryview(p).cast("B") for p in parts if memoryview(p).nbytes]
     while views:
-        n = os.pwritev(fd, views[:_IOV_MAX], offset) if len(views) > 1 else os.pwrite(fd, views[0][:_PWRITE_MAX], offset)
+        if len(views) > 1:
+            n = os.pwritev(fd, views[:_IOV_MAX], offset)
+        else:
+            n = os.pwrite(fd, views[0][:_PWRITE_MAX], offset)
         if n == 0:
             raise OSError(errno.EIO, "write returned 0 bytes")
         views, offset = advance(views, n), offset + n

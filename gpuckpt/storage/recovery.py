@@ -160,7 +160,7 @@ def _settle_overwrite(group: list[Leftover]) -> list[str]:
     index_aside = next((item for item in group if item.original.endswith(".index")), None)
     if index_aside is None or os.path.lexists(index_aside.original):
         return [item.path for item in group if _remove(item.path)]
-    restored = []
+    restored: list[str] = []
     for item in sorted(group, key=lambda i: i is index_aside):
         try:
             os.replace(item.path, item.original)

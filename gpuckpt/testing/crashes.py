@@ -25,7 +25,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -41,16 +40,23 @@ MAX_TO_KEEP = 3
 SHARD_BYTES = 256 << 10
 
 
+class _StepValues(gpuckpt.Module):
+    """The tracked values: tensors of several sizes and dtypes, a dozen scalars and a string."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kernel = gpuckpt.Variable(np.zeros((192, 256), np.float32))
+        self.bias = gpuckpt.Variable(np.zeros(1000, np.float64))
+        self.table = gpuckpt.Variable(np.zeros(40_000, np.int64))
+        self.small = [gpuckpt.Variable(np.int32(0)) for _ in range(12)]
+        self.note = gpuckpt.Variable(b"step 0")
+
+
 class StepModel:
     """Training state whose every value encodes one step, so a mixed or torn checkpoint shows."""
 
     def __init__(self) -> None:
-        model = gpuckpt.Module()
-        model.kernel = gpuckpt.Variable(np.zeros((192, 256), np.float32))
-        model.bias = gpuckpt.Variable(np.zeros(1000, np.float64))
-        model.table = gpuckpt.Variable(np.zeros(40_000, np.int64))
-        model.small = [gpuckpt.Variable(np.int32(0)) for _ in range(12)]
-        model.note = gpuckpt.Variable(b"step 0")
+        model = _StepValues()
         self.model = model
         self.checkpoint = gpuckpt.Checkpoint(model=model)
         self.checkpoint.save_counter  # created now, so a restore fills it in at once
@@ -63,7 +69,9 @@ class StepModel:
     def step(self) -> int:
         """The step all values encode; AssertionError naming the disagreement otherwise."""
         counter = int(self.checkpoint.save_counter.numpy())
-        found = {"save_counter": {counter}, "note": {int(self.model.note.numpy().split()[1])}}
+        note = self.model.note.numpy()
+        assert isinstance(note, bytes), "a string variable's value is bytes"
+        found = {"save_counter": {counter}, "note": {int(note.split()[1])}}
         for name in ("kernel", "bias", "table"):
             found[name] = set(np.unique(getattr(self.model, name).numpy()).tolist())
         found["small"] = {int(v.numpy()) for v in self.model.small}
@@ -192,6 +200,7 @@ def _spawn(directory: str, mode: str, numbering: str, kill_at_call: int | None, 
     argv = [sys.executable, "-m", "gpuckpt.testing.crashes", "child", directory, mode, numbering,
             str(kill_at_call if kill_at_call is not None else -1)]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log)
+    assert proc.stdout is not None  # stdout=PIPE
     if proc.stdout.readline() != b"ready\n":
         proc.kill()
         proc.wait()
@@ -224,7 +233,7 @@ def run_series(directory: str, mode: str, numbering: str, kills: list[tuple[str,
         for how, value in kills:
             label = f"{mode}/{numbering}/{how}={value}"
             try:
-                proc = _spawn(directory, mode, numbering, value if how == "call" else None, log)
+                proc = _spawn(directory, mode, numbering, int(value) if how == "call" else None, log)
                 _kill(proc, value if how == "time" else None)
                 report.trials[f"{mode}-{how}"] += 1
                 report.debris.update(leftovers_seen(directory))

@@ -187,7 +187,7 @@ def _superseded(restoration: DeferredRestoration) -> None:
 # Frameworks whose objects become trackable through an adapter module: (top-level package,
 # adapter module). An adapter is imported only once its framework has been imported (a
 # framework's objects cannot exist before), so ``import gpuckpt`` never imports torch.
-_ADAPTERS = (("torch", "gpuckpt.torch"),)
+_ADAPTERS: tuple[tuple[str, str], ...] = (("torch", "gpuckpt.torch"),)
 _ADAPTERS += (("nvidia.dali", "gpuckpt.dali"),)  # DALI pipelines and framework iterators
 
 

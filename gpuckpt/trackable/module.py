@@ -45,7 +45,12 @@ class AutoTrackable(Trackable):
 
     def _trackable_children(self) -> list[tuple[str, Trackable]]:
         # framework objects (a torch nn.Module) stay as they are on the attribute; their adapter is the child
-        return [(name, as_trackable(value)) for name, value in self._dependencies().items()]
+        children = []
+        for name, value in self._dependencies().items():
+            child = as_trackable(value)
+            assert child is not None, name  # __setattr__ records only values that as_trackable adapts
+            children.append((name, child))
+        return children
 
     def _lookup_dependency(self, name: str) -> Trackable | None:
         return as_trackable(self._dependencies().get(name))

@@ -151,12 +151,12 @@ class Variable(Trackable):
 
     def assign_add(self, delta: Any) -> "Variable":
         """Add ``delta`` (broadcast like NumPy) in place (on the host for device variables)."""
-        current = self.numpy() if self._device is not None else self._array
+        current = self._device.copy_to_host() if self._device is not None else self._array
         return self.assign((current + self._converted(delta)).astype(current.dtype))
 
     def assign_sub(self, delta: Any) -> "Variable":
         """Subtract ``delta`` (broadcast like NumPy) in place (on the host for device variables)."""
-        current = self.numpy() if self._device is not None else self._array
+        current = self._device.copy_to_host() if self._device is not None else self._array
         return self.assign((current - self._converted(delta)).astype(current.dtype))
 
     def _converted(self, value: Any) -> Any:
