@@ -65,7 +65,12 @@ class CheckpointReader:
         if plan.strings:
             return read_string(self.storage, plan.strings[0])
         assert entry.dtype.numpy is not None  # string tensors were read above
-        out = aligned_empty(entry.shape, entry.dtype.numpy)
+        try:
+            out = aligned_empty(entry.shape, entry.dtype.numpy)
+        except MemoryError:  # a sparse data file can hold more bytes than this machine has memory
+            raise InvalidArgumentError(f"cannot allocate {entry.num_elements * entry.dtype.itemsize} bytes for key "
+                                       f"{key!r} of checkpoint {self.prefix!r}: not enough memory", key=key,
+                                       path=self.index_path) from None
         self._run(plan.reads, [out])
         return out
 

@@ -434,3 +434,16 @@ def test_messages_about_a_state_file_never_echo_its_contents(tmp_path: Path) -> 
         gpuckpt.latest_checkpoint(run_dir)
     assert caught.value.path == str(run_dir / "checkpoint")
     assert "hunter2" not in str(caught.value) and "topsecret" not in str(caught.value)
+
+
+def test_a_tensor_too_large_for_memory_is_a_checkpoint_error(tmp_path: Path, monkeypatch) -> None:
+    """A sparse data shard can claim more bytes than memory holds: the allocation failure is named."""
+    prefix = saved_checkpoint(tmp_path)
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr("gpuckpt.reader.aligned_empty", no_memory)
+    with gpuckpt.load_checkpoint(prefix) as reader:
+        with pytest.raises(gpuckpt.InvalidArgumentError, match=r"cannot allocate 16 bytes for key 'v/"):
+            reader.get_tensor("v/.ATTRIBUTES/VARIABLE_VALUE")
