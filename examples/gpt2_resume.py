@@ -12,7 +12,8 @@ Each trial forks a child that trains and SIGKILLs itself at a random step and po
 forward pass, after the backward pass, or just after a save was started, an asynchronous one
 still in flight), then a child that resumes from the manager's latest checkpoint and trains to
 the end. Every loss either child logged must equal, bit for bit, the uninterrupted run's loss
-at that step. The parent only imports torch; all compute runs in the forked children.
+at that step. The parent only imports torch; all compute runs in the forked children. The forking,
+killing and comparing is ``resume_harness.py``'s, shared with ``jax_resume.py``.
 
 The run stays within one epoch on purpose: torchdata 0.11's ``StatefulDataLoader`` with a
 ``generator`` resumes exactly within an epoch, but shuffles the epochs after a resume
@@ -24,16 +25,15 @@ the epoch number (kept in a ``gpuckpt.PythonState``).
 
 from __future__ import annotations
 
-import argparse
 import os
-import random
 import signal
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import resume_harness
 import torch
+from resume_harness import Kill
 from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import GPT2Config, GPT2LMHeadModel, get_cosine_schedule_with_warmup
 from transformers.utils import logging as transformers_logging
@@ -51,12 +51,6 @@ class Config:
     sequences: int = 64  # one epoch of 16 batches (see the module docstring on epochs)
     length: int = 16
     vocab: int = 64
-
-
-@dataclass(frozen=True)
-class Kill:
-    step: int
-    phase: str
 
 
 class Tokens(torch.utils.data.Dataset):
@@ -130,99 +124,26 @@ def train(directory: Path, config: Config, *, asynchronous: bool, kill: Kill | N
     log.close()
 
 
-def in_child(function, *args, **kwargs) -> int:
-    """Run ``function`` in a forked child; its wait status."""
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            torch.set_num_threads(1)
-            transformers_logging.set_verbosity_error()
-            function(*args, **kwargs)
-        except BaseException:  # noqa: BLE001 - a forked child must end in os._exit whatever happens
-            import traceback
-
-            traceback.print_exc()
-            code = 1
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return status
+def child_setup() -> None:
+    """In each forked child: one compute thread, and no transformers warnings."""
+    torch.set_num_threads(1)
+    transformers_logging.set_verbosity_error()
 
 
-def read_log(path: Path) -> tuple[list[tuple[int, str]], list[int]]:
-    """(step, loss hex) lines, and the steps each process resumed from."""
-    losses, resumed = [], []
-    for line in path.read_text().splitlines():
-        first, second = line.split()
-        if first == "resume":
-            resumed.append(int(second))
-        else:
-            losses.append((int(first), second))
-    return losses, resumed
-
-
-@dataclass(frozen=True)
-class Trial:
-    kill: Kill
-    asynchronous: bool
-    resumed_from: int
-    logged: int
-    mismatches: int
-
-
-def run_trials(trials: int, config: Config = Config(), seed: int = 0, root: Path | None = None) -> list[Trial]:
+def run_trials(trials: int, config: Config = Config(), seed: int = 0,
+               root: Path | None = None) -> list[resume_harness.Trial]:
     """The uninterrupted reference, then ``trials`` kill-and-resume trials; raises on any divergence."""
-    root = Path(root or tempfile.mkdtemp(prefix="gpt2-resume-"))
-    reference_dir = root / "reference"
-    reference_dir.mkdir(parents=True)
-    status = in_child(train, reference_dir, config, asynchronous=False)
-    if status != 0:
-        raise RuntimeError(f"the uninterrupted run failed (wait status {status})")
-    reference = dict(read_log(reference_dir / "losses.txt")[0])
-    if sorted(reference) != list(range(config.steps)):
-        raise RuntimeError("the uninterrupted run did not log every step")
-    chooser = random.Random(seed)
-    results = []
-    for index in range(trials):
-        directory = root / f"trial-{index}"
-        directory.mkdir()
-        kill = Kill(chooser.randrange(1, config.steps), chooser.choice(PHASES))
-        if kill.phase == "after_save":  # only steps that end with a save
-            kill = Kill(chooser.randrange(config.save_every, config.steps, config.save_every) - 1, kill.phase)
-        asynchronous = index % 2 == 1
-        killed = in_child(train, directory, config, asynchronous=asynchronous, kill=kill)
-        if not (os.WIFSIGNALED(killed) and os.WTERMSIG(killed) == signal.SIGKILL):
-            raise RuntimeError(f"trial {index}: the run was not killed as planned (wait status {killed})")
-        resumed = in_child(train, directory, config, asynchronous=asynchronous)
-        if resumed != 0:
-            raise RuntimeError(f"trial {index}: the resumed run failed (wait status {resumed})")
-        losses, starts = read_log(directory / "losses.txt")
-        mismatches = sum(1 for step, value in losses if reference[step] != value)
-        if {step for step, _ in losses} != set(range(config.steps)):
-            raise RuntimeError(f"trial {index}: steps missing from the logs")
-        results.append(Trial(kill, asynchronous, starts[-1], len(losses), mismatches))
-    return results
+    return resume_harness.run_trials(train, config, trials, seed, resume_harness.make_root(root, "gpt2-resume-"),
+                                     phases=PHASES, setup=child_setup)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = resume_harness.trial_parser(__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=Config.steps)
     parser.add_argument("--save-every", type=int, default=Config.save_every)
-    parser.add_argument("--dir", type=Path, default=None)
     args = parser.parse_args(argv)
     config = Config(steps=args.steps, save_every=args.save_every)
-    results = run_trials(args.trials, config, args.seed, args.dir)
-    for index, trial in enumerate(results):
-        mode = "async" if trial.asynchronous else "sync"
-        print(f"trial {index:2d} {mode:5s} killed at step {trial.kill.step:2d} ({trial.kill.phase}), resumed from "
-              f"step {trial.resumed_from:2d}: {trial.logged} losses logged, {trial.mismatches} differ")
-    bad = sum(t.mismatches for t in results)
-    print(f"{len(results)} trials, {sum(t.logged for t in results)} losses compared, {bad} differ from the "
-          "uninterrupted run")
-    return 1 if bad else 0
+    return resume_harness.report(run_trials(args.trials, config, args.seed, args.dir))
 
 
 if __name__ == "__main__":

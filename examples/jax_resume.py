@@ -10,25 +10,24 @@ restart restores it into a fresh state (its ``step`` a Python int, as ``TrainSta
 
 As in ``gpt2_resume.py``, each trial forks a child that trains and SIGKILLs itself at a random step
 and point, then a child that resumes; every logged loss must equal the uninterrupted run's bit for
-bit. The parent imports jax but runs nothing on it before forking.
+bit (the harness is ``resume_harness.py``). The parent imports jax but runs nothing on it before forking.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import random
 import signal
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import optax
+import resume_harness
 from flax import linen as nn
 from flax.training import train_state
+from resume_harness import Kill
 
 import gpuckpt
 import gpuckpt.jax
@@ -42,12 +41,6 @@ class Config:
     save_every: int = 5
     batch_size: int = 8
     features: int = 6
-
-
-@dataclass(frozen=True)
-class Kill:
-    step: int
-    phase: str
 
 
 class MLP(nn.Module):
@@ -117,93 +110,20 @@ def train(directory: Path, config: Config, *, asynchronous: bool, kill: Kill | N
     log.close()
 
 
-def in_child(function, *args, **kwargs) -> int:
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            function(*args, **kwargs)
-        except BaseException:  # noqa: BLE001 - a forked child must end in os._exit whatever happens
-            import traceback
-
-            traceback.print_exc()
-            code = 1
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return status
-
-
-def read_log(path: Path) -> tuple[list[tuple[int, str]], list[int]]:
-    losses, resumed = [], []
-    for line in path.read_text().splitlines():
-        first, second = line.split()
-        if first == "resume":
-            resumed.append(int(second))
-        else:
-            losses.append((int(first), second))
-    return losses, resumed
-
-
-@dataclass(frozen=True)
-class Trial:
-    kill: Kill
-    asynchronous: bool
-    resumed_from: int
-    logged: int
-    mismatches: int
-
-
-def run_trials(trials: int, config: Config = Config(), seed: int = 0, root: Path | None = None) -> list[Trial]:
+def run_trials(trials: int, config: Config = Config(), seed: int = 0,
+               root: Path | None = None) -> list[resume_harness.Trial]:
     """The uninterrupted reference, then ``trials`` kill-and-resume trials; raises on any failure."""
-    root = Path(root or tempfile.mkdtemp(prefix="jax-resume-"))
+    root = resume_harness.make_root(root, "jax-resume-")
     # compiled once, by the first child, then read from disk by the others
     jax.config.update("jax_compilation_cache_dir", str(root / "xla-cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    reference_dir = root / "reference"
-    reference_dir.mkdir(parents=True)
-    if in_child(train, reference_dir, config, asynchronous=False) != 0:
-        raise RuntimeError("the uninterrupted run failed")
-    reference = dict(read_log(reference_dir / "losses.txt")[0])
-    chooser = random.Random(seed)
-    results = []
-    for index in range(trials):
-        directory = root / f"trial-{index}"
-        directory.mkdir()
-        phase = chooser.choice(PHASES)
-        step = chooser.randrange(1, config.steps)
-        if phase == "after_save":
-            step = chooser.randrange(config.save_every, config.steps, config.save_every) - 1
-        kill, asynchronous = Kill(step, phase), index % 2 == 1
-        killed = in_child(train, directory, config, asynchronous=asynchronous, kill=kill)
-        if not (os.WIFSIGNALED(killed) and os.WTERMSIG(killed) == signal.SIGKILL):
-            raise RuntimeError(f"trial {index}: the run was not killed as planned (wait status {killed})")
-        if in_child(train, directory, config, asynchronous=asynchronous) != 0:
-            raise RuntimeError(f"trial {index}: the resumed run failed")
-        losses, starts = read_log(directory / "losses.txt")
-        if {s for s, _ in losses} != set(range(config.steps)):
-            raise RuntimeError(f"trial {index}: steps missing from the logs")
-        results.append(Trial(kill, asynchronous, starts[-1], len(losses),
-                             sum(1 for s, value in losses if reference[s] != value)))
-    return results
+    return resume_harness.run_trials(train, config, trials, seed, root, phases=PHASES, phase_first=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dir", type=Path, default=None)
-    args = parser.parse_args(argv)
-    results = run_trials(args.trials, Config(), args.seed, args.dir)
-    for index, trial in enumerate(results):
-        mode = "async" if trial.asynchronous else "sync"
-        print(f"trial {index:2d} {mode:5s} killed at step {trial.kill.step:2d} ({trial.kill.phase}), resumed from "
-              f"step {trial.resumed_from:2d}: {trial.logged} losses logged, {trial.mismatches} differ")
-    bad = sum(t.mismatches for t in results)
-    print(f"{len(results)} trials, {sum(t.logged for t in results)} losses compared, {bad} differ from the "
-          "uninterrupted run")
-    return 1 if bad else 0
+    args = resume_harness.trial_parser(__doc__.splitlines()[0]).parse_args(argv)
+    return resume_harness.report(run_trials(args.trials, Config(), args.seed, args.dir))
 
 
 if __name__ == "__main__":
