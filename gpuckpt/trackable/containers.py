@@ -154,6 +154,27 @@ class _EditTracking:
         copied._self_stale = self._self_stale
         return copied
 
+    # comparisons see the user's object, as TF's wrappers' do; wrappers are unhashable like list and dict
+    def __eq__(self, other: Any) -> Any:
+        return self._self_storage == _storage_of(other)
+
+    def __ne__(self, other: Any) -> Any:
+        return self._self_storage != _storage_of(other)
+
+    def __lt__(self, other: Any) -> Any:
+        return self._self_storage < _storage_of(other)
+
+    def __le__(self, other: Any) -> Any:
+        return self._self_storage <= _storage_of(other)
+
+    def __gt__(self, other: Any) -> Any:
+        return self._self_storage > _storage_of(other)
+
+    def __ge__(self, other: Any) -> Any:
+        return self._self_storage >= _storage_of(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
 
 class TrackedList(_EditTracking, list, Trackable):
     """A ``list`` that wraps the user's list; its trackable items are dependencies named by position."""
@@ -270,26 +291,6 @@ class TrackedList(_EditTracking, list, Trackable):
 
     def count(self, value: Any) -> int:
         return self._self_storage.count(value)
-
-    def __eq__(self, other: Any) -> Any:
-        return self._self_storage == _storage_of(other)
-
-    def __ne__(self, other: Any) -> Any:
-        return self._self_storage != _storage_of(other)
-
-    def __lt__(self, other: Any) -> Any:
-        return self._self_storage < _storage_of(other)
-
-    def __le__(self, other: Any) -> Any:
-        return self._self_storage <= _storage_of(other)
-
-    def __gt__(self, other: Any) -> Any:
-        return self._self_storage > _storage_of(other)
-
-    def __ge__(self, other: Any) -> Any:
-        return self._self_storage >= _storage_of(other)
-
-    __hash__ = None  # type: ignore[assignment]
 
     def __add__(self, other: Any) -> Any:
         return self._self_storage + _storage_of(other)
@@ -436,26 +437,6 @@ class TrackedDict(_EditTracking, dict, Trackable):
 
     def items(self) -> Any:
         return self._self_storage.items()
-
-    def __eq__(self, other: Any) -> Any:
-        return self._self_storage == _storage_of(other)
-
-    def __ne__(self, other: Any) -> Any:
-        return self._self_storage != _storage_of(other)
-
-    def __lt__(self, other: Any) -> Any:
-        return self._self_storage < _storage_of(other)
-
-    def __le__(self, other: Any) -> Any:
-        return self._self_storage <= _storage_of(other)
-
-    def __gt__(self, other: Any) -> Any:
-        return self._self_storage > _storage_of(other)
-
-    def __ge__(self, other: Any) -> Any:
-        return self._self_storage >= _storage_of(other)
-
-    __hash__ = None  # type: ignore[assignment]
 
     def __or__(self, other: Any) -> Any:
         return self._self_storage | _storage_of(other)
