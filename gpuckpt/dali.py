@@ -36,7 +36,7 @@ import numpy as np
 
 from ._deps import import_optional
 from .errors import InvalidArgumentError
-from .trackable.base import Trackable
+from .trackable.base import ForeignAdapter, Trackable
 
 dali = import_optional("nvidia.dali", extra="dali")
 Pipeline = import_optional("nvidia.dali.pipeline", extra="dali").Pipeline
@@ -149,18 +149,10 @@ def _refuse_built(what: str) -> InvalidArgumentError:
 # -- adapters ----------------------------------------------------------------------------
 
 
-class _Adapter(Trackable):
+class _Adapter(ForeignAdapter):
     """A trackable standing for one DALI object, which it references weakly."""
 
-    def __init__(self, obj: Any):
-        self._ref = weakref.ref(obj)
-
-    @property
-    def obj(self) -> Any:
-        obj = self._ref()
-        if obj is None:
-            raise InvalidArgumentError(f"the DALI object behind {type(self).__name__} no longer exists")
-        return obj
+    framework = "DALI"
 
 
 class DaliPipeline(_Adapter):

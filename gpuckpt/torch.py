@@ -57,7 +57,7 @@ from .distributed import torch_dtensor as _dtensor
 from .errors import InvalidArgumentError
 from .format import dtypes
 from .statedict import validated_specs
-from .trackable.base import DeferredRestoration, SlotVariable, Trackable
+from .trackable.base import DeferredRestoration, ForeignAdapter, SlotVariable, Trackable
 from .trackable.variable import VARIABLE_VALUE
 
 if TYPE_CHECKING:
@@ -134,18 +134,10 @@ def trackable(obj: Any, full_name: str = "") -> "TorchModule | TorchOptimizer | 
     return adapter
 
 
-class _Adapter(Trackable):
+class _Adapter(ForeignAdapter):
     """A trackable standing for one torch object, which it references weakly."""
 
-    def __init__(self, obj: Any):
-        self._ref = weakref.ref(obj)
-
-    @property
-    def obj(self) -> Any:
-        obj = self._ref()
-        if obj is None:
-            raise InvalidArgumentError(f"the torch object behind {type(self).__name__} no longer exists")
-        return obj
+    framework = "torch"
 
     def _defer_dependency(self, name: str, restoration: DeferredRestoration) -> None:
         """Not kept: torch objects never announce new dependencies, so it could never apply, and holding it

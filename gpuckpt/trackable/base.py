@@ -41,9 +41,12 @@ from __future__ import annotations
 
 import importlib
 import sys
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from ..errors import InvalidArgumentError
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,23 @@ def _superseded(restoration: DeferredRestoration) -> None:
     superseded = getattr(restoration, "superseded", None)
     if superseded is not None:
         superseded()
+
+
+class ForeignAdapter(Trackable):
+    """A trackable standing for one framework object, which it references weakly (the adapters'
+    common base: the framework owns the object, the checkpoint only describes it)."""
+
+    framework = "framework"  # named in the error raised once the object is gone
+
+    def __init__(self, obj: Any):
+        self._ref = weakref.ref(obj)
+
+    @property
+    def obj(self) -> Any:
+        obj = self._ref()
+        if obj is None:
+            raise InvalidArgumentError(f"the {self.framework} object behind {type(self).__name__} no longer exists")
+        return obj
 
 
 # Frameworks whose objects become trackable through an adapter module: (top-level package,
