@@ -46,16 +46,6 @@ class DeadlineExceededError(CheckpointError, TimeoutError):
     """A wait that did not finish in time: staging memory, a device copy, a write. Nothing hangs."""
 
 
-def describe(path: str | os.PathLike | None, key: str | None = None) -> str:
-    """A short 'file ..., key ...' phrase for error messages."""
-    parts = []
-    if path is not None:
-        parts.append(f"file {os.fspath(path)!r}")
-    if key is not None:
-        parts.append(f"key {key!r}")
-    return ", ".join(parts)
-
-
 class PartialRestoreError(DataLossError):
     """A restore found corrupt bytes after it had begun writing into variables' own memory.
 

@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 
 from .errors import InvalidArgumentError
 
-IO_DEVICES = ("cpu", "gpu")
-
 
 @dataclass(frozen=True)
 class ShardByTaskPolicy:

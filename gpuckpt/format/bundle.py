@@ -17,8 +17,6 @@ from ..errors import DataLossError
 from . import dtypes, proto, sstable
 from .dtypes import DType
 
-HEADER_KEY = ""
-OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 _UNSUPPORTED_ENUMS = {20: "resource", 21: "variant"}
 MAX_RANK = 64  # NumPy's limit; TensorFlow never writes more
 MAX_TENSOR_BYTES = (1 << 63) - 1  # each dimension (zeros counted as one) times the item size must fit an index

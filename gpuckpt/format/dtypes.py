@@ -83,17 +83,6 @@ for _d in BY_ENUM.values():
         _BY_NUMPY.setdefault(_d.numpy, _d)
 
 
-def from_enum(value: int, *, path: str | None = None, key: str | None = None) -> DType:
-    """The DType for a stored enum value; InvalidArgumentError for types a checkpoint cannot hold."""
-    try:
-        return BY_ENUM[value]
-    except KeyError:
-        where = f" (file {path!r}, key {key!r})" if path or key else ""
-        raise InvalidArgumentError(
-            f"unsupported TensorFlow dtype enum {value}{where}", path=path, key=key
-        ) from None
-
-
 def from_numpy(dtype) -> DType:
     """The DType with the same layout as a NumPy dtype (object/str/bytes arrays map to string)."""
     dt = np.dtype(dtype)

@@ -24,13 +24,12 @@ from ..errors import DataLossError, InvalidArgumentError
 from ..format import crc
 from ..format.bundle import BundleIndex, parse_index
 from .base import ReadReport, ReadTarget
-from .filesystem import advance
+from .filesystem import _IOV_MAX, advance
 from .snapshot import ShardFiles, open_snapshot
 
 READ_TASK_BYTES = 8 << 20
 READ_CACHE_BYTES = 512 << 10
 READ_THREADS = 2
-_IOV_MAX = 1024
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
