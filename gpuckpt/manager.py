@@ -201,7 +201,7 @@ class CheckpointManager:
 
             def persist(tensors: dict[str, Any]) -> None:
                 with recovery.DirectoryLock(self._directory):
-                    recovery.sweep(os.path.dirname(self._prefix), os.path.basename(self._prefix))
+                    recovery.clean_leftovers(os.path.dirname(self._prefix), os.path.basename(self._prefix))
                     self._forget_deleted()
                     checkpoint._write(path, tensors, options)
                     self._record_and_sweep(path, options.fsync)
@@ -278,7 +278,7 @@ class CheckpointManager:
         verifies; if none does, the newest one's error is raised (training never silently restarts).
         """
         if self._latest is not None:
-            recovery.try_sweep(os.path.dirname(self._prefix), os.path.basename(self._prefix))
+            recovery.try_clean_leftovers(os.path.dirname(self._prefix), os.path.basename(self._prefix))
             candidates = [self._latest] + [p for p in reversed(self.checkpoints) if p != self._latest]
             restored = restore_newest_verified(self._checkpoint, candidates)
             if self._checkpoint_interval is not None:

@@ -1,4 +1,4 @@
-"""After a crash: the directory lock, and the sweep that removes what dead writers left behind.
+"""After a crash: the directory lock, and ``clean_leftovers``, which removes what dead writers left behind.
 
 A writer killed mid-save leaves, beside the last committed checkpoint, at most:
 
@@ -106,7 +106,7 @@ def leftovers(directory: str) -> list[Leftover]:
     return found
 
 
-def sweep(directory: str | os.PathLike, checkpoint_name: str | None = None) -> list[str]:
+def clean_leftovers(directory: str | os.PathLike, checkpoint_name: str | None = None) -> list[str]:
     """Clean up after dead writers in ``directory``; return the paths removed or put back.
 
     Best effort: a file that cannot be removed is logged and left for the next sweep. With
@@ -194,10 +194,10 @@ def _listdir(directory: str) -> list[str]:
         return []
 
 
-def try_sweep(directory: str, checkpoint_name: str) -> None:
-    """``sweep`` under the directory lock, skipped (with a log line) where the lock cannot be had."""
+def try_clean_leftovers(directory: str, checkpoint_name: str) -> None:
+    """``clean_leftovers`` under the directory lock, skipped (with a log line) where the lock cannot be had."""
     try:
         with DirectoryLock(directory):
-            sweep(directory, checkpoint_name)
+            clean_leftovers(directory, checkpoint_name)
     except CheckpointError as exc:
         log.warning("skipped cleaning up %s: %s", directory, exc)

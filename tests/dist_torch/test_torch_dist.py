@@ -239,7 +239,7 @@ def test_a_rank_killed_mid_operation_fails_the_survivor_within_the_timeout(tmp_p
     _assert_nothing_committed(tmp_path / fault)
     deadline = time.monotonic() + 20  # the dead rank's temporary shard goes with the next sweep
     while [n for n in os.listdir(tmp_path / fault) if n.startswith("ckpt-2")] and time.monotonic() < deadline:
-        recovery.sweep(tmp_path / fault, "ckpt")
+        recovery.clean_leftovers(tmp_path / fault, "ckpt")
         time.sleep(0.2)
     assert not [n for n in os.listdir(tmp_path / fault) if n.startswith("ckpt-2")]
 

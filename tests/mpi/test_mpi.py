@@ -198,7 +198,7 @@ def test_a_killed_rank_ends_the_job_without_a_commit_or_a_hang(tmp_path):
     # zombie still counts as alive, and mpirun's daemon reaps its children a moment after exiting)
     deadline = time.monotonic() + 20
     while [n for n in os.listdir(tmp_path) if n.startswith("ckpt-2")] and time.monotonic() < deadline:
-        recovery.sweep(tmp_path, "ckpt")
+        recovery.clean_leftovers(tmp_path, "ckpt")
         time.sleep(0.2)
     assert not [n for n in os.listdir(tmp_path) if n.startswith("ckpt-2")]
 
