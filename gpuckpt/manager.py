@@ -204,7 +204,7 @@ class CheckpointManager:
                     recovery.clean_leftovers(os.path.dirname(self._prefix), os.path.basename(self._prefix))
                     self._forget_deleted()
                     checkpoint._write(path, tensors, options)
-                    self._record_and_sweep(path, options.fsync)
+                    self._record_and_delete_old(path, options.fsync)
 
             checkpoint._run_save(path, options, persist, undo=functools.partial(counter.assign_sub, 1))
         return path
@@ -223,7 +223,7 @@ class CheckpointManager:
         self._last_checkpoint_step = step
         return True
 
-    def _record_and_sweep(self, path: str, fsync: bool) -> None:
+    def _record_and_delete_old(self, path: str, fsync: bool) -> None:
         previous = self._managed, self._latest
         self._managed = [info for info in self._managed if info.path != path]
         self._managed.append(CheckpointInfo(path, self._clock()))
@@ -244,9 +244,9 @@ class CheckpointManager:
 
     def _delete_old(self, fsync: bool) -> None:
         """Delete what the retention policy no longer keeps, then list only what is left."""
-        outcome = retention.sweep(self._managed, max_to_keep=self._max_to_keep,
-                                  keep_checkpoint_every_n_hours=self._keep_every_n_hours,
-                                  last_preserved_timestamp=self._last_preserved)
+        outcome = retention.decide_retention(self._managed, max_to_keep=self._max_to_keep,
+                                             keep_checkpoint_every_n_hours=self._keep_every_n_hours,
+                                             last_preserved_timestamp=self._last_preserved)
         for info in outcome.deleted:
             if self._inside(info.path):
                 filesystem.remove_checkpoint(info.path, fsync=fsync)
@@ -260,7 +260,7 @@ class CheckpointManager:
     def _state(self) -> CheckpointState:
         """The state file's contents; written only after a save has set the latest checkpoint."""
         latest = self._latest
-        assert latest is not None, "_record_and_sweep sets the latest checkpoint before writing the state"
+        assert latest is not None, "_record_and_delete_old sets the latest checkpoint before writing the state"
         return CheckpointState(
             model_checkpoint_path=self._relative(latest),
             all_model_checkpoint_paths=tuple(self._relative(i.path) for i in self._managed),

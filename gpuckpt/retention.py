@@ -1,6 +1,6 @@
 """Which checkpoints a CheckpointManager keeps: small pure policies that return keep flags.
 
-A policy maps the managed checkpoints (oldest first) to one flag each. ``sweep`` combines
+A policy maps the managed checkpoints (oldest first) to one flag each. ``decide_retention`` combines
 TensorFlow's two rules: the newest ``max_to_keep`` stay managed; of the others, those that
 ``keep_checkpoint_every_n_hours`` preserves stay on disk but leave the managed list, and
 the rest are deleted (spec 11.4).
@@ -59,8 +59,8 @@ def any_of(*policies: Policy) -> Policy:
 
 
 @dataclass(frozen=True)
-class Sweep:
-    """The outcome of one sweep: what stays managed, what is preserved, what is deleted."""
+class RetentionDecision:
+    """What retention decides: which checkpoints stay managed, which stay on disk only, which are deleted."""
 
     managed: tuple[CheckpointInfo, ...]
     preserved: tuple[CheckpointInfo, ...]
@@ -68,8 +68,8 @@ class Sweep:
     last_preserved_timestamp: float
 
 
-def sweep(infos: Sequence[CheckpointInfo], *, max_to_keep: int | None,
-          keep_checkpoint_every_n_hours: float | None, last_preserved_timestamp: float) -> Sweep:
+def decide_retention(infos: Sequence[CheckpointInfo], *, max_to_keep: int | None,
+                     keep_checkpoint_every_n_hours: float | None, last_preserved_timestamp: float) -> RetentionDecision:
     """Split ``infos`` (oldest first) by TF's CheckpointManager rules."""
     active = latest_n(max_to_keep)
     on_disk = any_of(active, every_n_hours(keep_checkpoint_every_n_hours, last_preserved_timestamp))
@@ -82,4 +82,4 @@ def sweep(infos: Sequence[CheckpointInfo], *, max_to_keep: int | None,
         else:
             deleted.append(info)
     last = max([last_preserved_timestamp, *(info.timestamp for info in preserved)])
-    return Sweep(tuple(managed), tuple(preserved), tuple(deleted), last)
+    return RetentionDecision(tuple(managed), tuple(preserved), tuple(deleted), last)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpuckpt.retention import CheckpointInfo, any_of, every_n_hours, latest_n, sweep
+from gpuckpt.retention import CheckpointInfo, any_of, decide_retention, every_n_hours, latest_n
 
 H = 3600.0
 
@@ -33,15 +33,16 @@ def test_any_of() -> None:
     assert policy(infos(1, 2, 2.5)) == [False, True, True]
 
 
-def test_sweep_splits_managed_preserved_deleted() -> None:
-    result = sweep(infos(1, 2, 3, 4), max_to_keep=1, keep_checkpoint_every_n_hours=2,
-                   last_preserved_timestamp=0.0)
+def test_decide_retention_splits_managed_preserved_deleted() -> None:
+    result = decide_retention(infos(1, 2, 3, 4), max_to_keep=1, keep_checkpoint_every_n_hours=2,
+                              last_preserved_timestamp=0.0)
     assert [i.path for i in result.managed] == ["ck-4"]
     assert [i.path for i in result.preserved] == ["ck-2"]
     assert [i.path for i in result.deleted] == ["ck-1", "ck-3"]
     assert result.last_preserved_timestamp == 2 * H
 
 
-def test_sweep_without_hours_deletes_all_old() -> None:
-    result = sweep(infos(1, 2, 3), max_to_keep=2, keep_checkpoint_every_n_hours=None, last_preserved_timestamp=5.0)
+def test_decide_retention_without_hours_deletes_all_old() -> None:
+    result = decide_retention(infos(1, 2, 3), max_to_keep=2, keep_checkpoint_every_n_hours=None,
+                              last_preserved_timestamp=5.0)
     assert [i.path for i in result.deleted] == ["ck-1"] and result.last_preserved_timestamp == 5.0
