@@ -259,7 +259,7 @@ class ValueSpec:
     on_device: bool
 
 
-def describe(value) -> ValueSpec:
+def value_spec(value) -> ValueSpec:
     """dtype, shape and placement of a live value, without copying it."""
     if is_device_array(value):
         view = device_view(value)

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .arrays import aligned_empty, as_device_array, describe, is_device_array
+from .arrays import aligned_empty, as_device_array, is_device_array, value_spec
 from .engine.cpu import read_host
 from .engine.select import EngineCache, gpu_usable
 from .errors import DataLossError, PartialRestoreError
@@ -57,12 +57,12 @@ _DTYPES: dict[np.dtype, Any] = {}
 
 def target(node_id: int, obj: Trackable, name: str, key: str, label: str, value: Any) -> Target:
     """A target for the live ``value`` of ``obj.name`` (dtype and shape read without copying)."""
-    if type(value) is np.ndarray and value.dtype.kind not in "OSU":  # the common case, without describe()
+    if type(value) is np.ndarray and value.dtype.kind not in "OSU":  # the common case, without value_spec()
         dtype = _DTYPES.get(value.dtype)
         if dtype is None:
-            dtype = _DTYPES[value.dtype] = describe(value).dtype
+            dtype = _DTYPES[value.dtype] = value_spec(value).dtype
         return Target(node_id, obj, name, Request(key, label, dtype, value.shape), value)
-    spec = describe(value)
+    spec = value_spec(value)
     return Target(node_id, obj, name, Request(key, label, spec.dtype, spec.shape), value)
 
 

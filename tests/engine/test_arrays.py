@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gpuckpt.arrays import describe, is_device_array
+from gpuckpt.arrays import is_device_array, value_spec
 
 
 class CudaArrayInterface:
@@ -29,10 +29,10 @@ def test_host_arrays_are_not() -> None:
     assert not is_device_array(DLPackOn(1)) and not is_device_array(b"bytes") and not is_device_array(3.0)
 
 
-def test_describe_host_values() -> None:
-    spec = describe(np.zeros((2, 3), np.int16))
+def test_value_spec_of_host_values() -> None:
+    spec = value_spec(np.zeros((2, 3), np.int16))
     assert (spec.dtype.name, spec.shape, spec.on_device) == ("int16", (2, 3), False)
-    assert describe(b"x").dtype.is_string
+    assert value_spec(b"x").dtype.is_string
 
 
 class _TorchLikeCudaTensor:
