@@ -15,8 +15,8 @@ from .plan import SavePlan, TensorSpec, build_save_plan
 from .storage.filesystem import FileSystemWriter, PosixIO
 
 
-def describe_tensors(tensors: Mapping[str, object], options=None) -> tuple[list[str], list, bool]:
-    """Keys, described tensors and whether the GPU engine saves them (``options.io_device`` decides;
+def tensors_for_engine(tensors: Mapping[str, object], options=None) -> tuple[list[str], list, bool]:
+    """Keys, tensors (host or device) and whether the GPU engine saves them (``options.io_device`` decides;
     device tensors bound for the CPU engine are copied to the host here)."""
     keys = list(tensors)
     described = [as_tensor(value, key) for key, value in tensors.items()]
@@ -86,7 +86,7 @@ def write_tensors(
     ``options.io_device == "cpu"``. ``io`` substitutes the system calls (fault injection in tests).
     """
     prefix = os.fspath(prefix)
-    keys, described, use_gpu = describe_tensors(tensors, options)
+    keys, described, use_gpu = tensors_for_engine(tensors, options)
     plan = plan_for(keys, described, max_shard_size)
     fsync = getattr(options, "fsync", True)
     writer = FileSystemWriter(prefix, plan.num_shards, fsync=fsync, io=io if io else None)

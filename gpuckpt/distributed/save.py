@@ -37,7 +37,7 @@ from ..format import crc, dtypes, objgraph
 from ..format.bundle import BundleEntry, Extent, build_index
 from ..format.slices import slice_key
 from ..format.statefile import CheckpointState
-from ..saver import describe_tensors, plan_for, write_planned
+from ..saver import plan_for, tensors_for_engine, write_planned
 from ..storage import filesystem
 from .comm import ROOT, Communicator, Failure
 from .errors import DistributedError
@@ -154,7 +154,7 @@ def write_shard(prefix: str, tensors: Sequence[Tensor], rank: int, num_ranks: in
                 engines: EngineCache, io=None) -> Report:
     """Steps 1-2 of the protocol on one rank: write its shard under a temporary name, fsynced."""
     mine = local_tensors(tensors, rank, num_ranks)
-    keys, described, use_gpu = describe_tensors({str(i): t.value for i, (t, _) in enumerate(mine)}, options)
+    keys, described, use_gpu = tensors_for_engine({str(i): t.value for i, (t, _) in enumerate(mine)}, options)
     plan = plan_for(keys, described)
     fsync = getattr(options, "fsync", True)
     writer = filesystem.FileSystemWriter(prefix, num_ranks, fsync=fsync, io=io, shard_ids=[rank])

@@ -118,9 +118,9 @@ def test_device_variables_are_saved_by_the_gpu_engine_and_restored_in_place(tmp_
         model.w = set_layout(gpuckpt.Variable(cuda.to_device(np.ascontiguousarray(block))), layout)
         return model
 
-    from gpuckpt.saver import describe_tensors
+    from gpuckpt.saver import tensors_for_engine
 
-    assert describe_tensors({"w": model_of(0, 2, True).w.value()})[2], "the GPU engine should save device arrays"
+    assert tensors_for_engine({"w": model_of(0, 2, True).w.value()})[2], "the GPU engine should save device arrays"
     engines = EngineCache()
     try:
         reports = {r: write_shard(prefix, collect(gpuckpt.Checkpoint(model=model_of(r, 2, True))), r, 2,
