@@ -37,7 +37,7 @@ class ValueDiff:
     max_rel: float | None
 
 
-def _describe(e: BundleEntry) -> str:
+def _dtype_and_shape(e: BundleEntry) -> str:
     return f"{e.dtype.name} {list(e.shape)}"
 
 
@@ -57,17 +57,17 @@ def run(a: str, b: str, *, values: bool = False, pattern: str | None = None, as_
         diffs = [d for d in (compare(ra, rb, k) for k in same_type) if d.differing] if values else []
     if as_json:
         doc = {"schema": SCHEMA, "a": ra.prefix, "b": rb.prefix, "added": added, "removed": removed,
-               "changed": [{"key": k, "a": _describe(ea[k]), "b": _describe(eb[k])} for k in changed],
+               "changed": [{"key": k, "a": _dtype_and_shape(ea[k]), "b": _dtype_and_shape(eb[k])} for k in changed],
                "crc_differs": crc_differs, "values": [asdict(d) for d in diffs] if values else None}
         json.dump(doc, sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:
         for k in added:
-            print(f"+ {k}  {_describe(eb[k])}")
+            print(f"+ {k}  {_dtype_and_shape(eb[k])}")
         for k in removed:
-            print(f"- {k}  {_describe(ea[k])}")
+            print(f"- {k}  {_dtype_and_shape(ea[k])}")
         for k in changed:
-            print(f"~ {k}  {_describe(ea[k])} -> {_describe(eb[k])}")
+            print(f"~ {k}  {_dtype_and_shape(ea[k])} -> {_dtype_and_shape(eb[k])}")
         if values:
             for d in diffs:
                 size = "" if d.max_abs is None else f", max abs {d.max_abs:.6g}, max rel {d.max_rel:.6g}"
