@@ -217,7 +217,7 @@ class ObjectGraphMatching:
         pending = self._pending_requests(found)
         values = session.restore_targets(targets, pending)
         self.pending = {r.key: v for r, v in zip(pending, values)}
-        self._commit(found, unused)
+        self._record_match(found, unused)
         finalizer = weakref.finalize(self, _warn_unused, self.state, self.saved, self.names, self.prefix,
                                      self.skip_slots)
         finalizer.atexit = False
@@ -241,7 +241,7 @@ class ObjectGraphMatching:
             owner._restore_tensors(named)
         for t in targets:
             self.pending.pop(t.request.key, None)
-        self._commit(found, unused)
+        self._record_match(found, unused)
 
     def _targets(self, bindings: Sequence[tuple[int, Trackable]]) -> tuple[list[Target], dict[int, list[str]]]:
         out: list[Target] = []
@@ -271,7 +271,8 @@ class ObjectGraphMatching:
                     out.append(Request(attr.checkpoint_key, self.names[node_id], entry.dtype, entry.shape))
         return out
 
-    def _commit(self, found: Match, unused: Mapping[int, list[str]]) -> None:
+    def _record_match(self, found: Match, unused: Mapping[int, list[str]]) -> None:
+        """Remember what ``found`` bound, the slots and children that wait, and the attributes left unused."""
         state = self.state
         self.bound.update(found.bindings)
         state.bound.update(node_id for node_id, _ in found.bindings)
