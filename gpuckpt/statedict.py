@@ -276,7 +276,7 @@ def validated_specs(restoration: DeferredRestoration) -> dict[str, tuple[Any, tu
 
     Nothing may be allocated to a declared shape before this: a forged index can declare any shape.
     Entries were bounds-checked against their data files when the checkpoint was opened
-    (``storage.snapshot``); this checks that each one stores the bytes its shape needs.
+    (``storage.files``); this checks that each one stores the bytes its shape needs.
     """
     matching = getattr(restoration, "matching", None)
     node_id = getattr(restoration, "node_id", None)

@@ -1,6 +1,6 @@
 """FileSystemReader: positioned, parallel, CRC-verified reads of one checkpoint's data files.
 
-The index and the data shards are opened as one version by ``storage.snapshot.open_snapshot``.
+The index and the data shards are opened as one version by ``storage.files.open_consistent``.
 ``read_verified`` cuts the requested byte ranges into tasks of up to ``READ_TASK_BYTES`` (runs of
 adjacent small ranges share one vectored ``preadv``; large ranges are split and their CRCs
 joined with the GF(2) combine) and runs them on a small process-wide thread pool. Each thread
@@ -24,8 +24,8 @@ from ..errors import DataLossError, InvalidArgumentError
 from ..format import crc
 from ..format.bundle import BundleIndex, parse_index
 from .base import ReadReport, ReadTarget
+from .files import ShardFiles, open_consistent
 from .filesystem import _IOV_MAX, advance
-from .snapshot import ShardFiles, open_snapshot
 
 READ_TASK_BYTES = 8 << 20
 READ_CACHE_BYTES = 512 << 10
@@ -73,7 +73,7 @@ class FileSystemReader:
     def __init__(self, prefix: str | os.PathLike):
         self.prefix = os.fspath(prefix)
         self.index_path = self.prefix + ".index"
-        index, files = open_snapshot(self.prefix, parse_index)
+        index, files = open_consistent(self.prefix, parse_index)
         self.index: BundleIndex = index
         self._files: ShardFiles = files
         self._closer = weakref.finalize(self, files.close)  # closing descriptors never blocks

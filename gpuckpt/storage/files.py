@@ -1,6 +1,6 @@
-"""Reading one version of a checkpoint while another process may be replacing it.
+"""One consistent version of a checkpoint's files (index and data shards) while another process may replace it.
 
-:func:`open_snapshot` reads the index and opens the data shards its entries use, and checks
+:func:`open_consistent` reads the index and opens the data shards its entries use, and checks
 that the index did not change meanwhile; see its docstring for why that is enough. Every file
 is opened with :func:`open_regular`: what is not a regular file (a directory, a FIFO, a device)
 is refused before a byte is read, so nothing hangs and nothing is read without end.
@@ -19,7 +19,7 @@ from ..format.bundle import data_file_name, stored_entries
 from ..format.sstable import FileSource
 from .filesystem import LEFTOVER, _io_error, open_regular, owner_alive
 
-__all__ = ["OVERWRITE_WAIT_S", "ShardFiles", "open_regular", "open_snapshot", "read_index"]
+__all__ = ["OVERWRITE_WAIT_S", "ShardFiles", "open_regular", "open_consistent", "read_index"]
 
 OVERWRITE_WAIT_S = 2.0  # how long a reader waits for a live writer's overwrite of the same prefix
 _RETRY_SLEEP_S = 0.002
@@ -88,7 +88,7 @@ def read_index(index_path: str, parse: Callable[[Any, str], Any]) -> tuple[Any, 
         os.close(fd)
 
 
-def open_snapshot(prefix: str, parse: Callable[[Any, str], Any]) -> tuple[Any, ShardFiles]:
+def open_consistent(prefix: str, parse: Callable[[Any, str], Any]) -> tuple[Any, ShardFiles]:
     """Read ``prefix.index`` (``parse(source, path)``, see :func:`read_index`) and open the data shards its
     entries use, as one consistent version.
 
