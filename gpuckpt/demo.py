@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import gpuckpt
+from gpuckpt.engine.cuda import cupy_if_usable
 
 DIM, HIDDEN, BATCH = 64, 256, 128
 DESCRIPTION = ("Train a small model, save asynchronously, get killed, restart from the latest checkpoint, "
@@ -111,14 +112,8 @@ def run(directory: str | None, steps: int, save_every: int, xp, kill_at: int | N
 
 def array_module():
     """CuPy when a GPU is usable, else NumPy; and a phrase saying which."""
-    try:
-        import cupy
-
-        if cupy.cuda.runtime.getDeviceCount() > 0:
-            return cupy, "CuPy on the GPU"
-    except Exception:
-        pass
-    return np, "NumPy on the CPU"
+    cupy = cupy_if_usable()
+    return (cupy, "CuPy on the GPU") if cupy is not None else (np, "NumPy on the CPU")
 
 
 def _progress(total: int, label: str):

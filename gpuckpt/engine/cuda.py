@@ -36,6 +36,27 @@ def simulated() -> bool:
     return bool(config.ENABLE_CUDASIM)  # type: ignore[attr-defined]  # numba sets its config at import
 
 
+def usable() -> bool:
+    """True when Numba's CUDA (a real device, or the simulator) is importable and available."""
+    try:
+        cuda = _cuda()
+    except ImportError:
+        return False
+    try:
+        return bool(cuda.is_available())
+    except Exception:
+        return False
+
+
+def cupy_if_usable():
+    """The CuPy module when it is installed and sees a GPU, else None (for code that picks an array library)."""
+    try:
+        cupy = import_optional("cupy", extra="gpu")
+        return cupy if cupy.cuda.runtime.getDeviceCount() > 0 else None
+    except Exception:  # not installed, or no driver or device
+        return None
+
+
 def device_of_pointer(address: int) -> int:
     """The CUDA ordinal a device pointer belongs to (0 in the simulator, or for a null pointer)."""
     if not address or simulated():

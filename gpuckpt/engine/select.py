@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from ..arrays import DeviceTensor, HostTensor, host_tensor
 from ..errors import InvalidArgumentError
+from . import cuda
 
 if TYPE_CHECKING:  # the GPU engines import numba; they are imported on first use
     from .gpu import GpuEngine
@@ -20,14 +21,7 @@ if TYPE_CHECKING:  # the GPU engines import numba; they are imported on first us
 
 def gpu_usable() -> bool:
     """True when Numba's CUDA (a real device, or the simulator) is importable and available."""
-    try:
-        from numba import cuda
-    except ImportError:
-        return False
-    try:
-        return bool(cuda.is_available())
-    except Exception:
-        return False
+    return cuda.usable()
 
 
 def wants_gpu(tensors: Sequence[HostTensor | DeviceTensor], io_device: str | None) -> bool:
