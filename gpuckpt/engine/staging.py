@@ -1,11 +1,11 @@
-"""A fixed staging pool: one buffer allocated once, leased in FIFO order, never grown.
+"""The GPU engine's staging pool: one buffer allocated once, leased in FIFO order, never grown.
 
-On a GPU the buffer is pinned host memory (registered once, at its exact size); on the CPU it
-is ordinary page-aligned memory. Either way the save pipeline leases a region, fills it (a
-pack kernel or a copy), hands it to the writer thread, and the writer releases it once the
-bytes are on their way to the file. A lease larger than what is free waits for releases, so
-memory stays bounded however large the checkpoint; a lease larger than the pool is an error
-the engine avoids by cutting tensors into ``max_lease`` pieces.
+The GPU engine allocates it as pinned host memory (registered once, at its exact size);
+``host_allocator``, page-aligned host memory, is the default elsewhere. A save leases one region
+per staging-ring slot and gives them back when the save ends; a restore leases each batch while
+its file bytes pass to the device. A lease larger than what is free waits for releases, so
+memory stays bounded however large the checkpoint; a lease larger than ``max_lease`` is an error
+the engine avoids by cutting tensors into pieces of at most that size.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ LEASE_TIMEOUT_S = 600.0  # staging is released by writes and copies that finish;
 
 
 def host_allocator(nbytes: int) -> np.ndarray:
-    """Plain page-aligned host memory (the CPU engine's staging)."""
+    """Plain page-aligned host memory (the default allocator; the GPU engine passes a pinned one)."""
     return aligned_empty((nbytes,), np.uint8)
 
 
@@ -47,7 +47,6 @@ class StagingPool:
             raise ValueError(f"staging pool of {nbytes} bytes is too small")
         self.capacity = nbytes
         self._buffer: np.ndarray | None = allocator(nbytes)
-        self.allocations = 1
         self._live: deque[list] = deque()  # [start, end, released] in lease order
         self._head = 0  # next free byte
         self._cond = threading.Condition()
