@@ -175,6 +175,25 @@ class _EditTracking:
 
     __hash__ = None  # type: ignore[assignment]
 
+    # reads see the shared object (the built-in storage underneath may lag behind an edit made around the wrapper)
+    def __getitem__(self, key: Any) -> Any:
+        return self._self_storage[key]
+
+    def __len__(self) -> int:
+        return len(self._self_storage)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._self_storage)
+
+    def __reversed__(self) -> Iterator[Any]:
+        return reversed(self._self_storage)
+
+    def __contains__(self, item: Any) -> bool:
+        return item in self._self_storage
+
+    def __repr__(self) -> str:
+        return repr(self._self_storage)
+
 
 class TrackedList(_EditTracking, list, Trackable):
     """A ``list`` that wraps the user's list; its trackable items are dependencies named by position."""
@@ -271,21 +290,6 @@ class TrackedList(_EditTracking, list, Trackable):
 
     # -- reads (the shared list) -------------------------------------------------------
 
-    def __getitem__(self, index: Any) -> Any:
-        return self._self_storage[index]
-
-    def __len__(self) -> int:
-        return len(self._self_storage)
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self._self_storage)
-
-    def __reversed__(self) -> Iterator[Any]:
-        return reversed(self._self_storage)
-
-    def __contains__(self, value: Any) -> bool:
-        return value in self._self_storage
-
     def index(self, *args: Any) -> int:
         return self._self_storage.index(*args)
 
@@ -302,9 +306,6 @@ class TrackedList(_EditTracking, list, Trackable):
         return self._self_storage * count
 
     __rmul__ = __mul__
-
-    def __repr__(self) -> str:
-        return repr(self._self_storage)
 
     def __sizeof__(self) -> int:
         return list.__sizeof__(self) + self._self_storage.__sizeof__()
@@ -411,23 +412,8 @@ class TrackedDict(_EditTracking, dict, Trackable):
 
     # -- reads (the shared dict) -------------------------------------------------------
 
-    def __getitem__(self, key: Any) -> Any:
-        return self._self_storage[key]
-
     def get(self, key: Any, default: Any = None) -> Any:
         return self._self_storage.get(key, default)
-
-    def __len__(self) -> int:
-        return len(self._self_storage)
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self._self_storage)
-
-    def __reversed__(self) -> Iterator[Any]:
-        return reversed(self._self_storage)
-
-    def __contains__(self, key: Any) -> bool:
-        return key in self._self_storage
 
     def keys(self) -> Any:
         return self._self_storage.keys()
@@ -443,9 +429,6 @@ class TrackedDict(_EditTracking, dict, Trackable):
 
     def __ror__(self, other: Any) -> Any:
         return _storage_of(other) | self._self_storage
-
-    def __repr__(self) -> str:
-        return repr(self._self_storage)
 
     def __sizeof__(self) -> int:
         return dict.__sizeof__(self) + self._self_storage.__sizeof__()
