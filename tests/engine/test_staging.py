@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gpuckpt.engine.staging import StagingPool, host_allocator
+from tests.unit.signals import SignallingCondition
 
 
 class CountingAllocator:
@@ -39,18 +40,6 @@ def test_lease_larger_than_max_lease_is_refused() -> None:
     pool = StagingPool(4096)
     with pytest.raises(ValueError, match="max_lease"):
         pool.lease(pool.max_lease + 1)
-
-
-class SignallingCondition(threading.Condition):
-    """A Condition that sets ``waiting`` each time a thread starts to wait on it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.waiting = threading.Event()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        self.waiting.set()
-        return super().wait(timeout)
 
 
 def test_full_pool_blocks_until_release() -> None:

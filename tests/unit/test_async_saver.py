@@ -8,18 +8,7 @@ import threading
 import pytest
 
 from gpuckpt.futures import AsyncSaver, SaveHandle
-
-
-class SignallingCondition(threading.Condition):
-    """A Condition that sets ``waiting`` each time a thread starts to wait on it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.waiting = threading.Event()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        self.waiting.set()
-        return super().wait(timeout)
+from tests.unit.signals import SignallingCondition
 
 
 def start(saver: AsyncSaver, path: str, job, limit: int = 1) -> SaveHandle:
