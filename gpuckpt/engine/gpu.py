@@ -74,17 +74,6 @@ def _batches(sizes: Sequence[tuple[int, int]], limit: int) -> list[list[_Piece]]
     return [b for b in batches if b]
 
 
-def _join(crcs: list[list[tuple[int, int]]]) -> list[int]:
-    """One raw CRC per tensor from its pieces' (length, crc), in order."""
-    out = []
-    for parts in crcs:
-        value = parts[0][1] if len(parts) == 1 else 0
-        for length, part in parts if len(parts) > 1 else ():
-            value = crc.combine(value, part, length)
-        out.append(value)
-    return out
-
-
 @dataclass(frozen=True)
 class _Write:
     """One positional write of a slot's bytes: ``nbytes`` at ``slot_offset`` go to ``offset`` of ``shard``."""
@@ -320,7 +309,7 @@ class GpuEngine:
                           out, parts, members)
         finally:
             out.close()
-        raw = _join([[(n, value) for _, n, value in sorted(p)] or [(0, 0)] for p in parts])
+        raw = [crc.join([(n, value) for _, n, value in sorted(p)]) for p in parts]
         masked.update((i, crc.mask(value)) for i, value in zip(device, raw))
         return [masked[i] for i in range(len(tensors))]
 
@@ -366,7 +355,7 @@ class GpuEngine:
                 self.pool.release(lease)
             for p, value in zip(batch, crcs):
                 parts[p.index].append((p.nbytes, int(value)))
-        for (key, entry), value in zip(items, _join(parts) if items else []):
+        for (key, entry), value in zip(items, [crc.join(p) for p in parts]):
             if crc.mask(value) != entry.crc32c:
                 raise DataLossError(
                     f"checksum mismatch for key {key!r} in checkpoint {reader.prefix!r} (verified on the GPU): "

@@ -151,10 +151,7 @@ class RestoreRing:
             it = items[p.item]
             if p.start + p.nbytes < it.length:
                 continue
-            (_, value), *rest = parts[p.item]
-            for length, part in rest:
-                value = crc.combine(value, part, length)
-            if crc.mask(value) != it.crc32c:
+            if crc.mask(crc.join(parts[p.item])) != it.crc32c:
                 failed[it.request] = storage.crc_error(it.key, it.shard, it.crc32c, " (verified on the GPU)")
         return failed
 

@@ -8,6 +8,7 @@ rereading them, which is how parallel (GPU or multi-thread) checksums are assemb
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import crc32c as _crc32c
 
@@ -79,3 +80,13 @@ def x8n(n: int) -> int:
 def combine(crc_a: int, crc_b: int, len_b: int) -> int:
     """CRC of A+B from crc(A), crc(B) and len(B), without touching the bytes."""
     return _gf2_times(x8n(len_b), crc_a) ^ crc_b
+
+
+def join(pieces: Sequence[tuple[int, int]]) -> int:
+    """CRC of consecutive pieces from each one's ``(length, crc)``, in order (0 for none)."""
+    if len(pieces) == 1:
+        return pieces[0][1]
+    value = 0
+    for length, part in pieces:
+        value = combine(value, part, length)
+    return value

@@ -133,11 +133,7 @@ class FileSystemReader:
             if i in broken:
                 failed.append((i, broken[i]))
                 continue
-            pieces = parts.get(i, ())
-            value = pieces[0][1] if len(pieces) == 1 else 0
-            for length, part in pieces if len(pieces) > 1 else ():
-                value = crc.combine(value, part, length)
-            if crc.mask(value) != t.crc32c:
+            if crc.mask(crc.join(parts.get(i, ()))) != t.crc32c:
                 failed.append((i, self.crc_error(t.key, t.shard, t.crc32c)))
         return ReadReport(tuple(failed))
 
