@@ -38,10 +38,6 @@ class SavePlan:
     items: tuple[WriteItem, ...]
     shard_sizes: tuple[int, ...]
 
-    @property
-    def total_bytes(self) -> int:
-        return sum(self.shard_sizes)
-
 
 def build_save_plan(specs: Sequence[TensorSpec], *, max_shard_size: int | None = None) -> SavePlan:
     """Lay tensors out back to back in the given order; open a new shard when one would pass
