@@ -1,13 +1,11 @@
 """CUDA kernels of gpuckpt, importable as ``gpuckpt.kernels``: CRC-32C of many segments in one launch
-(save and restore), with an optional fused copy.
+(save and restore); the gather and scatter kernels live in ``gpuckpt.kernels.gather``.
 
 Importing this package is cheap and does not import numba; the first use of a function
 below imports the submodule that defines it (and numba with it). Without numba and
 numba-cuda that use raises ImportError naming the ``gpuckpt[gpu]`` extra.
 
-    pack_crc(src, dst, seg_offsets, seg_sizes, stream=None) -> uint32[n]   copy + raw CRC-32C
-    crc_segments(buf, seg_offsets, seg_sizes, stream=None) -> uint32[n]    raw CRC-32C only
-    pack_crc_cpu(src, dst, seg_offsets, seg_sizes) -> uint32[n]            the same, on the CPU
+    crc_segments(buf, seg_offsets, seg_sizes, stream=None) -> uint32[n]    raw CRC-32C of each segment
 """
 
 from __future__ import annotations
@@ -15,9 +13,7 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "pack_crc": "pack",
     "crc_segments": "pack",
-    "pack_crc_cpu": "pack",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,8 +1,8 @@
-"""Save-side kernels: copy an arena's segments to a staging buffer and CRC-32C each segment.
+"""CRC-32C kernels: the raw CRC-32C of many segments of one device buffer, in one launch.
 
 Work is cut into chunks of ``CHUNK_BYTES`` across all segments; one launch covers them all.
 Each thread block takes a chunk (grid-stride, at most ``MAX_BLOCKS`` blocks): its threads
-read interleaved ``CELL_BYTES`` cells (8-byte words where aligned), copy them, CRC them with
+read interleaved ``CELL_BYTES`` cells (8-byte words where aligned), CRC them with
 slicing-by-8 tables held in shared memory (see crc32c.thread_chunk_register), and XOR their
 registers into a shared word with atomics: one barrier per chunk, no warp shuffles (the
 CUDA simulator has none). A second, small kernel shifts every chunk's register to
@@ -12,9 +12,10 @@ What is combined are CRC registers (crc32c module): a segment's first chunk star
 0xFFFFFFFF, the others from 0, and the final xor is folded into the first chunk's share, so
 the XOR of the shifted chunk registers is the segment's finalized CRC-32C.
 
-Layout: ``dst`` mirrors ``src`` (segment i occupies dst[off_i : off_i + size_i] too), so a
-word read from src is written to the same word of dst. The engine gathers tensors into the
-arena in file order, so a staging buffer of the arena's size is the shard's bytes.
+The GPU engines gather tensors into a staging slot first (``kernels.gather``) and checksum the
+slot's segments here: ``launch_crc`` with tables uploaded once per layout (``CrcArgs``), or
+``crc_segments`` for a one-off call. The device functions also take a destination to copy to
+(``copy``); these kernels pass the source as destination and never copy.
 
 The sizes are module-level and read at each call, so tests can shrink them.
 """
@@ -28,7 +29,7 @@ require_numba()
 import functools  # noqa: E402
 
 import numpy as np  # noqa: E402
-from numba import cuda, njit, uint32  # noqa: E402
+from numba import cuda, uint32  # noqa: E402
 
 from . import _launch  # noqa: E402
 from .crc32c import (  # noqa: E402
@@ -65,12 +66,12 @@ def _check_shape(nthreads: int, cell: int) -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def chunk_kernel(nthreads: int, cell: int, copy: bool):
-    """The chunk kernel for a block shape; ``copy`` False makes it CRC-only."""
-    return cuda.jit(chunk_kernel_source(nthreads, cell, copy))
+def chunk_kernel(nthreads: int, cell: int):
+    """The chunk kernel for a block shape."""
+    return cuda.jit(chunk_kernel_source(nthreads, cell))
 
 
-def chunk_kernel_source(nthreads: int, cell: int, copy: bool):
+def chunk_kernel_source(nthreads: int, cell: int):
     """Python source of the chunk kernel, with the block shape and tables baked in as constants."""
     _check_shape(nthreads, cell)
     tab_const = SLICING_TABLES
@@ -100,7 +101,7 @@ def chunk_kernel_source(nthreads: int, cell: int, copy: bool):
             a = seg_offsets[seg] + local
             b = a + min(chunk_bytes, seg_sizes[seg] - local)
             reg = thread_chunk_register(
-                src, src64, dst, dst64, a, b, chunk_init(local), t, nthreads, cell, tab, gap, xw, words, copy
+                src, src64, dst, dst64, a, b, chunk_init(local), t, nthreads, cell, tab, gap, xw, words, False
             )
             if reg != 0:
                 cuda.atomic.xor(acc, k, reg)
@@ -127,34 +128,30 @@ def combine_kernel_source(chunk_values, chunk_seg, chunk_start, seg_sizes, chunk
 combine_kernel = cuda.jit(combine_kernel_source)
 
 
-def _run(src, dst, seg_offsets, seg_sizes, stream, copy: bool, src_name: str = "src") -> np.ndarray:
-    src = _launch.device_bytes(src, src_name)
-    dst = _launch.device_bytes(dst, "dst") if copy else src
-    offsets, sizes = _launch.segment_table(seg_offsets, seg_sizes, src.shape[0], src_name)
-    if copy:
-        _launch.segment_table(offsets, sizes, dst.shape[0], "dst")
+def _run(buf, seg_offsets, seg_sizes, stream) -> np.ndarray:
+    buf = _launch.device_bytes(buf, "buf")
+    offsets, sizes = _launch.segment_table(seg_offsets, seg_sizes, buf.shape[0], "buf")
     chunk_bytes = int(CHUNK_BYTES)
     segs, starts = _launch.chunk_table(sizes, chunk_bytes)
     if segs.size == 0:
         return np.zeros(sizes.size, dtype=np.uint32)
-    crcs = _launch_kernels(src, dst, offsets, sizes, segs, starts, chunk_bytes, copy, stream)
+    crcs = _launch_kernels(buf, offsets, sizes, segs, starts, chunk_bytes, stream)
     result = crcs.copy_to_host(stream=_launch.launch_stream(stream))
     _launch.synchronize(stream)
     return result
 
 
-def _launch_kernels(src, dst, offsets, sizes, segs, starts, chunk_bytes: int, copy: bool, stream):
+def _launch_kernels(buf, offsets, sizes, segs, starts, chunk_bytes: int, stream):
     """Enqueue the chunk and combine kernels on ``stream``; returns the device array of CRCs."""
-    src64, src_words = _launch.word_view(src, stream)
-    dst64, dst_words = _launch.word_view(dst, stream) if copy else (src64, src_words)
+    buf64, words = _launch.word_view(buf, stream)
     put = functools.partial(_launch.to_device, stream=stream)
     d_offsets, d_sizes, d_segs, d_starts = put(offsets), put(sizes), put(segs), put(starts)
     on = _launch.launch_stream(stream)
     values = cuda.device_array(segs.size, dtype=np.uint32, stream=on)
     crcs = put(np.zeros(sizes.size, dtype=np.uint32))
     nthreads = int(THREADS_PER_BLOCK)
-    chunk_kernel(nthreads, int(CELL_BYTES), copy)[min(segs.size, int(MAX_BLOCKS)), nthreads, on](
-        src, src64, dst, dst64, d_offsets, d_sizes, d_segs, d_starts, chunk_bytes, src_words and dst_words, values
+    chunk_kernel(nthreads, int(CELL_BYTES))[min(segs.size, int(MAX_BLOCKS)), nthreads, on](
+        buf, buf64, buf, buf64, d_offsets, d_sizes, d_segs, d_starts, chunk_bytes, words, values
     )
     combine_kernel[-(-segs.size // COMBINE_THREADS), COMBINE_THREADS, on](
         values, d_segs, d_starts, d_sizes, chunk_bytes, crcs
@@ -187,7 +184,7 @@ def launch_crc(buf, args: CrcArgs, stream) -> object:
     if args.segs.size == 0:
         return args.crcs
     nthreads = int(THREADS_PER_BLOCK)
-    chunk_kernel(nthreads, int(CELL_BYTES), False)[min(args.segs.size, int(MAX_BLOCKS)), nthreads, on](
+    chunk_kernel(nthreads, int(CELL_BYTES))[min(args.segs.size, int(MAX_BLOCKS)), nthreads, on](
         buf, src64, buf, src64, args.d_offsets, args.d_sizes, args.d_segs, args.d_starts, args.chunk_bytes, words,
         args.values
     )
@@ -197,61 +194,12 @@ def launch_crc(buf, args: CrcArgs, stream) -> object:
     return args.crcs
 
 
-def pack_crc(src, dst, seg_offsets, seg_sizes, stream=None) -> np.ndarray:
-    """Copy each segment src[off:off+size] to dst[off:off+size] and return its raw CRC-32C.
-
-    ``src``/``dst``: 1-D uint8 arrays the device can address (numba device arrays, CuPy,
-    ``cuda.mapped_array`` host memory; a plain or merely pinned NumPy array is refused on a
-    GPU). ``seg_offsets``/``seg_sizes``: host int64 sequences. Returns uint32[n_segments],
-    unmasked (crc32c of b"" is 0). Launches on ``stream`` and waits for it before returning.
-    """
-    return _run(src, dst, seg_offsets, seg_sizes, stream, copy=True)
-
-
 def crc_segments(buf, seg_offsets, seg_sizes, stream=None) -> np.ndarray:
-    """Raw CRC-32C (uint32, unmasked) of each segment buf[off:off+size], copying nothing."""
-    return _run(buf, None, seg_offsets, seg_sizes, stream, copy=False, src_name="buf")
+    """Raw CRC-32C (uint32, unmasked; 0 for an empty segment) of each segment buf[off:off+size].
 
-
-@njit
-def _emulate(
-    src, src64, dst, dst64, offsets, sizes, segs, starts, chunk_bytes, nthreads, cell, tab, gap, xw, x2n, words, copy,
-    out,
-):
-    """Both kernels' work, chunk by chunk and thread by thread, XOR-ing into ``out``."""
-    for c in range(segs.shape[0]):
-        seg = segs[c]
-        local = starts[c]
-        a = offsets[seg] + local
-        length = min(chunk_bytes, sizes[seg] - local)
-        value = uint32(0)
-        for t in range(nthreads):
-            reg = thread_chunk_register(
-                src, src64, dst, dst64, a, a + length, chunk_init(local), t, nthreads, cell, tab, gap, xw, words, copy
-            )
-            value = uint32(value ^ reg)
-        out[seg] ^= chunk_contribution(value, local, length, sizes[seg], x2n)
-
-
-def pack_crc_cpu(src: np.ndarray, dst: np.ndarray | None, seg_offsets, seg_sizes) -> np.ndarray:
-    """The launches of pack_crc (or of crc_segments when ``dst`` is None) emulated with ``njit``.
-
-    Same device functions, chunking, cells and tables, one thread at a time on the CPU: how
-    large inputs are tested without a GPU. ``src``/``dst`` are NumPy uint8 arrays.
+    ``buf``: a 1-D uint8 array the device can address (numba device arrays, CuPy,
+    ``cuda.mapped_array`` host memory; a plain or merely pinned NumPy array is refused on a
+    GPU). ``seg_offsets``/``seg_sizes``: host int64 sequences. Launches on ``stream`` and waits
+    for it before returning.
     """
-    copy = dst is not None
-    dst = src if dst is None else dst
-    nthreads, cell, chunk_bytes = int(THREADS_PER_BLOCK), int(CELL_BYTES), int(CHUNK_BYTES)
-    _check_shape(nthreads, cell)
-    offsets, sizes = _launch.segment_table(seg_offsets, seg_sizes, min(src.size, dst.size), "src/dst")
-    segs, starts = _launch.chunk_table(sizes, chunk_bytes)
-    gap, xw = chunk_tables(nthreads, cell)
-    words = src.ctypes.data % 8 == 0 and dst.ctypes.data % 8 == 0 and src.size >= 8 and dst.size >= 8
-    src64 = src[: src.size // 8 * 8].view(np.uint64) if words else np.zeros(1, np.uint64)
-    dst64 = dst[: dst.size // 8 * 8].view(np.uint64) if words else src64
-    out = np.zeros(sizes.size, dtype=np.uint32)
-    _emulate(
-        src, src64, dst, dst64, offsets, sizes, segs, starts, chunk_bytes, nthreads, cell,
-        SLICING_TABLES, gap, xw, X2N, words, copy, out,
-    )
-    return out
+    return _run(buf, seg_offsets, seg_sizes, stream)

@@ -1,4 +1,4 @@
-"""pack_crc / crc_segments launches (CUDA simulator unless a GPU is selected) and their CPU twin."""
+"""crc_segments launches (CUDA simulator unless a GPU is selected) and, for large inputs, their CPU twin."""
 
 import crc32c as crc32c_pkg
 import numpy as np
@@ -9,9 +9,8 @@ pytest.importorskip("numba.cuda")
 from numba import cuda  # noqa: E402
 
 from gpuckpt.errors import InvalidArgumentError  # noqa: E402
-from gpuckpt.kernels import _launch, crc_segments, pack, pack_crc, pack_crc_cpu  # noqa: E402
-
-SENTINEL = 0xA5
+from gpuckpt.kernels import _launch, crc_segments, pack  # noqa: E402
+from tests.kernels.cpu_twin import crc_segments_cpu  # noqa: E402
 
 
 def expected(buf: np.ndarray, offsets, sizes) -> list[int]:
@@ -28,50 +27,34 @@ def layout(sizes, rng, start: int = 0, max_gap: int = 9) -> tuple[list[int], int
     return offsets, pos + int(rng.integers(0, max_gap + 1))
 
 
-def run_pack(buf: np.ndarray, offsets, sizes):
-    """pack_crc on device copies of buf; returns (crcs, dst bytes on the host)."""
-    src = cuda.to_device(buf)
-    dst = cuda.to_device(np.full_like(buf, SENTINEL))
-    crcs = pack_crc(src, dst, offsets, sizes)
-    return crcs, dst.copy_to_host()
-
-
-def assert_packed(buf, offsets, sizes, crcs, out):
+def assert_crcs(buf: np.ndarray, offsets, sizes) -> None:
+    """crc_segments on a device copy of buf matches the reference, and leaves buf as it was."""
+    dev = cuda.to_device(buf)
+    crcs = crc_segments(dev, offsets, sizes)
     assert crcs.dtype == np.uint32
     assert crcs.tolist() == expected(buf, offsets, sizes)
-    covered = np.zeros(buf.size, dtype=bool)
-    for o, s in zip(offsets, sizes):
-        covered[o : o + s] = True
-    np.testing.assert_array_equal(out[covered], buf[covered])
-    assert (out[~covered] == SENTINEL).all()
+    np.testing.assert_array_equal(dev.copy_to_host(), buf)
 
 
 @pytest.mark.parametrize("size", [0, 1, 3, 4097])
 def test_single_segment_sizes(size, rng, launch_shape):
     launch_shape(chunk=1024, threads=4, cell=16)
     buf = rng.integers(0, 256, size + 16, dtype=np.uint8)
-    offsets, sizes = [5], [size]
-    crcs, out = run_pack(buf, offsets, sizes)
-    assert_packed(buf, offsets, sizes, crcs, out)
+    assert_crcs(buf, [5], [size])
 
 
 def test_every_itemsize_at_unaligned_offsets(rng, launch_shape):
     launch_shape(chunk=40, threads=4, cell=8)
     sizes = [itemsize * count for itemsize in (1, 2, 4, 8, 16) for count in (1, 3, 7)]
     offsets, total = layout(sizes, rng, start=1)
-    buf = rng.integers(0, 256, total, dtype=np.uint8)
-    crcs, out = run_pack(buf, offsets, sizes)
-    assert_packed(buf, offsets, sizes, crcs, out)
-    assert crc_segments(cuda.to_device(buf), offsets, sizes).tolist() == crcs.tolist()
+    assert_crcs(rng.integers(0, 256, total, dtype=np.uint8), offsets, sizes)
 
 
 def test_hundreds_of_segments_in_one_launch(rng, launch_shape):
     launch_shape(chunk=48, threads=2, cell=8, max_blocks=8)
     sizes = rng.integers(0, 40, 300).tolist()
     offsets, total = layout(sizes, rng, max_gap=3)
-    buf = rng.integers(0, 256, total, dtype=np.uint8)
-    crcs, out = run_pack(buf, offsets, sizes)
-    assert_packed(buf, offsets, sizes, crcs, out)
+    assert_crcs(rng.integers(0, 256, total, dtype=np.uint8), offsets, sizes)
 
 
 @pytest.mark.parametrize("threads,cell,chunk", [(1, 8, 13), (8, 8, 100), (4, 32, 1000), (16, 16, 7)])
@@ -79,27 +62,23 @@ def test_block_shapes_and_ragged_chunks(threads, cell, chunk, rng, launch_shape)
     launch_shape(chunk=chunk, threads=threads, cell=cell, max_blocks=3)
     sizes = [0, 1, 2, 9, 33, 250]
     offsets, total = layout(sizes, rng)
-    buf = rng.integers(0, 256, total, dtype=np.uint8)
-    crcs, out = run_pack(buf, offsets, sizes)
-    assert_packed(buf, offsets, sizes, crcs, out)
+    assert_crcs(rng.integers(0, 256, total, dtype=np.uint8), offsets, sizes)
 
 
 def test_unaligned_buffers_fall_back_to_bytes(rng, launch_shape):
     launch_shape(chunk=64, threads=4, cell=8)
     buf = rng.integers(0, 256, 300, dtype=np.uint8)
-    src_whole = cuda.to_device(np.concatenate([[0], buf]).astype(np.uint8))
-    dst_whole = cuda.to_device(np.full(buf.size + 3, SENTINEL, dtype=np.uint8))
-    src, dst = src_whole[1:], dst_whole[3:]  # both start off an 8-byte boundary
-    assert not _launch.word_view(src, None)[1] and not _launch.word_view(dst, None)[1]
+    whole = cuda.to_device(np.concatenate([[0], buf]).astype(np.uint8))
+    src = whole[1:]  # starts off an 8-byte boundary
+    assert not _launch.word_view(src, None)[1]
     offsets, sizes = [0, 17, 100], [17, 50, 200]
-    crcs = pack_crc(src, dst, offsets, sizes)
-    assert_packed(buf, offsets, sizes, crcs, dst.copy_to_host())
+    assert crc_segments(src, offsets, sizes).tolist() == expected(buf, offsets, sizes)
 
 
 def test_no_segments_and_only_empty_segments(launch_shape):
     launch_shape()
     buf = cuda.to_device(np.arange(10, dtype=np.uint8))
-    assert pack_crc(buf, cuda.to_device(np.zeros(10, np.uint8)), [], []).tolist() == []
+    assert crc_segments(buf, [], []).tolist() == []
     assert crc_segments(buf, [0, 10, 3], [0, 0, 0]).tolist() == [0, 0, 0]
 
 
@@ -108,14 +87,12 @@ def test_rejects_bad_arguments(launch_shape):
     buf = cuda.to_device(np.zeros(16, dtype=np.uint8))
     with pytest.raises(InvalidArgumentError, match="outside"):
         crc_segments(buf, [10], [7])
-    with pytest.raises(InvalidArgumentError, match="outside"):
-        pack_crc(buf, cuda.to_device(np.zeros(8, np.uint8)), [4], [6])
     with pytest.raises(InvalidArgumentError, match="2 offsets but 1 sizes"):
         crc_segments(buf, [0, 1], [1])
     with pytest.raises(InvalidArgumentError, match="uint8"):
         crc_segments(cuda.to_device(np.zeros(4, dtype=np.uint32)), [0], [4])
     with pytest.raises(ValueError, match="power of two"):
-        pack.chunk_kernel_source(3, 8, True)
+        pack.chunk_kernel_source(3, 8)
 
 
 # ---------------------------------------------------------------- CPU twin: large sizes
@@ -125,10 +102,7 @@ def test_cpu_twin_one_million_and_three_bytes(rng):
     size = 1_000_003
     buf = rng.integers(0, 256, size + 40, dtype=np.uint8)
     offsets, sizes = [0, 7, 11], [size, 0, size + 40 - 11]
-    dst = np.full_like(buf, SENTINEL)
-    crcs = pack_crc_cpu(buf, dst, offsets, sizes)
-    assert crcs.tolist() == expected(buf, offsets, sizes)
-    np.testing.assert_array_equal(dst, buf)
+    assert crc_segments_cpu(buf, offsets, sizes).tolist() == expected(buf, offsets, sizes)
 
 
 @pytest.mark.parametrize("threads,cell,chunk", [(256, 32, 65536), (8, 16, 4099), (32, 8, 1 << 20), (1, 8, 300001)])
@@ -136,7 +110,7 @@ def test_cpu_twin_shapes_on_a_large_unaligned_segment(threads, cell, chunk, rng,
     launch_shape(chunk=chunk, threads=threads, cell=cell)
     buf = rng.integers(0, 256, 1_000_003 + 13, dtype=np.uint8)
     offsets, sizes = [13, 5, 1], [1_000_003, 1, 3]
-    assert pack_crc_cpu(buf, None, offsets, sizes).tolist() == expected(buf, offsets, sizes)
+    assert crc_segments_cpu(buf, offsets, sizes).tolist() == expected(buf, offsets, sizes)
 
 
 def test_cpu_twin_many_dtype_segments(rng):
@@ -145,6 +119,4 @@ def test_cpu_twin_many_dtype_segments(rng):
     buf = rng.integers(0, 256, total, dtype=np.uint8)
     view = buf[1:]  # an odd base address: the byte-only path
     offsets = [o - 1 for o in offsets]
-    dst = np.full_like(view, SENTINEL)
-    crcs = pack_crc_cpu(view, dst, offsets, sizes)
-    assert_packed(view, offsets, sizes, crcs, dst)
+    assert crc_segments_cpu(view, offsets, sizes).tolist() == expected(view, offsets, sizes)
