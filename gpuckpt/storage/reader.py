@@ -20,11 +20,12 @@ import weakref
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from ..errors import DataLossError, InvalidArgumentError
+from ..errors import DataLossError, DataLossReason, InvalidArgumentError
 from ..format import crc
 from ..format.bundle import BundleIndex, parse_index
 from .base import ReadReport, ReadTarget
-from .filesystem import _IOV_MAX, advance
+from .posixio import IOV_MAX as _IOV_MAX
+from .posixio import advance
 from .snapshot import ShardFiles, open_snapshot
 
 READ_TASK_BYTES = 8 << 20
@@ -146,7 +147,8 @@ class FileSystemReader:
         the file, never a CRC computed over the bytes read (which would disclose them)."""
         path = self.shard_path(shard)
         return DataLossError(f"checksum mismatch for key {key!r} in {path!r}{where}: the bytes read do not match "
-                             f"the stored CRC32C {stored:#010x}", path=path, key=key)
+                             f"the stored CRC32C {stored:#010x}", path=path, key=key,
+                             reason=DataLossReason.CRC_MISMATCH)
 
     def _run_task(self, task: list[_Piece]) -> list[int] | DataLossError:
         """Read one contiguous file range into its views and checksum them, ``READ_CACHE_BYTES`` at a
@@ -189,7 +191,8 @@ class FileSystemReader:
             n = os.preadv(fd, pending[:_IOV_MAX], offset)
             if n == 0:
                 path = self.shard_path(shard)
-                raise DataLossError(f"data file {path!r} ended at offset {offset} while reading", path=path)
+                raise DataLossError(f"data file {path!r} ended at offset {offset} while reading", path=path,
+                                    reason=DataLossReason.TRUNCATED)
             offset += n
             pending = advance(pending, n)
         for i, view in batch:
@@ -205,7 +208,8 @@ class FileSystemReader:
                 n = os.preadv(fd, [view], offset)
                 if n == 0:
                     path = self.shard_path(shard)
-                    raise DataLossError(f"data file {path!r} ended while reading key {key!r}", path=path, key=key)
+                    raise DataLossError(f"data file {path!r} ended while reading key {key!r}", path=path, key=key,
+                                        reason=DataLossReason.TRUNCATED)
                 view, offset = view[n:], offset + n
         except OSError as exc:
             path = self.shard_path(shard)

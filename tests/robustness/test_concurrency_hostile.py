@@ -172,6 +172,7 @@ import os, sys, time
 import numpy as np
 import gpuckpt
 from gpuckpt.storage import filesystem
+from gpuckpt.testing import faults
 
 directory, go = sys.argv[1], sys.argv[2]
 
@@ -185,7 +186,7 @@ class PauseBeforeIndex(filesystem.PosixIO):
         filesystem.pwrite_all(fd, data, offset)
 
 
-filesystem.DEFAULT_IO = PauseBeforeIndex()
+faults.install(PauseBeforeIndex())
 checkpoint = gpuckpt.Checkpoint(v=gpuckpt.Variable(np.arange(50_000, dtype=np.float32)))
 print(checkpoint.save(directory + "/ckpt", options=gpuckpt.CheckpointOptions(fsync=False)), flush=True)
 """
