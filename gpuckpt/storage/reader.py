@@ -22,8 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import DataLossError, DataLossReason, InvalidArgumentError
 from ..format import crc
-from ..format.bundle import BundleIndex, parse_index
+from ..format.bundle import BundleEntry, BundleIndex, parse_index
 from .base import ReadReport, ReadTarget
+from .filesystem import SPARSE_CHECK_BYTES, check_sparse_range
 from .posixio import IOV_MAX as _IOV_MAX
 from .posixio import advance
 from .snapshot import ShardFiles, open_snapshot
@@ -92,6 +93,13 @@ class FileSystemReader:
 
     def shard_path(self, shard: int) -> str:
         return self._files.path(shard)
+
+    def check_present(self, key: str, entry: BundleEntry) -> None:
+        """Before memory is allocated for a large unsliced entry: DataLossError if its bytes are a sparse
+        file's hole that fails the CRC (``filesystem.check_sparse_range``)."""
+        if entry.size >= SPARSE_CHECK_BYTES and not entry.is_sliced:
+            fd, _ = self._open(entry.shard_id)
+            check_sparse_range(fd, self.shard_path(entry.shard_id), key, entry.offset, entry.size, entry.crc32c)
 
     # -- 3. reading ------------------------------------------------------------------------
     def read_verified(self, targets: Sequence[ReadTarget], *, task_bytes: int | None = None) -> ReadReport:
