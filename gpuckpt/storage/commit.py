@@ -155,7 +155,10 @@ class AtomicCommit:
     def _move_old_aside(self) -> None:
         io = self.storage.io
         for old in ([self.index] if os.path.lexists(self.index) else []) + shard_files(self.prefix):
-            io.replace(old, self.aside(old))
+            try:
+                io.replace(old, self.aside(old))
+            except FileNotFoundError:
+                continue  # deleted meanwhile (retention of another process): nothing to put aside
             self._aside.append((self.aside(old), old))
         if self._aside and self.storage.fsync:
             io.fsync_dir(self.directory)

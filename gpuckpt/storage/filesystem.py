@@ -230,12 +230,16 @@ def remove_checkpoint(prefix: str | os.PathLike, storage: StorageConfig | None =
     """Delete a checkpoint: its index first, durably (so it is invisible at once), then its data shards.
 
     A crash in between leaves only data files without an index, which the next sweep removes. Data
-    files are left alone when another writer is committing a checkpoint at the same prefix.
+    files are left alone when another writer is committing a checkpoint at the same prefix; and
+    since such a writer may start at any moment, each data file is deleted only if it is still the
+    file the index named (same inode, noted before the index was removed): it is first renamed to
+    a temporary name of this deletion, checked, and deleted, or else put back if that name is free.
     If the directory fsync fails, the data files are still deleted before the error is raised.
     """
     storage = storage or StorageConfig()
     prefix = os.fspath(prefix)
     index = prefix + ".index"
+    owned = {path: _inode(path) for path in shard_files(prefix)}  # while the index still names them
     failure: CheckpointError | None = None
     try:
         existed = _unlink_missing_ok(storage.io, index)
@@ -246,15 +250,40 @@ def remove_checkpoint(prefix: str | os.PathLike, storage: StorageConfig | None =
             storage.io.fsync_dir(os.path.dirname(prefix))
     except OSError as exc:
         failure = io_error("sync directory after deleting", index, exc)
-    if commit_in_flight(prefix) or os.path.lexists(index):
-        return  # another writer is committing a new checkpoint here: the data files are its own
-    for path in shard_files(prefix):
-        try:
-            _unlink_missing_ok(storage.io, path)
-        except OSError as exc:
-            failure = failure or io_error("delete data file", path, exc)
+    if not (commit_in_flight(prefix) or os.path.lexists(index)):  # else the data files are another writer's
+        token = writer_token()
+        for path, inode in owned.items():
+            try:
+                _unlink_if_same(storage.io, path, inode, f"{path}.tmp-{token}")
+            except OSError as exc:
+                abandon(token)  # what is left under this deletion's name is the sweep's
+                failure = failure or io_error("delete data file", path, exc)
     if failure is not None:
         raise failure
+
+
+def _inode(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _unlink_if_same(io: PosixIO, path: str, inode: tuple[int, int] | None, grabbed: str) -> None:
+    """Delete ``path`` if it is still the file ``inode`` names; a file a writer put there meanwhile stays."""
+    if inode is None:
+        return
+    try:
+        io.replace(path, grabbed)  # atomic: whatever is at path now is ours to inspect
+    except FileNotFoundError:
+        return
+    if _inode(grabbed) != inode:
+        try:
+            os.link(grabbed, path)  # back, unless yet another file took the name meanwhile
+        except FileExistsError:
+            pass
+    io.unlink(grabbed)
 
 
 def _unlink_missing_ok(io: PosixIO, path: str) -> bool:

@@ -1,4 +1,5 @@
-"""Faults in the calls that are not writes: unlink during retention, mkdir, the state file's publication.
+"""Faults in the calls that are not writes (unlink during retention, mkdir, the state file's publication),
+and another process acting between two of retention's or a commit's calls.
 
 Each must give a typed CheckpointError that names the file and carries the errno, and leave a
 directory in which every checkpoint with an index verifies and the next save works.
@@ -15,6 +16,10 @@ import pytest
 
 import gpuckpt
 from gpuckpt.errors import CommittedSaveError, StatePublishError
+from gpuckpt.format import bundle
+from gpuckpt.options import StorageConfig
+from gpuckpt.storage import filesystem
+from gpuckpt.storage.posixio import PosixIO
 from gpuckpt.testing import crashes, faults
 from gpuckpt.testing.faults import FaultyIO
 
@@ -99,3 +104,47 @@ def test_a_state_file_whose_directory_sync_fails_stays_committed(tmp_path: Path)
     assert info.value.checkpoint == str(tmp_path / "ckpt-1") == gpuckpt.latest_checkpoint(tmp_path)
     assert info.value.errno == errno.EIO and info.value.path == str(tmp_path / "checkpoint")
     assert int(checkpoint.save_counter.numpy()) == 1 and value(info.value.checkpoint) == 1.0
+
+
+class PlacesBeforeGrab(PosixIO):
+    """Another writer renames its new data file into ``path`` just before retention grabs that name."""
+
+    def __init__(self, path: str, new: bytes):
+        self.path, self.new, self.done = path, new, False
+
+    def replace(self, src, dst) -> None:  # type: ignore[override]
+        if os.fspath(src) == self.path and ".tmp-" in os.fspath(dst) and not self.done:
+            self.done = True
+            Path(self.path + ".incoming").write_bytes(self.new)
+            os.replace(self.path + ".incoming", self.path)
+        os.replace(src, dst)
+
+
+def test_retention_never_deletes_a_data_file_another_writer_just_placed(tmp_path: Path) -> None:
+    checkpoint, _ = model()
+    prefix = checkpoint.write(tmp_path / "ckpt-1")
+    data = bundle.data_file_name(prefix, 0, 1)
+    filesystem.remove_checkpoint(prefix, StorageConfig(io=PlacesBeforeGrab(data, b"the other writer's data")))
+    assert not os.path.exists(prefix + ".index")
+    assert Path(data).read_bytes() == b"the other writer's data"  # put back, not deleted
+    assert sorted(os.listdir(tmp_path)) == [os.path.basename(data)]
+
+
+class DeletesBeforeAside(PosixIO):
+    """Another process's retention deletes the old data file just before the commit puts it aside."""
+
+    def replace(self, src, dst) -> None:  # type: ignore[override]
+        if ".data-" in os.fspath(src) and ".old-" in os.fspath(dst):
+            os.unlink(src)
+        os.replace(src, dst)
+
+
+def test_an_overwrite_whose_old_data_vanishes_still_commits(tmp_path: Path) -> None:
+    checkpoint, v = model()
+    checkpoint.write(tmp_path / "ckpt-1")
+    v.assign(np.full(1000, 2, np.float32))
+    with faults.injected(DeletesBeforeAside()):
+        prefix = checkpoint.write(tmp_path / "ckpt-1")
+    with gpuckpt.load_checkpoint(prefix) as reader:
+        assert (reader.get_tensor("v/.ATTRIBUTES/VARIABLE_VALUE") == 2).all()
+    assert sorted(os.listdir(tmp_path)) == ["ckpt-1.data-00000-of-00001", "ckpt-1.index"]
