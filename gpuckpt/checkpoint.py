@@ -16,7 +16,7 @@ from . import prepare, saveable, saver
 from . import strict as strict_restore
 from .engine.capture import CapturePool
 from .engine.select import EngineCache
-from .errors import InvalidArgumentError, NotFoundError
+from .errors import CommittedSaveError, InvalidArgumentError, NotFoundError
 from .format import objgraph
 from .format.statefile import CheckpointState
 from .futures import AsyncSaver, SaveHandle
@@ -197,7 +197,7 @@ class Checkpoint(AutoTrackable):
         try:
             persist(self._tensors())
         except BaseException as exc:
-            if getattr(exc, "withdrawn", True):  # False only when a state-file error left it listed
+            if not isinstance(exc, CommittedSaveError):  # only then does the checkpoint stay listed
                 undo()
             raise
         _run_callbacks(options, path)
@@ -206,7 +206,7 @@ class Checkpoint(AutoTrackable):
         """Name the committed checkpoint at ``path`` in its directory's state file."""
         directory = os.path.dirname(path) or os.curdir
         relative = os.path.relpath(path, directory)
-        filesystem.publish_state(directory, CheckpointState(relative, (relative,)), path, fsync=options.fsync)
+        filesystem.publish_state(directory, CheckpointState(relative, (relative,)), path, options.storage)
 
     def _tensors(self) -> dict[str, Any]:
         """Every value to save under its checkpoint key, the object graph last."""

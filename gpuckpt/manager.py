@@ -29,9 +29,9 @@ import numpy as np
 
 from . import retention
 from .checkpoint import Checkpoint
-from .errors import CheckpointError, InvalidArgumentError
+from .errors import CheckpointError, CommittedSaveError, InvalidArgumentError, StatePublishError
 from .format.statefile import CheckpointState
-from .options import CheckpointOptions
+from .options import CheckpointOptions, StorageConfig
 from .retention import CheckpointInfo
 from .session import restore_newest_verified
 from .storage import fallback, filesystem, recovery
@@ -199,12 +199,14 @@ class CheckpointManager:
             counter.assign_add(1)
             path = f"{self._prefix}-{number}"
 
+            storage = options.storage
+
             def persist(tensors: dict[str, Any]) -> None:
-                with recovery.DirectoryLock(self._directory):
-                    recovery.clean_leftovers(os.path.dirname(self._prefix), os.path.basename(self._prefix))
+                with recovery.DirectoryLock(self._directory, storage):
+                    recovery.clean_leftovers(os.path.dirname(self._prefix), os.path.basename(self._prefix), storage)
                     self._forget_deleted()
                     checkpoint._write(path, tensors, options)
-                    self._record_and_delete_old(path, options.fsync)
+                    self._record_and_delete_old(path, storage)
 
             checkpoint._run_save(path, options, persist, undo=functools.partial(counter.assign_sub, 1))
         return path
@@ -223,39 +225,43 @@ class CheckpointManager:
         self._last_checkpoint_step = step
         return True
 
-    def _record_and_delete_old(self, path: str, fsync: bool) -> None:
+    def _record_and_delete_old(self, path: str, storage: StorageConfig) -> None:
+        """List the committed ``path`` in the state file, then apply retention.
+
+        StatePublishError: the checkpoint was withdrawn (nothing changed); CommittedSaveError: it is
+        committed and listed, but deleting old checkpoints or rewriting the state file failed.
+        """
         previous = self._managed, self._latest
         self._managed = [info for info in self._managed if info.path != path]
         self._managed.append(CheckpointInfo(path, self._clock()))
         self._latest = path
         try:  # first, so that a crash while deleting still finds the new checkpoint
-            filesystem.publish_state(self._directory, self._state(), path, fsync=fsync)
-        except CheckpointError as exc:
-            if exc.withdrawn:  # the checkpoint was deleted again
-                self._managed, self._latest = previous
+            filesystem.publish_state(self._directory, self._state(), path, storage)
+        except StatePublishError:
+            self._managed, self._latest = previous
             raise
         if self._max_to_keep is None:
             return
         try:
-            self._delete_old(fsync)
+            self._delete_old(storage)
         except CheckpointError as exc:
-            exc.withdrawn = False  # the new checkpoint is committed and listed; only the cleanup failed
-            raise
+            raise CommittedSaveError(f"checkpoint {path!r} is committed and listed, but retention failed: {exc}",
+                                     checkpoint=path, path=exc.path, errno=exc.errno) from exc
 
-    def _delete_old(self, fsync: bool) -> None:
+    def _delete_old(self, storage: StorageConfig) -> None:
         """Delete what the retention policy no longer keeps, then list only what is left."""
         outcome = retention.decide_retention(self._managed, max_to_keep=self._max_to_keep,
                                              keep_checkpoint_every_n_hours=self._keep_every_n_hours,
                                              last_preserved_timestamp=self._last_preserved)
         for info in outcome.deleted:
             if self._inside(info.path):
-                filesystem.remove_checkpoint(info.path, fsync=fsync)
+                filesystem.remove_checkpoint(info.path, storage)
             else:
                 log.warning("not deleting checkpoint %r: it is outside the manager's directory %r",
                             info.path, self._directory)
         self._managed = list(outcome.managed)
         self._last_preserved = outcome.last_preserved_timestamp
-        filesystem.write_state(self._directory, self._state(), fsync=fsync)
+        filesystem.write_state(self._directory, self._state(), storage)
 
     def _state(self) -> CheckpointState:
         """The state file's contents; written only after a save has set the latest checkpoint."""

@@ -14,6 +14,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from .errors import InvalidArgumentError
+from .storage.posixio import PosixIO, installed
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """How storage writes, passed whole from a save down to the commit: ``fsync`` (flush data and
+    directory entries before a commit) and ``io``, the :class:`PosixIO` that makes the system calls
+    (by default the process's installed one, see ``storage.posixio``; tests substitute faulty ones)."""
+
+    fsync: bool = True
+    io: PosixIO = field(default_factory=installed)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.fsync, bool):
+            raise InvalidArgumentError(f"StorageConfig.fsync must be a bool, got {self.fsync!r}")
+        if not isinstance(self.io, PosixIO):
+            raise InvalidArgumentError(f"StorageConfig.io must be a PosixIO, got {self.io!r}")
 
 
 @dataclass(frozen=True)
@@ -89,6 +106,11 @@ class CheckpointOptions:
         _check_sharding(self.experimental_sharding_callback)
 
     @property
+    def storage(self) -> StorageConfig:
+        """The storage configuration of a save with these options (the installed PosixIO, now)."""
+        return StorageConfig(fsync=self.fsync)
+
+    @property
     def write_callbacks(self) -> tuple[Callable, ...]:
         """The write callbacks, empty when none were given."""
         return self.experimental_write_callbacks or ()
@@ -98,6 +120,12 @@ class CheckpointOptions:
         """The byte limit per data file that the sharding policy sets, if any."""
         policy = self.experimental_sharding_callback
         return policy.max_shard_size if isinstance(policy, MaxShardSizePolicy) else None
+
+
+def storage_config(options: CheckpointOptions | None, io: PosixIO | None = None) -> StorageConfig:
+    """The StorageConfig of a save with ``options`` (defaults when None); ``io`` overrides the PosixIO."""
+    fsync = options.fsync if options is not None else True
+    return StorageConfig(fsync=fsync) if io is None else StorageConfig(fsync=fsync, io=io)
 
 
 def _check_bool(name: str, value: object) -> None:

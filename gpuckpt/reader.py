@@ -65,6 +65,7 @@ class CheckpointReader:
         if plan.strings:
             return read_string(self.storage, plan.strings[0])
         assert entry.dtype.numpy is not None  # string tensors were read above
+        self.storage.check_present(key, entry)  # a sparse file's hole is not allocated for
         try:
             out = aligned_empty(entry.shape, entry.dtype.numpy)
         except MemoryError:  # a sparse data file can hold more bytes than this machine has memory

@@ -11,6 +11,7 @@ from .engine.cpu import CpuEngine
 from .engine.select import EngineCache, to_host, wants_gpu
 from .format import sstable
 from .format.bundle import BundleEntry, encode_entry, encode_header
+from .options import storage_config
 from .plan import SavePlan, TensorSpec, build_save_plan
 from .storage.filesystem import FileSystemWriter, PosixIO
 
@@ -88,8 +89,7 @@ def write_tensors(
     prefix = os.fspath(prefix)
     keys, described, use_gpu = tensors_for_engine(tensors, options)
     plan = plan_for(keys, described, max_shard_size)
-    fsync = getattr(options, "fsync", True)
-    writer = FileSystemWriter(prefix, plan.num_shards, fsync=fsync, io=io if io else None)
+    writer = FileSystemWriter(prefix, plan.num_shards, storage_config(options, io))
     cache = engines if engines is not None else EngineCache()
     try:
         crcs = (cache.gpu() if use_gpu else CpuEngine()).write(plan, described, writer)

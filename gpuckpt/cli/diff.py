@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..arrays import aligned_empty
-from ..errors import DataLossError
+from ..errors import DataLossError, DataLossReason
 from ..format import crc
 from ..format.bundle import BundleEntry, data_file_name
 from ..reader import CheckpointReader
@@ -104,7 +104,7 @@ def compare(ra: CheckpointReader, rb: CheckpointReader, key: str) -> ValueDiff:
         if crc.mask(value) != e.crc32c:
             path = data_file_name(reader.prefix, e.shard_id, reader.index.num_shards)
             raise DataLossError(f"checksum mismatch for key {key!r} in {path!r}: stored {e.crc32c:#010x}",
-                                path=path, key=key)
+                                path=path, key=key, reason=DataLossReason.CRC_MISMATCH)
     return stats.result(key)
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..arrays import aligned_empty
-from ..errors import CheckpointError, DataLossError, NotFoundError
+from ..errors import CheckpointError, DataLossError, DataLossReason, NotFoundError
 from ..format import crc
 from ..format.bundle import data_file_name
 from ..reader import CheckpointReader
@@ -40,10 +40,14 @@ class Failures:
     first: dict[tuple[str, str | None, str], str] = field(default_factory=dict)
 
     def add(self, key: str, exc: CheckpointError) -> None:
+        """Group by the error's type, file and kind: a DataLossError's ``reason`` where it has a specific
+        one, else its message with the key and numbers taken out."""
         message = _clean(str(exc))
-        generic = message.replace(repr(key), "{key}")
-        generic = re.sub(r"0x[0-9a-fA-F]+|\b\d+\b", "#", generic)
-        sig = (type(exc).__name__, exc.path, generic)
+        if isinstance(exc, DataLossError) and exc.reason is not DataLossReason.CORRUPT:
+            kind = exc.reason.value
+        else:
+            kind = re.sub(r"0x[0-9a-fA-F]+|\b\d+\b", "#", message.replace(repr(key), "{key}"))
+        sig = (type(exc).__name__, exc.path, kind)
         self.groups.setdefault(sig, []).append(key)
         self.first.setdefault(sig, message)
 
@@ -182,7 +186,7 @@ def _check_streamed(reader: CheckpointReader, key: str, buf: np.ndarray, failure
         if crc.mask(value) != entry.crc32c:
             path = data_file_name(reader.prefix, entry.shard_id, reader.index.num_shards)
             raise DataLossError(f"checksum mismatch for key {key!r} in {path!r}: stored {entry.crc32c:#010x}",
-                                path=path, key=key)
+                                path=path, key=key, reason=DataLossReason.CRC_MISMATCH)
     except CheckpointError as exc:
         failures.add(key, exc)
         return 0

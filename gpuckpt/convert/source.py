@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..arrays import aligned_empty
-from ..errors import DataLossError
+from ..errors import DataLossError, DataLossReason
 from ..format import crc
 from ..format.bundle import BundleEntry, data_file_name
 from ..format.objgraph import OBJECT_GRAPH_KEY, ObjectGraph, decode
@@ -113,5 +113,5 @@ def chunks(reader: CheckpointReader, item: Item) -> Iterator[memoryview]:
         if start + view.nbytes >= entry.size and crc.mask(value) != entry.crc32c:
             path = data_file_name(reader.prefix, entry.shard_id, reader.index.num_shards)
             raise DataLossError(f"checksum mismatch for key {item.key!r} in {path!r}: stored {entry.crc32c:#010x}",
-                                path=path, key=item.key)
+                                path=path, key=item.key, reason=DataLossReason.CRC_MISMATCH)
         yield view.data

@@ -14,7 +14,7 @@ import os
 from typing import Any
 
 from ..manager import CheckpointManager, _checked_number
-from ..options import CheckpointOptions
+from ..options import CheckpointOptions, StorageConfig
 from ..reader import latest_checkpoint
 from ..storage import filesystem, recovery
 from .checkpoint import DistributedCheckpoint
@@ -69,7 +69,7 @@ class DistributedCheckpointManager:
         assert manager is not None, "only rank 0 commits"
         with recovery.DirectoryLock(self._directory):
             manager._forget_deleted()
-            manager._record_and_delete_old(path, self._fsync)
+            manager._record_and_delete_old(path, StorageConfig(fsync=self._fsync))
 
     def restore_or_initialize(self) -> RestoreResult | None:
         """Restore the latest checkpoint on every rank and return what was restored; None when there is none."""

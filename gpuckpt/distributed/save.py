@@ -37,6 +37,7 @@ from ..format import crc, dtypes, objgraph
 from ..format.bundle import BundleEntry, Extent, build_index
 from ..format.slices import slice_key
 from ..format.statefile import CheckpointState
+from ..options import StorageConfig, storage_config
 from ..saver import plan_for, tensors_for_engine, write_planned
 from ..storage import filesystem
 from .comm import ROOT, Communicator, Failure
@@ -156,8 +157,7 @@ def write_shard(prefix: str, tensors: Sequence[Tensor], rank: int, num_ranks: in
     mine = local_tensors(tensors, rank, num_ranks)
     keys, described, use_gpu = tensors_for_engine({str(i): t.value for i, (t, _) in enumerate(mine)}, options)
     plan = plan_for(keys, described)
-    fsync = getattr(options, "fsync", True)
-    writer = filesystem.FileSystemWriter(prefix, num_ranks, fsync=fsync, io=io, shard_ids=[rank])
+    writer = filesystem.FileSystemWriter(prefix, num_ranks, storage_config(options, io), shard_ids=[rank])
     try:
         entries = write_planned(plan, described, writer, use_gpu=use_gpu, engines=engines)
         files = writer.finish()
@@ -239,13 +239,13 @@ def commit(prefix: str, reports: dict[int, Report], missing: dict[int, str], num
     ordered = [reports[r] for r in range(num_ranks)]
     index = merge_index(ordered, num_ranks)
     files = [pair for r in ordered for pair in r.files]
-    filesystem.commit_files(prefix, files, index, fsync=fsync)
+    filesystem.commit_files(prefix, files, index, StorageConfig(fsync=fsync))
     if state and publish is not None:
         publish(prefix)
     elif state:
         directory = os.path.dirname(prefix) or os.curdir
         relative = os.path.relpath(prefix, directory)
-        filesystem.publish_state(directory, CheckpointState(relative, (relative,)), prefix, fsync=fsync)
+        filesystem.publish_state(directory, CheckpointState(relative, (relative,)), prefix, StorageConfig(fsync=fsync))
     return Committed(prefix)
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
-from ..errors import DataLossError
+from ..errors import DataLossError, DataLossReason
 from . import dtypes, proto, sstable
 from .dtypes import DType
 
@@ -124,7 +124,8 @@ def decode_entry(raw: bytes, *, path: str | None = None, key: str | None = None)
     """Parse and validate one ``BundleEntryProto``."""
 
     def bad(why: str) -> DataLossError:
-        return DataLossError(f"corrupt entry for key {key!r} in {path!r}: {why}", path=path, key=key)
+        return DataLossError(f"corrupt entry for key {key!r} in {path!r}: {why}", path=path, key=key,
+                             reason=DataLossReason.BAD_ENTRY)
 
     try:
         msg = proto.BundleEntryProto.FromString(raw)
@@ -174,12 +175,14 @@ def parse_index(data, path: str | None = None) -> BundleIndex:
         entry = decode_entry(value, path=path, key=key)
         if entry.shard_id >= num_shards and not entry.is_sliced:
             raise DataLossError(
-                f"entry {key!r} in {path!r} names shard {entry.shard_id} of {num_shards}", path=path, key=key
+                f"entry {key!r} in {path!r} names shard {entry.shard_id} of {num_shards}", path=path, key=key,
+                reason=DataLossReason.BAD_ENTRY,
             )
         entries[key] = entry
     for slice_key, entry in slice_entries.items():
         if entry.shard_id >= num_shards:
-            raise DataLossError(f"slice entry {slice_key!r} in {path!r} names shard {entry.shard_id}", path=path)
+            raise DataLossError(f"slice entry {slice_key!r} in {path!r} names shard {entry.shard_id}", path=path,
+                                reason=DataLossReason.BAD_ENTRY)
     index = BundleIndex(num_shards, entries, slice_entries)
     validate_index(index, path)
     return index
@@ -204,14 +207,16 @@ def _check_disjoint_ranges(index: BundleIndex, path: str | None) -> None:
     for (shard, _, end, key), (next_shard, start, _, next_key) in itertools.pairwise(ranges):
         if shard == next_shard and start < end:
             raise DataLossError(f"entries {key!r} and {next_key!r} in {path!r} claim overlapping bytes of shard "
-                                f"{shard} (at {start}, before {end})", path=path, key=next_key)
+                                f"{shard} (at {start}, before {end})", path=path, key=next_key,
+                                reason=DataLossReason.BAD_ENTRY)
 
 
 def _check_slices(key: str, entry: BundleEntry, index: BundleIndex, path: str | None) -> None:
     from .slices import slice_key  # slices imports this module
 
     def bad(why: str) -> DataLossError:
-        return DataLossError(f"partitioned tensor {key!r} in {path!r}: {why}", path=path, key=key)
+        return DataLossError(f"partitioned tensor {key!r} in {path!r}: {why}", path=path, key=key,
+                             reason=DataLossReason.BAD_ENTRY)
 
     boxes: list[tuple[tuple[int, int], ...]] = []
     for extents in entry.slices:

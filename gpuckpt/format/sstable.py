@@ -12,8 +12,10 @@ import os
 import struct
 from collections.abc import Iterable, Iterator
 
-from ..errors import DataLossError
+from ..errors import DataLossError, DataLossReason
 from . import crc, varint
+
+_BAD_INDEX = DataLossReason.BAD_INDEX  # the reason of every DataLossError this module raises
 
 BLOCK_SIZE = 262144
 DATA_RESTART_INTERVAL = 16
@@ -162,7 +164,7 @@ class FileSource:
     def read(self, offset: int, size: int) -> memoryview:
         if offset < 0 or size < 0 or offset + size > self.size:
             raise DataLossError(f"index file {self.path!r} is truncated or corrupt: range {offset} (+{size}) "
-                                f"outside its {self.size} bytes", path=self.path)
+                                f"outside its {self.size} bytes", path=self.path, reason=_BAD_INDEX)
         if size > HOLE_CHECK_BYTES:
             self._refuse_holes(offset, size)
         out = bytearray(size)
@@ -170,7 +172,8 @@ class FileSource:
         while view:
             n = os.preadv(self.fd, [view], offset)
             if n == 0:
-                raise DataLossError(f"index file {self.path!r} ended while reading it (it shrank)", path=self.path)
+                raise DataLossError(f"index file {self.path!r} ended while reading it (it shrank)", path=self.path,
+                                    reason=_BAD_INDEX)
             view, offset = view[n:], offset + n
         return memoryview(out)
 
@@ -181,7 +184,8 @@ class FileSource:
             return  # the file system cannot tell; the range is still bounded by the file's length
         if hole < offset + size:
             raise DataLossError(f"index file {self.path!r} is sparse: a block of {size} bytes at {offset} runs "
-                                f"over a hole at {hole}, which no checkpoint writer leaves", path=self.path)
+                                f"over a hole at {hole}, which no checkpoint writer leaves", path=self.path,
+                                reason=_BAD_INDEX)
 
 
 def _read_block(table, offset: int, size: int, path: str | None) -> memoryview:
@@ -192,19 +196,22 @@ def _read_block(table, offset: int, size: int, path: str | None) -> memoryview:
         raise DataLossError(
             f"index file {path!r} is truncated or corrupt: block at {offset} (+{size}) runs past its end",
             path=path,
+            reason=_BAD_INDEX,
         )
     raw = table.read(offset, size + TRAILER_SIZE)
     kind = raw[size]
     (stored,) = struct.unpack_from("<I", raw, size + 1)
     actual = crc.mask(crc.crc32c(raw[size : size + 1], crc.crc32c(raw[:size])))
     if stored != actual:
-        raise DataLossError(f"block checksum mismatch in index file {path!r} (block at offset {offset})", path=path)
+        raise DataLossError(f"block checksum mismatch in index file {path!r} (block at offset {offset})", path=path,
+                            reason=_BAD_INDEX)
     if kind == _SNAPPY:
         raise DataLossError(
-            f"index file {path!r} has a Snappy-compressed block, which gpuckpt does not read", path=path
+            f"index file {path!r} has a Snappy-compressed block, which gpuckpt does not read", path=path,
+            reason=_BAD_INDEX,
         )
     if kind != _NO_COMPRESSION:
-        raise DataLossError(f"index file {path!r}: unknown block compression type {kind}", path=path)
+        raise DataLossError(f"index file {path!r}: unknown block compression type {kind}", path=path, reason=_BAD_INDEX)
     return raw[:size]
 
 
@@ -212,11 +219,12 @@ def _iter_block(block: memoryview, path: str | None) -> Iterator[tuple[bytes, me
     """The entries of one block. Prefix compression lets a few bytes name long keys, so the bytes of the
     keys built are capped at ``KEY_EXPANSION`` times the block (TF's restarts bound real tables far below)."""
     if len(block) < 4:
-        raise DataLossError(f"corrupt block in index file {path!r}: too short for its restart count", path=path)
+        raise DataLossError(f"corrupt block in index file {path!r}: too short for its restart count", path=path,
+                            reason=_BAD_INDEX)
     (num_restarts,) = struct.unpack_from("<I", block, len(block) - 4)
     limit = len(block) - 4 * (num_restarts + 1)
     if num_restarts == 0 or limit < 0:
-        raise DataLossError(f"corrupt block in index file {path!r}: bad restart array", path=path)
+        raise DataLossError(f"corrupt block in index file {path!r}: bad restart array", path=path, reason=_BAD_INDEX)
     budget = KEY_EXPANSION * len(block) + 65536
     pos, key = 0, b""
     while pos < limit:
@@ -224,11 +232,12 @@ def _iter_block(block: memoryview, path: str | None) -> Iterator[tuple[bytes, me
         non_shared, pos = varint.decode(block, pos, limit, path=path, what="entry header")
         value_len, pos = varint.decode(block, pos, limit, path=path, what="entry header")
         if shared > len(key) or pos + non_shared + value_len > limit:
-            raise DataLossError(f"corrupt entry in index file {path!r} at block offset {pos}", path=path)
+            raise DataLossError(f"corrupt entry in index file {path!r} at block offset {pos}", path=path,
+                                reason=_BAD_INDEX)
         budget -= shared + non_shared
         if budget < 0:
             raise DataLossError(f"corrupt block in index file {path!r}: its shared key prefixes expand far "
-                                "beyond the block's size", path=path)
+                                "beyond the block's size", path=path, reason=_BAD_INDEX)
         key = key[:shared] + bytes(block[pos : pos + non_shared])
         pos += non_shared
         yield key, block[pos : pos + value_len]
@@ -244,16 +253,17 @@ def read_table(data, path: str | None = None) -> list[tuple[bytes, bytes]]:
     """
     table = data if isinstance(data, FileSource | BytesSource) else BytesSource(data)
     if table.size < FOOTER_SIZE:
-        raise DataLossError(f"{path!r} is not a checkpoint index: {table.size} bytes, shorter than a footer", path=path)
+        raise DataLossError(f"{path!r} is not a checkpoint index: {table.size} bytes, shorter than a footer", path=path,
+                            reason=_BAD_INDEX)
     footer_at = table.size - FOOTER_SIZE
     footer = table.read(footer_at, FOOTER_SIZE)
     (magic,) = struct.unpack_from("<Q", footer, FOOTER_SIZE - 8)
     if magic != MAGIC:
-        raise DataLossError(f"{path!r} is not a checkpoint index (bad magic number)", path=path)
+        raise DataLossError(f"{path!r} is not a checkpoint index (bad magic number)", path=path, reason=_BAD_INDEX)
     meta_offset, meta_size, pos = _read_handle(footer, 0, FOOTER_SIZE - 8, path)
     index_offset, index_size, _ = _read_handle(footer, pos, FOOTER_SIZE - 8, path)
     if index_offset + index_size + TRAILER_SIZE > footer_at or meta_offset + meta_size + TRAILER_SIZE > footer_at:
-        raise DataLossError(f"index file {path!r} is corrupt: block handle out of range", path=path)
+        raise DataLossError(f"index file {path!r} is corrupt: block handle out of range", path=path, reason=_BAD_INDEX)
     _read_block(table, meta_offset, meta_size, path)  # unused, but its CRC guards the footer's first bytes
     entries: list[tuple[bytes, bytes]] = []
     index_block = _read_block(table, index_offset, index_size, path)
@@ -262,10 +272,11 @@ def read_table(data, path: str | None = None) -> list[tuple[bytes, bytes]]:
         offset, size, _ = _read_handle(handle, 0, len(handle), path)
         if offset < next_free or offset + size + TRAILER_SIZE > index_offset:
             raise DataLossError(f"index file {path!r} is corrupt: data block handle out of range or out of order",
-                                path=path)
+                                path=path, reason=_BAD_INDEX)
         next_free = offset + size + TRAILER_SIZE
         for key, value in _iter_block(_read_block(table, offset, size, path), path):
             if entries and key <= entries[-1][0]:
-                raise DataLossError(f"index file {path!r} is corrupt: keys out of order at {key!r}", path=path)
+                raise DataLossError(f"index file {path!r} is corrupt: keys out of order at {key!r}", path=path,
+                                    reason=_BAD_INDEX)
             entries.append((key, bytes(value)))
     return entries

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 
 from google.protobuf import text_encoding, text_format
 
-from ..errors import DataLossError
+from ..errors import DataLossError, DataLossReason
 from . import crc, proto
+
+_DAMAGED = DataLossReason.BAD_STATE_FILE  # the reason of every DataLossError this module raises
 
 CHECKSUM_TAG = b"# gpuckpt-crc32c: "
 _CHECKSUM_LINE = re.compile(rb"# gpuckpt-crc32c: ([0-9a-f]{8})\n\Z")
@@ -41,13 +43,15 @@ def parse_bytes(raw: bytes, path: str | None = None) -> CheckpointState:
         match = _CHECKSUM_LINE.match(raw, at)
         if match is None:
             raise DataLossError(f"checkpoint state file {path!r} is damaged: its checksum line is malformed",
-                                path=path)
+                                path=path, reason=_DAMAGED)
         if int(match[1], 16) != crc.masked_crc32c(raw[:at]):
-            raise DataLossError(f"checkpoint state file {path!r} is damaged: checksum mismatch", path=path)
+            raise DataLossError(f"checkpoint state file {path!r} is damaged: checksum mismatch", path=path,
+                                reason=_DAMAGED)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise DataLossError(f"checkpoint state file {path!r} is not UTF-8 text (byte {exc.start})", path=path) from None
+        raise DataLossError(f"checkpoint state file {path!r} is not UTF-8 text (byte {exc.start})", path=path,
+                            reason=_DAMAGED) from None
     return parse(text, path)
 
 
@@ -58,11 +62,12 @@ def parse(text: str, path: str | None = None) -> CheckpointState:
         text_format.Parse(text, msg)
     except text_format.ParseError as exc:  # its message quotes the file: only the position is said
         raise DataLossError(f"cannot parse checkpoint state file {path!r} (line {exc.GetLine()}, column "
-                            f"{exc.GetColumn()})", path=path) from None
+                            f"{exc.GetColumn()})", path=path, reason=_DAMAGED) from None
     except (ValueError, RecursionError):
-        raise DataLossError(f"cannot parse checkpoint state file {path!r}", path=path) from None
+        raise DataLossError(f"cannot parse checkpoint state file {path!r}", path=path, reason=_DAMAGED) from None
     if not msg.model_checkpoint_path:
-        raise DataLossError(f"checkpoint state file {path!r} names no model_checkpoint_path", path=path)
+        raise DataLossError(f"checkpoint state file {path!r} names no model_checkpoint_path", path=path,
+                            reason=_DAMAGED)
     return CheckpointState(
         _text(msg.model_checkpoint_path, path),
         tuple(_text(p, path) for p in msg.all_model_checkpoint_paths),
@@ -73,11 +78,12 @@ def parse(text: str, path: str | None = None) -> CheckpointState:
 
 def _text(raw: bytes, path: str | None) -> str:
     if b"\x00" in raw:
-        raise DataLossError(f"checkpoint state file {path!r} holds a path with a NUL byte", path=path)
+        raise DataLossError(f"checkpoint state file {path!r} holds a path with a NUL byte", path=path, reason=_DAMAGED)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise DataLossError(f"checkpoint state file {path!r} holds a path that is not UTF-8", path=path) from exc
+        raise DataLossError(f"checkpoint state file {path!r} holds a path that is not UTF-8", path=path,
+                            reason=_DAMAGED) from exc
 
 
 def _quote(s: str) -> str:

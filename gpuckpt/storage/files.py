@@ -14,10 +14,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import CheckpointError, DataLossError, NotFoundError
+from ..errors import CheckpointError, DataLossError, DataLossReason, NotFoundError, io_error
 from ..format.bundle import data_file_name, stored_entries
 from ..format.sstable import FileSource
-from .filesystem import LEFTOVER, _io_error, open_regular, owner_alive
+from .commit import LEFTOVER, owner_alive, token_of
+from .filesystem import open_regular
 
 __all__ = ["OVERWRITE_WAIT_S", "ShardFiles", "open_regular", "open_consistent", "read_index"]
 
@@ -46,7 +47,7 @@ class ShardFiles:
         if shard not in self._fds:
             if not 0 <= shard < self.num_shards:
                 raise DataLossError(f"checkpoint {self.prefix!r} has no shard {shard} (it has {self.num_shards})",
-                                    path=self.prefix)
+                                    path=self.prefix, reason=DataLossReason.BAD_ENTRY)
             path = self.path(shard)
             try:
                 fd, st = open_regular(path, "data file")
@@ -58,7 +59,7 @@ class ShardFiles:
                 end, key = next(item for item in ends if item[0] > st.st_size)
                 raise DataLossError(f"entry for key {key!r} points past the end of data file {path!r} "
                                     f"(it ends at {end}, the file has {st.st_size} bytes): the file is truncated "
-                                    "or the index corrupt", path=path, key=key)
+                                    "or the index corrupt", path=path, key=key, reason=DataLossReason.TRUNCATED)
             self._fds[shard] = (fd, st.st_size)
         return self._fds[shard]
 
@@ -83,7 +84,7 @@ def read_index(index_path: str, parse: Callable[[Any, str], Any]) -> tuple[Any, 
     try:
         return parse(FileSource(fd, st.st_size, index_path), index_path), _stamp_of(st)
     except OSError as exc:
-        raise _io_error("read index", index_path, exc) from exc
+        raise io_error("read index", index_path, exc) from exc
     finally:
         os.close(fd)
 
@@ -156,7 +157,7 @@ def _check_shard_count(prefix: str, index: Any, index_path: str) -> None:
     present = len(glob.glob(glob.escape(prefix) + f".data-*-of-{index.num_shards:05d}"))
     if index.num_shards > present:
         raise DataLossError(f"index {index_path!r} declares {index.num_shards} data shards, but its entries use "
-                            f"{len(used)} and {present} exist", path=index_path)
+                            f"{len(used)} and {present} exist", path=index_path, reason=DataLossReason.BAD_INDEX)
 
 
 def _stamp_of(st: os.stat_result) -> tuple[int, ...]:
@@ -175,6 +176,6 @@ def _overwrite_in_flight(index_path: str) -> bool:
     """Whether a running writer has moved this index aside to replace the checkpoint."""
     for aside in glob.glob(glob.escape(index_path) + ".old-*"):
         match = LEFTOVER.fullmatch(os.path.basename(aside))
-        if match and owner_alive(int(match["pid"]), match["host"]):
+        if match and owner_alive(int(match["pid"]), match["host"], token_of(aside)):
             return True
     return False

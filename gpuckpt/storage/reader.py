@@ -20,12 +20,14 @@ import weakref
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from ..errors import DataLossError, InvalidArgumentError
+from ..errors import DataLossError, DataLossReason, InvalidArgumentError
 from ..format import crc
-from ..format.bundle import BundleIndex, parse_index
+from ..format.bundle import BundleEntry, BundleIndex, parse_index
 from .base import ReadReport, ReadTarget
 from .files import ShardFiles, open_consistent
-from .filesystem import _IOV_MAX, advance
+from .filesystem import SPARSE_CHECK_BYTES, check_sparse_range
+from .posixio import IOV_MAX as _IOV_MAX
+from .posixio import advance
 
 READ_TASK_BYTES = 8 << 20
 READ_CACHE_BYTES = 512 << 10
@@ -92,6 +94,13 @@ class FileSystemReader:
     def shard_path(self, shard: int) -> str:
         return self._files.path(shard)
 
+    def check_present(self, key: str, entry: BundleEntry) -> None:
+        """Before memory is allocated for a large unsliced entry: DataLossError if its bytes are a sparse
+        file's hole that fails the CRC (``filesystem.check_sparse_range``)."""
+        if entry.size >= SPARSE_CHECK_BYTES and not entry.is_sliced:
+            fd, _ = self._open(entry.shard_id)
+            check_sparse_range(fd, self.shard_path(entry.shard_id), key, entry.offset, entry.size, entry.crc32c)
+
     # -- 3. reading ------------------------------------------------------------------------
     def read_verified(self, targets: Sequence[ReadTarget], *, task_bytes: int | None = None) -> ReadReport:
         """Fill every target's destination and check its CRC; report the targets that failed."""
@@ -142,7 +151,8 @@ class FileSystemReader:
         the file, never a CRC computed over the bytes read (which would disclose them)."""
         path = self.shard_path(shard)
         return DataLossError(f"checksum mismatch for key {key!r} in {path!r}{where}: the bytes read do not match "
-                             f"the stored CRC32C {stored:#010x}", path=path, key=key)
+                             f"the stored CRC32C {stored:#010x}", path=path, key=key,
+                             reason=DataLossReason.CRC_MISMATCH)
 
     def _run_task(self, task: list[_Piece]) -> list[int] | DataLossError:
         """Read one contiguous file range into its views and checksum them, ``READ_CACHE_BYTES`` at a
@@ -185,7 +195,8 @@ class FileSystemReader:
             n = os.preadv(fd, pending[:_IOV_MAX], offset)
             if n == 0:
                 path = self.shard_path(shard)
-                raise DataLossError(f"data file {path!r} ended at offset {offset} while reading", path=path)
+                raise DataLossError(f"data file {path!r} ended at offset {offset} while reading", path=path,
+                                    reason=DataLossReason.TRUNCATED)
             offset += n
             pending = advance(pending, n)
         for i, view in batch:
@@ -201,7 +212,8 @@ class FileSystemReader:
                 n = os.preadv(fd, [view], offset)
                 if n == 0:
                     path = self.shard_path(shard)
-                    raise DataLossError(f"data file {path!r} ended while reading key {key!r}", path=path, key=key)
+                    raise DataLossError(f"data file {path!r} ended while reading key {key!r}", path=path, key=key,
+                                        reason=DataLossReason.TRUNCATED)
                 view, offset = view[n:], offset + n
         except OSError as exc:
             path = self.shard_path(shard)

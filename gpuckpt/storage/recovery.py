@@ -29,15 +29,11 @@ import stat
 from collections import defaultdict
 from dataclasses import dataclass
 
-from ..errors import CheckpointError, DataLossError
-from .filesystem import (
-    LEFTOVER,
-    _io_error,
-    commit_in_flight,
-    make_dirs,
-    owner_alive,
-    shard_files,
-)
+from ..errors import CheckpointError, DataLossError, DataLossReason, io_error
+from ..options import StorageConfig
+from .commit import LEFTOVER, owner_alive, shard_files, token_of
+from .filesystem import commit_in_flight, make_dirs
+from .posixio import PosixIO
 
 log = logging.getLogger(__name__)
 
@@ -51,29 +47,31 @@ class DirectoryLock:
     as two processes do, and the kernel drops the lock when its holder dies.
     """
 
-    def __init__(self, directory: str | os.PathLike):
+    def __init__(self, directory: str | os.PathLike, storage: StorageConfig | None = None):
         self.directory = os.fspath(directory)
+        self.storage = storage or StorageConfig()
         self.path = os.path.join(self.directory, LOCK_FILE)
         self._fd: int | None = None
 
     def __enter__(self) -> DirectoryLock:
-        make_dirs(self.directory)
+        make_dirs(self.directory, self.storage)
         flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
             fd = os.open(self.path, flags, 0o644)  # never through a symbolic link; a FIFO cannot block
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise DataLossError(f"lock file {self.path!r} is a symbolic link; refusing to follow it",
-                                    path=self.path) from None
-            raise _io_error("open lock file", self.path, exc) from exc
+                                    path=self.path, reason=DataLossReason.NOT_REGULAR_FILE) from None
+            raise io_error("open lock file", self.path, exc) from exc
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
-            raise DataLossError(f"lock file {self.path!r} is not a regular file", path=self.path)
+            raise DataLossError(f"lock file {self.path!r} is not a regular file", path=self.path,
+                                reason=DataLossReason.NOT_REGULAR_FILE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError as exc:
             os.close(fd)
-            raise _io_error("lock", self.path, exc) from exc
+            raise io_error("lock", self.path, exc) from exc
         self._fd = fd
         return self
 
@@ -101,18 +99,23 @@ def leftovers(directory: str) -> list[Leftover]:
         match = LEFTOVER.fullmatch(name)
         if match:
             path = os.path.join(directory, name)
-            found.append(Leftover(path, os.path.join(directory, match["original"]), match["kind"],
-                                  name[len(match["original"]) + 5:], owner_alive(int(match["pid"]), match["host"])))
+            token = token_of(name)
+            assert token is not None, "a LEFTOVER name carries a token"
+            found.append(Leftover(path, os.path.join(directory, match["original"]), match["kind"], token,
+                                  owner_alive(int(match["pid"]), match["host"], token)))
     return found
 
 
-def clean_leftovers(directory: str | os.PathLike, checkpoint_name: str | None = None) -> list[str]:
+def clean_leftovers(directory: str | os.PathLike, checkpoint_name: str | None = None,
+          storage: StorageConfig | None = None) -> list[str]:
     """Clean up after dead writers in ``directory``; return the paths removed or put back.
 
     Best effort: a file that cannot be removed is logged and left for the next sweep. With
     ``checkpoint_name``, data files of ``<checkpoint_name>-<N>`` without an index are removed
-    too, which is safe only while holding the :class:`DirectoryLock`.
+    too, which is safe only while holding the :class:`DirectoryLock`. Renames and unlinks go
+    through ``storage.io``.
     """
+    io = (storage or StorageConfig()).io
     directory = os.fspath(directory)
     dead = [item for item in leftovers(directory) if not item.alive]
     acted: list[str] = []
@@ -120,12 +123,12 @@ def clean_leftovers(directory: str | os.PathLike, checkpoint_name: str | None = 
     for item in dead:
         if item.kind == "old":
             by_token[item.token].append(item)
-        elif _remove(item.path):
+        elif _remove(io, item.path):
             acted.append(item.path)
     for group in by_token.values():
-        acted += _settle_overwrite(group)
+        acted += _settle_overwrite(io, group)
     if checkpoint_name is not None:
-        acted += [p for p in orphan_data_files(directory, checkpoint_name) if _remove(p)]
+        acted += [p for p in orphan_data_files(directory, checkpoint_name) if _remove(io, p)]
     if acted:
         log.info("removed or restored %d files left by interrupted saves in %s", len(acted), directory)
     return acted
@@ -154,16 +157,16 @@ def orphan_data_files(directory: str, checkpoint_name: str) -> list[str]:
     return out
 
 
-def _settle_overwrite(group: list[Leftover]) -> list[str]:
+def _settle_overwrite(io: PosixIO, group: list[Leftover]) -> list[str]:
     """Finish a dead writer's overwrite of one prefix: restore the old files if the new index never
     appeared, else delete them. Data go back before the index, so a crash here is swept again."""
     index_aside = next((item for item in group if item.original.endswith(".index")), None)
     if index_aside is None or os.path.lexists(index_aside.original):
-        return [item.path for item in group if _remove(item.path)]
+        return [item.path for item in group if _remove(io, item.path)]
     restored: list[str] = []
     for item in sorted(group, key=lambda i: i is index_aside):
         try:
-            os.replace(item.path, item.original)
+            io.replace(item.path, item.original)
         except OSError as exc:
             log.warning("could not restore %s to %s: %s", item.path, item.original, exc)
             return restored
@@ -171,12 +174,12 @@ def _settle_overwrite(group: list[Leftover]) -> list[str]:
     old_shards = {os.path.basename(p).rsplit("-of-", 1)[-1] for p in restored if p != index_aside.original}
     prefix = index_aside.original[: -len(".index")]
     stray = [p for p in shard_files(prefix) if old_shards and p.rsplit("-of-", 1)[-1] not in old_shards]
-    return restored + [p for p in stray if _remove(p)]
+    return restored + [p for p in stray if _remove(io, p)]
 
 
-def _remove(path: str) -> bool:
+def _remove(io: PosixIO, path: str) -> bool:
     try:
-        os.unlink(path)
+        io.unlink(path)
     except FileNotFoundError:
         return False
     except OSError as exc:

@@ -33,6 +33,7 @@ import numpy as np
 import gpuckpt
 from gpuckpt.options import MaxShardSizePolicy
 from gpuckpt.storage import filesystem, recovery
+from gpuckpt.testing import faults
 from gpuckpt.testing.faults import FaultyIO
 
 NAME = "ckpt"
@@ -104,7 +105,7 @@ def child(directory: str, mode: str, numbering: str, kill_at_call: int | None) -
     manager.restore_or_initialize()
     step = state.step()
     if kill_at_call is not None:
-        filesystem.DEFAULT_IO = _SuicideIO("any", kill_at_call)
+        faults.install(_SuicideIO("any", kill_at_call))
     print("ready", flush=True)
     while True:
         step += 1
@@ -258,11 +259,8 @@ def calls_per_save(mode: str = "sync", numbering: str = "counter") -> int:
         for _ in range(MAX_TO_KEEP + 1):
             save_once(directory, numbering, mode)
         recorder = FaultyIO("any", None)
-        previous, filesystem.DEFAULT_IO = filesystem.DEFAULT_IO, recorder
-        try:
+        with faults.injected(recorder):
             save_once(directory, numbering, mode)
-        finally:
-            filesystem.DEFAULT_IO = previous
         return len(recorder.log)
 
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 import gpuckpt
-from gpuckpt.storage import filesystem
 from gpuckpt.storage.filesystem import PosixIO
+from gpuckpt.testing import faults
 from gpuckpt.testing.faults import FaultyIO
 
 ASYNC = gpuckpt.CheckpointOptions(enable_async=True)
@@ -37,11 +37,11 @@ class GatedIO(PosixIO):
 
 
 @pytest.fixture
-def gated(monkeypatch) -> GatedIO:
+def gated() -> GatedIO:
     io = GatedIO()
-    monkeypatch.setattr(filesystem, "DEFAULT_IO", io)
-    yield io
-    io.gate.set()
+    with faults.injected(io):
+        yield io
+        io.gate.set()
 
 
 def state(n: int = 3) -> tuple[gpuckpt.Checkpoint, list[gpuckpt.Variable]]:
@@ -117,15 +117,15 @@ def test_in_flight_bound(tmp_path: Path, gated: GatedIO, limit: int) -> None:
     assert gpuckpt.latest_checkpoint(tmp_path).endswith(f"ckpt-{limit + 1}")
 
 
-def test_background_error_surfaces_on_sync_and_leaves_the_previous_checkpoint(tmp_path: Path, monkeypatch) -> None:
+def test_background_error_surfaces_on_sync_and_leaves_the_previous_checkpoint(tmp_path: Path) -> None:
     checkpoint, variables = state()
     first = checkpoint.save(tmp_path / "ckpt")
     before = sorted(os.listdir(tmp_path))
-    monkeypatch.setattr(filesystem, "DEFAULT_IO", FaultyIO("pwrite", 0, errno.ENOSPC))
     variables[0].assign(np.ones(1000, np.float32))
-    checkpoint.save(tmp_path / "ckpt", options=ASYNC)
-    with pytest.raises(gpuckpt.CheckpointError, match="No space left") as info:
-        checkpoint.sync()
+    with faults.injected(FaultyIO("pwrite", 0, errno.ENOSPC)):  # installed until the background save ends
+        checkpoint.save(tmp_path / "ckpt", options=ASYNC)
+        with pytest.raises(gpuckpt.CheckpointError, match="No space left") as info:
+            checkpoint.sync()
     assert info.value.errno == errno.ENOSPC
     checkpoint.sync()  # raised once
     assert gpuckpt.latest_checkpoint(tmp_path) == first
@@ -133,12 +133,11 @@ def test_background_error_surfaces_on_sync_and_leaves_the_previous_checkpoint(tm
     assert (restored(first)[0] == 0).all()
 
 
-def test_background_error_surfaces_on_the_next_save(tmp_path: Path, monkeypatch) -> None:
+def test_background_error_surfaces_on_the_next_save(tmp_path: Path) -> None:
     checkpoint, _ = state()
-    monkeypatch.setattr(filesystem, "DEFAULT_IO", FaultyIO("fsync", 0, errno.EIO))
-    checkpoint.save(tmp_path / "ckpt", options=ASYNC)
-    checkpoint.last_save.wait_committed(10)
-    monkeypatch.undo()
+    with faults.injected(FaultyIO("fsync", 0, errno.EIO)):
+        checkpoint.save(tmp_path / "ckpt", options=ASYNC)
+        checkpoint.last_save.wait_committed(10)
     with pytest.raises(gpuckpt.CheckpointError, match="Input/output error"):
         checkpoint.save(tmp_path / "ckpt", options=ASYNC)
     path = checkpoint.save(tmp_path / "ckpt", options=ASYNC)  # the error was raised; saving works again
@@ -146,11 +145,11 @@ def test_background_error_surfaces_on_the_next_save(tmp_path: Path, monkeypatch)
     assert gpuckpt.latest_checkpoint(tmp_path) == path
 
 
-def test_the_handle_of_a_failed_save_raises_its_error(tmp_path: Path, monkeypatch) -> None:
+def test_the_handle_of_a_failed_save_raises_its_error(tmp_path: Path) -> None:
     checkpoint, _ = state()
-    monkeypatch.setattr(filesystem, "DEFAULT_IO", FaultyIO("replace", 0, errno.EIO))
-    checkpoint.write(tmp_path / "other", options=ASYNC)
-    assert checkpoint.last_save.wait_staged(0) and checkpoint.last_save.wait_committed(10)
+    with faults.injected(FaultyIO("replace", 0, errno.EIO)):
+        checkpoint.write(tmp_path / "other", options=ASYNC)
+        assert checkpoint.last_save.wait_staged(0) and checkpoint.last_save.wait_committed(10)
     with pytest.raises(gpuckpt.CheckpointError, match="other"):
         checkpoint.last_save.result()
 
@@ -215,6 +214,7 @@ import os, sys, time
 import numpy as np
 import gpuckpt
 from gpuckpt.storage import filesystem
+from gpuckpt.testing import faults
 from gpuckpt.testing.faults import FaultyIO
 
 class SlowIO(filesystem.PosixIO):
@@ -223,7 +223,7 @@ class SlowIO(filesystem.PosixIO):
         super().pwrite(fd, data, offset)
 
 mode = sys.argv[2]
-filesystem.DEFAULT_IO = SlowIO() if mode == "slow" else FaultyIO("fsync", 0)
+faults.install(SlowIO() if mode == "slow" else FaultyIO("fsync", 0))
 checkpoint = gpuckpt.Checkpoint(v=gpuckpt.Variable(np.arange(10.0)))
 checkpoint.save(os.path.join(sys.argv[1], "ckpt"), options=gpuckpt.CheckpointOptions(enable_async=True))
 print("returned", flush=True)

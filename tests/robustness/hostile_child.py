@@ -33,6 +33,7 @@ class Outcome:
     value: str | None
     rss_before: int
     rss_after: int
+    reason: str | None = None  # a DataLossError's reason (gpuckpt.errors.DataLossReason)
 
     @property
     def grew(self) -> int:
@@ -128,7 +129,8 @@ def _child(address_space: int, ops: list[tuple[str, str]]) -> None:
             record["message"] = sink.getvalue()[-4000:]
         except gpuckpt.CheckpointError as exc:
             record.update(outcome="CheckpointError", type=type(exc).__name__, message=str(exc)[:4000],
-                          path=exc.path, key=exc.key)
+                          path=exc.path, key=exc.key,
+                          reason=exc.reason.value if isinstance(exc, gpuckpt.DataLossError) else None)
         except BaseException as exc:  # noqa: BLE001 - reporting what escaped is the point
             record.update(outcome="escaped", type=type(exc).__name__, message=traceback.format_exc()[-4000:])
         record["rss_after"] = peak()

@@ -38,32 +38,45 @@ values = [gpuckpt.Variable(np.zeros(60_000, np.float32)) for _ in range(3)]
 checkpoint = gpuckpt.Checkpoint(vars=values)
 manager = gpuckpt.CheckpointManager(checkpoint, directory, max_to_keep=2) if mode == "manager" else None
 options = gpuckpt.CheckpointOptions(fsync=False)
-report = {"saves": 0, "unreadable": [], "gone": 0, "failed": 0}
-end = time.monotonic() + duration
-step = 0
-while time.monotonic() < end:
-    step += 1
-    for v in values:
-        v.assign(np.full(v.shape, step, np.float32))
-    try:
-        path = manager.save(options=options) if manager else checkpoint.save(directory + "/ckpt", options=options)
-    except gpuckpt.CheckpointError:
-        # both writers use the prefixes ckpt-N and the plain one holds no lock: when the manager replaces
-        # the same prefix mid-commit, the plain save fails loudly; it must never report a torn success
-        report["failed"] += 1
-        continue
-    report["saves"] += 1
+report = {"saves": 0, "unreadable": [], "gone": 0, "failed": 0, "failures": {}}
+
+
+def check(path):
+    # read every tensor of path: it must be whole, or gone entirely (deleted or replaced by the other writer)
     try:
         with gpuckpt.load_checkpoint(path) as reader:
             for key in reader.keys():
                 reader.get_tensor(key)
     except gpuckpt.NotFoundError as exc:
         if exc.path == path + ".index":
-            report["gone"] += 1  # deleted or being replaced by the other writer: not a torn checkpoint
-        else:
-            report["unreadable"].append(f"{path}: {exc}")
+            return "gone"
+        report["unreadable"].append(f"{path}: {exc}")
     except gpuckpt.CheckpointError as exc:
         report["unreadable"].append(f"{path}: {type(exc).__name__}: {exc}")
+    return "read"
+
+
+end = time.monotonic() + duration
+step = 0
+while time.monotonic() < end:
+    step += 1
+    for v in values:
+        v.assign(np.full(v.shape, step, np.float32))
+    number = int(checkpoint.save_counter.numpy()) + 1
+    try:
+        path = manager.save(options=options) if manager else checkpoint.save(directory + "/ckpt", options=options)
+    except gpuckpt.CheckpointError as exc:
+        # both writers use the prefixes ckpt-N and the plain one holds no lock: when the manager replaces
+        # the same prefix mid-commit, the plain save may fail loudly; what it leaves at its prefix must
+        # then be invisible or whole, never a torn checkpoint
+        report["failed"] += 1
+        kind = type(exc).__name__ + (f" errno {exc.errno}" if exc.errno else "")
+        report["failures"][kind] = report["failures"].get(kind, 0) + 1
+        check(f"{directory}/ckpt-{number}")
+        continue
+    report["saves"] += 1
+    if check(path) == "gone":
+        report["gone"] += 1
 print(json.dumps(report))
 """
 
@@ -130,8 +143,9 @@ def test_plain_save_beside_a_manager_leaves_no_unreadable_checkpoint(tmp_path: P
                 problems.append(problem)
     unreadable = [u for r in reports for u in r["unreadable"]]
     print(f"plain save beside a manager for {DURATION_S} s: saves {[r['saves'] for r in reports]}, "
-          f"gone before read back {[r['gone'] for r in reports]}, failed loudly {[r['failed'] for r in reports]}, "
-          f"directory scans {scans}")
+          f"gone before read back {[r['gone'] for r in reports]}, failed loudly {[r['failed'] for r in reports]} "
+          f"({[r['failures'] for r in reports]}), directory scans {scans}, unreadable {len(unreadable)}, "
+          f"torn on disk {len(problems)}")
     assert all(r["saves"] > 0 for r in reports)
     assert unreadable == [] and problems == []
 
@@ -172,6 +186,7 @@ import os, sys, time
 import numpy as np
 import gpuckpt
 from gpuckpt.storage import filesystem
+from gpuckpt.testing import faults
 
 directory, go = sys.argv[1], sys.argv[2]
 
@@ -185,7 +200,7 @@ class PauseBeforeIndex(filesystem.PosixIO):
         filesystem.pwrite_all(fd, data, offset)
 
 
-filesystem.DEFAULT_IO = PauseBeforeIndex()
+faults.install(PauseBeforeIndex())
 checkpoint = gpuckpt.Checkpoint(v=gpuckpt.Variable(np.arange(50_000, dtype=np.float32)))
 print(checkpoint.save(directory + "/ckpt", options=gpuckpt.CheckpointOptions(fsync=False)), flush=True)
 """

@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 
 import gpuckpt
-from gpuckpt.storage import filesystem
-from gpuckpt.testing import crashes
+from gpuckpt.errors import CommittedSaveError
+from gpuckpt.storage import filesystem, recovery
+from gpuckpt.testing import crashes, faults
 from gpuckpt.testing.faults import FaultyIO
 
 
@@ -73,11 +74,8 @@ def restored_step(prefix: str) -> int:
 def recorded_calls(tmp_path: Path, api: str) -> list[tuple[str, str]]:
     scenario = Scenario(tmp_path / f"record-{api}", api)
     recorder = FaultyIO("any", None)
-    previous, filesystem.DEFAULT_IO = filesystem.DEFAULT_IO, recorder
-    try:
+    with faults.injected(recorder):
         scenario.save()
-    finally:
-        filesystem.DEFAULT_IO = previous
     return recorder.log
 
 
@@ -89,31 +87,28 @@ def names_new_checkpoint_from(calls: list[tuple[str, str]]) -> int:
 
 @pytest.mark.parametrize("err", [errno.ENOSPC, errno.EIO], ids=["ENOSPC", "EIO"])
 @pytest.mark.parametrize("api", ["manager", "save", "write"])
-def test_fault_at_every_storage_call(tmp_path: Path, monkeypatch, api: str, err: int) -> None:
+def test_fault_at_every_storage_call(tmp_path: Path, api: str, err: int) -> None:
     calls = recorded_calls(tmp_path, api)
     named_from = names_new_checkpoint_from(calls)
-    assert {op for op, _ in calls} == {"open", "pwrite", "fsync", "replace"}
+    deletes = {"unlink"} if api != "save" else set()  # retention, and the replaced files of an overwrite
+    assert {op for op, _ in calls} == {"open", "pwrite", "fsync", "replace", *deletes}
     for position, (op, target) in enumerate(calls):
         nth = sum(1 for other, _ in calls[:position] if other == op)
         where = f"{err=} at {op} #{nth} ({target})"
         scenario = Scenario(tmp_path / f"{op}-{nth}", api)
         before, previous = scenario.files(), scenario.latest()
         counter = scenario.count()
-        monkeypatch.setattr(filesystem, "DEFAULT_IO", FaultyIO(op, nth, err))
-        with pytest.raises(gpuckpt.CheckpointError) as info:
-            scenario.save()
-        monkeypatch.undo()
-        assert info.value.errno == err, where
-        assert info.value.path and info.value.path in str(info.value), where
-        if position < named_from:
-            assert scenario.files() == before, where
-            assert scenario.latest() == previous and restored_step(previous) == counter, where
-            assert scenario.count() == counter, where
-            expected_next = counter + 1
-        else:
-            assert scenario.latest() == str(scenario.directory / f"{crashes.NAME}-{counter + 1}"), where
+        if op == "unlink" and ".old-" in target:  # the replaced files, deleted once the commit is done
+            with faults.injected(FaultyIO(op, nth, err)):
+                scenario.save()  # committed; the file left behind is the sweep's (this writer gave up on it)
+            left = [str(scenario.directory / n) for n in os.listdir(scenario.directory) if ".old-" in n]
+            assert len(left) == 1, where
+            assert recovery.clean_leftovers(scenario.directory) == left, where
             assert restored_step(scenario.latest()) == counter + 1, where
+            scenario.written = counter + 1 if api == "write" else scenario.written
             expected_next = counter + 2
+        else:
+            expected_next = _fail_and_check(scenario, op, nth, err, where, position < named_from, before, previous)
         assert scenario.save().endswith(f"-{expected_next}" if api != "write" else crashes.NAME), where
         assert restored_step(scenario.latest()) == expected_next, where
         crashes.check_all_indexed(str(scenario.directory))
@@ -122,10 +117,31 @@ def test_fault_at_every_storage_call(tmp_path: Path, monkeypatch, api: str, err:
         assert not [n for n in os.listdir(scenario.directory) if filesystem.LEFTOVER.fullmatch(n)], where
 
 
+def _fail_and_check(scenario: Scenario, op: str, nth: int, err: int, where: str, before_named: bool,
+                    before: dict[str, bytes], previous: str) -> int:
+    """Fail the save at ``op`` #``nth``; check the outcome; return the number the next save must get."""
+    counter = scenario.count()
+    with faults.injected(FaultyIO(op, nth, err)), pytest.raises(gpuckpt.CheckpointError) as info:
+        scenario.save()
+    assert info.value.errno == err, where
+    assert info.value.path and info.value.path in str(info.value), where
+    if before_named:
+        assert not isinstance(info.value, CommittedSaveError), where
+        assert scenario.files() == before, where
+        assert scenario.latest() == previous and restored_step(previous) == counter, where
+        assert scenario.count() == counter, where
+        return counter + 1
+    assert isinstance(info.value, CommittedSaveError), where
+    assert info.value.checkpoint == scenario.latest() == str(scenario.directory / f"{crashes.NAME}-{counter + 1}"), \
+        where
+    assert restored_step(scenario.latest()) == counter + 1, where
+    return counter + 2
+
+
 FILE_SIZE_LIMIT = """
 import json, resource, signal, sys
 import gpuckpt
-from gpuckpt.testing import crashes
+from gpuckpt.testing import crashes, faults
 
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit then fail with EFBIG
 state = crashes.StepModel()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from gpuckpt.options import StorageConfig
 from gpuckpt.storage.base import StorageReader, StorageWriter
 from gpuckpt.storage.filesystem import FileSystemWriter
 from gpuckpt.storage.reader import FileSystemReader
@@ -10,7 +11,7 @@ from gpuckpt.testing.storage_conformance import StorageConformance
 
 class TestFileSystemStore(StorageConformance):
     def writer(self, prefix: str, num_shards: int) -> StorageWriter:
-        return FileSystemWriter(prefix, num_shards, fsync=False)
+        return FileSystemWriter(prefix, num_shards, StorageConfig(fsync=False))
 
     def reader(self, prefix: str) -> StorageReader:
         return FileSystemReader(prefix)
