@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from . import prepare, saveable, saver
+from . import saveable, saver
 from . import strict as strict_restore
 from .engine.capture import CapturePool
 from .engine.select import EngineCache
@@ -291,7 +291,6 @@ class Checkpoint(AutoTrackable):
         root, attached = self._root(), self._attached()
         if strict:
             strict_restore.check(session, root, attached)
-        prepare.run(session, root, attached)  # e.g. JAX templates: casts, abstract leaves
         session.start(root, attached)
         return load_status(session, self._graph)
 

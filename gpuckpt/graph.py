@@ -42,21 +42,27 @@ def pretty_path(local_names: Sequence[str]) -> str:
 
 
 class NodeNames(Sequence[str]):
-    """Human names of a saved graph's nodes, built on demand from parent links.
+    r"""Human names of a saved graph's nodes, built on demand from parent links.
 
     Building every full name up front costs time and memory quadratic in the graph's depth (a
     12,000-deep chain is 1.6 GB); here each node keeps only its parent and local name, and a name
-    is rendered when asked for, with at most ``MAX_NAME_PARTS`` parts (the middle elided).
+    is rendered when asked for, with at most ``MAX_NAME_PARTS`` parts (the middle elided). The
+    parent links themselves are found on the first name asked for: a restore that succeeds
+    renders none (its requests carry :meth:`label`\ s, rendered only in messages).
     """
 
     MAX_NAME_PARTS = 64
 
-    def __init__(self, parents: list[tuple[int, str] | None], slots: dict[int, tuple[int, str, int]]):
-        self._parents = parents  # node -> (parent node, local name); None: the root or unreachable
-        self._slots = slots  # slot node -> (variable node, slot name, optimizer node)
+    def __init__(self, graph: ObjectGraph):
+        self._graph = graph
+        self._links: tuple[list[tuple[int, str] | None], dict[int, tuple[int, str, int]]] | None = None
+
+    def label(self, node_id: int) -> NodeLabel:
+        """What names node ``node_id`` in a message, rendered only if one is written."""
+        return NodeLabel(self, node_id)
 
     def __len__(self) -> int:
-        return len(self._parents)
+        return len(self._graph.nodes)
 
     def __getitem__(self, index):  # type: ignore[override]
         if isinstance(index, slice):
@@ -65,25 +71,32 @@ class NodeNames(Sequence[str]):
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(index)
-        if index in self._slots:
-            variable, slot_name, optimizer = self._slots[index]
+        _, slots = self._parents_and_slots()
+        if index in slots:
+            variable, slot_name, optimizer = slots[index]
             return f"{self._plain(optimizer)}'s state '{slot_name}' for {self._plain(variable)}"  # TF's wording
         return self._path(index)
 
+    def _parents_and_slots(self) -> tuple[list[tuple[int, str] | None], dict[int, tuple[int, str, int]]]:
+        if self._links is None:
+            self._links = _links(self._graph)
+        return self._links
+
     def _plain(self, node_id: int) -> str:
         """A slot's variable or optimizer: its path, or a placeholder for what has none."""
-        if not 0 <= node_id < len(self) or node_id in self._slots:
+        if not 0 <= node_id < len(self) or node_id in self._parents_and_slots()[1]:
             return "?"
         return self._path(node_id)
 
     def _path(self, node_id: int) -> str:
+        parents, slots = self._parents_and_slots()
         if node_id == 0:
             return "(root)"
-        if node_id not in self._slots and self._parents[node_id] is None:
+        if node_id not in slots and parents[node_id] is None:
             return f"(unreachable node {node_id})"
         parts: list[str] = []
-        while node_id != 0 and self._parents[node_id] is not None:
-            node_id, name = self._parents[node_id]  # type: ignore[misc]
+        while node_id != 0 and parents[node_id] is not None:
+            node_id, name = parents[node_id]  # type: ignore[misc]
             parts.append(name)
         parts.append("(root)")
         parts.reverse()
@@ -93,11 +106,30 @@ class NodeNames(Sequence[str]):
         return ".".join(parts)
 
 
-def pretty_names(graph: ObjectGraph) -> Sequence[str]:
-    """A human name for every node of a (saved) graph, as TF prints them in assertions.
+class NodeLabel:
+    """A node's human name in a message (``str()`` renders it): the label of a restore request."""
 
-    Linear in the graph's size: names are rendered from parent links when used (:class:`NodeNames`).
-    """
+    __slots__ = ("_names", "_node_id")
+
+    def __init__(self, names: NodeNames, node_id: int):
+        self._names, self._node_id = names, node_id
+
+    def __str__(self) -> str:
+        return self._names[self._node_id]
+
+    def __repr__(self) -> str:
+        return repr(str(self))
+
+    def __eq__(self, other: object) -> bool:
+        return str(self) == str(other) if isinstance(other, NodeLabel | str) else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(str(self))
+
+
+def _links(graph: ObjectGraph) -> tuple[list[tuple[int, str] | None], dict[int, tuple[int, str, int]]]:
+    """Each node's (parent, local name) on its first breadth-first path, and each slot node's
+    (variable, slot name, optimizer) when it has no path of its own."""
     count = len(graph.nodes)
     parents: list[tuple[int, str] | None] = [None] * count
     seen = bytearray(count)
@@ -115,7 +147,15 @@ def pretty_names(graph: ObjectGraph) -> Sequence[str]:
             target = slot.slot_variable_node_id
             if 0 <= target < count and not seen[target] and target not in slots:
                 slots[target] = (slot.original_variable_node_id, slot.slot_name, node_id)
-    return NodeNames(parents, slots)
+    return parents, slots
+
+
+def pretty_names(graph: ObjectGraph) -> NodeNames:
+    """A human name for every node of a (saved) graph, as TF prints them in assertions.
+
+    Linear in the graph's size, and nothing is computed before a name is asked for (:class:`NodeNames`).
+    """
+    return NodeNames(graph)
 
 
 @dataclass(frozen=True)

@@ -4,28 +4,26 @@ An object bound by the restore's matching that defines ``_checkpoint_prepare(sav
 given, for each of its saved attributes, the checkpoint's dtype and shape (``saved``) and its
 printable path (``where``). The JAX adapter uses it to check abstract templates and casts and to
 name the leaf and the side at fault; it may raise, and then nothing has been restored.
+
+The object-graph restore (``restorer.ObjectGraphMatching.start``) calls :func:`run` with the
+bindings it has just matched, so no second walk of the live objects or second match is made.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from .restorer import RestoreSession, match
-from .saveable import reachable
+from .format.bundle import BundleEntry
+from .format.objgraph import ObjectGraph
 from .trackable.base import Trackable
 
 
-def run(session: RestoreSession, root: Trackable, attached: Sequence[tuple[str, Trackable]] = ()) -> None:
+def run(saved_graph: ObjectGraph, entries: Mapping[str, BundleEntry], names: Sequence[str],
+        bindings: Sequence[tuple[int, Trackable]]) -> None:
     """Call ``_checkpoint_prepare`` on every bound object that has it (a no-op when none has)."""
-    saved_graph = session.saved
-    if saved_graph is None:
-        return
-    if not any(hasattr(obj, "_checkpoint_prepare") for obj in reachable(root, attached)[0]):
-        return
-    found = match(saved_graph, [(0, root)], {}, attached=attached, skip_slots=session.skip_slots)
-    entries = session.entries
-    for node_id, obj in found.bindings:
-        hook = getattr(obj, "_checkpoint_prepare", None)
+    for node_id, obj in bindings:
+        hook: Any = getattr(obj, "_checkpoint_prepare", None)
         if hook is None:
             continue
         saved = {}
@@ -33,4 +31,4 @@ def run(session: RestoreSession, root: Trackable, attached: Sequence[tuple[str, 
             entry = entries.get(attribute.checkpoint_key)
             if entry is not None:
                 saved[attribute.name] = (entry.dtype, tuple(entry.shape))
-        hook(saved, session.names[node_id])
+        hook(saved, names[node_id])

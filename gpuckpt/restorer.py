@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import prepare
 from .errors import DataLossError, InvalidArgumentError
 from .format.bundle import BundleEntry
 from .format.objgraph import OBJECT_GRAPH_KEY, ObjectGraph, SlotRef, decode
@@ -30,6 +31,9 @@ from .session import RestoreSession, Target, read_stored_string, slot_node_ids, 
 from .storage.reader import FileSystemReader
 from .trackable import restore_order
 from .trackable.base import Trackable
+from .trackable.containers import untracked_edit
+
+_MISSING = object()
 
 
 class UnrestoredValuesWarning(UserWarning):
@@ -84,9 +88,13 @@ def match(saved: ObjectGraph, start: Iterable[tuple[int, Trackable]], bound: Map
     deferrals: list[Deferral] = []
     queue = [(n, obj) for n, obj in start if n not in bound]
     new.update(queue)
+    nodes = saved.nodes
     for node_id, obj in queue:
+        saved_children = nodes[node_id].children
+        if not saved_children and (node_id != 0 or not attached) and untracked_edit(obj) is None:
+            continue  # a leaf (every variable): nothing to pair, and children_of would only list
         live = dict(children_of(obj, attached if node_id == 0 else ()))
-        for child in saved.nodes[node_id].children:
+        for child in saved_children:
             if child.node_id in bound or child.node_id in new:
                 continue
             found = live.get(child.local_name)
@@ -213,6 +221,7 @@ class ObjectGraphMatching:
         self.uid = session.uid
         found = match(self.saved, [(0, root)], self.bound, slot_waits=self.state.slot_waits, attached=attached,
                       skip_slots=self.skip_slots)
+        prepare.run(self.saved, self.entries, self.names, found.bindings)  # e.g. JAX templates: casts, abstract leaves
         targets, unused = self._targets(found.bindings)
         pending = self._pending_requests(found)
         values = session.restore_targets(targets, pending)
@@ -246,13 +255,16 @@ class ObjectGraphMatching:
     def _targets(self, bindings: Sequence[tuple[int, Trackable]]) -> tuple[list[Target], dict[int, list[str]]]:
         out: list[Target] = []
         unused: dict[int, list[str]] = {}
+        nodes, label = self.saved.nodes, self.names.label
         for node_id, obj in bindings:
-            attributes = self.saved.nodes[node_id].attributes
-            current = obj._serialize_tensors() if attributes else {}
+            attributes = nodes[node_id].attributes
+            if not attributes:
+                continue
+            current = obj._serialize_tensors()
             for attr in attributes:
-                if attr.name in current:
-                    out.append(target(node_id, obj, attr.name, attr.checkpoint_key, self.names[node_id],
-                                      current[attr.name]))
+                value = current.get(attr.name, _MISSING)
+                if value is not _MISSING:
+                    out.append(target(node_id, obj, attr.name, attr.checkpoint_key, label(node_id), value))
                 else:
                     unused.setdefault(node_id, []).append(attr.name)
         return out, unused
@@ -268,7 +280,7 @@ class ObjectGraphMatching:
             for attr in node.attributes:
                 entry = self.entries.get(attr.checkpoint_key)
                 if entry is not None:
-                    out.append(Request(attr.checkpoint_key, self.names[node_id], entry.dtype, entry.shape))
+                    out.append(Request(attr.checkpoint_key, self.names.label(node_id), entry.dtype, entry.shape))
         return out
 
     def _record_match(self, found: Match, unused: Mapping[int, list[str]]) -> None:

@@ -21,8 +21,7 @@ unless everything verified.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -40,10 +39,10 @@ from .trackable.base import Trackable
 _MAX_NAMED = 20
 
 
-@dataclass(frozen=True)
-class Target:
+class Target(NamedTuple):
     """One live value to restore: attribute ``name`` of ``obj`` from ``request.key``; ``node_id``
-    is the strategy's number for the object (saved node, or live node for name-based)."""
+    is the strategy's number for the object (saved node, or live node for name-based). A NamedTuple
+    (one per tensor, see ``restore_plan.Request``)."""
 
     node_id: int
     obj: Trackable
@@ -55,7 +54,7 @@ class Target:
 _DTYPES: dict[np.dtype, Any] = {}
 
 
-def target(node_id: int, obj: Trackable, name: str, key: str, label: str, value: Any) -> Target:
+def target(node_id: int, obj: Trackable, name: str, key: str, label: Any, value: Any) -> Target:
     """A target for the live ``value`` of ``obj.name`` (dtype and shape read without copying)."""
     if type(value) is np.ndarray and value.dtype.kind not in "OSU":  # the common case, without value_spec()
         dtype = _DTYPES.get(value.dtype)
@@ -72,8 +71,7 @@ class MatchStrategy(Protocol):
     def start(self, session: RestoreSession, root: Trackable, attached: Sequence[tuple[str, Trackable]]) -> None: ...
 
 
-@dataclass(frozen=True)
-class _Sink:
+class _Sink(NamedTuple):
     """Where one request's bytes land: ``host`` (a C-contiguous array), or ``device`` (a Numba
     device array); ``in_place`` when that memory is the destination's own."""
 
@@ -174,7 +172,8 @@ class RestoreSession:
         if not self.atomic and not t.request.dtype.is_string:
             offered = t.obj._restore_destinations().get(t.name)
             if type(offered) is np.ndarray:
-                if offered.flags.c_contiguous and offered.flags.writeable and offered.dtype == t.request.dtype.numpy \
+                flags = offered.flags
+                if flags.c_contiguous and flags.writeable and offered.dtype == t.request.dtype.numpy \
                         and offered.shape == t.request.dest_shape:
                     return _Sink(offered, None, True)
             elif offered is not None:

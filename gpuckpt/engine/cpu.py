@@ -108,7 +108,7 @@ def read_host(storage, items: Sequence[ReadItem], dests: Sequence[np.ndarray | N
             if view is None:
                 dest = dests[item.request]
                 assert dest is not None  # planned reads name only requests with a host destination
-                view = flat[item.request] = dest.reshape(-1).view(np.uint8).data
+                view = flat[item.request] = _bytes_of(dest)
             targets.append(ReadTarget(item.key, item.shard, item.offset, item.length, item.crc32c, view))
         for i, error in storage.read_verified(targets).failed:
             failed.setdefault(in_place[i].request, error)
@@ -123,6 +123,15 @@ def read_host(storage, items: Sequence[ReadItem], dests: Sequence[np.ndarray | N
             if item.request not in failed:
                 dest[item.dst] = buf[item.src]
     return failed
+
+
+def _bytes_of(array: np.ndarray) -> memoryview:
+    """The bytes of a C-contiguous array, as a flat writable memoryview (the buffer protocol's cast is
+    twice as fast as NumPy's reshape and view; NumPy's path serves empty arrays and ml_dtypes)."""
+    try:
+        return memoryview(array).cast("B")  # type: ignore[arg-type]  # ndarray exports the buffer protocol
+    except (TypeError, ValueError):
+        return array.reshape(-1).view(np.uint8).data
 
 
 def _host_dest(dests: Sequence[np.ndarray | None], request: int) -> np.ndarray:

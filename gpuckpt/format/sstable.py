@@ -215,22 +215,50 @@ def _read_block(table, offset: int, size: int, path: str | None) -> memoryview:
     return raw[:size]
 
 
-def _iter_block(block: memoryview, path: str | None) -> Iterator[tuple[bytes, memoryview]]:
-    """The entries of one block. Prefix compression lets a few bytes name long keys, so the bytes of the
-    keys built are capped at ``KEY_EXPANSION`` times the block (TF's restarts bound real tables far below)."""
-    if len(block) < 4:
+def _iter_block(block: memoryview, path: str | None) -> Iterator[tuple[bytes, bytes]]:
+    """The entries of one block (see :func:`_decode_block`)."""
+    entries: list[tuple[bytes, bytes]] = []
+    _decode_block(block, path, entries, ordered=False)
+    return iter(entries)
+
+
+def _decode_block(block: memoryview, path: str | None, out: list[tuple[bytes, bytes]], *, ordered: bool = True) -> None:
+    """Append the entries of one block to ``out``; ``ordered``: check that keys keep increasing after ``out``'s last.
+
+    Prefix compression lets a few bytes name long keys, so the bytes of the keys built are capped at
+    ``KEY_EXPANSION`` times the block (TF's restarts bound real tables far below). The loop is the
+    restore's per-tensor hot path: one-byte varints (nearly all of them) are read inline.
+    """
+    size = len(block)
+    if size < 4:
         raise DataLossError(f"corrupt block in index file {path!r}: too short for its restart count", path=path,
                             reason=_BAD_INDEX)
-    (num_restarts,) = struct.unpack_from("<I", block, len(block) - 4)
-    limit = len(block) - 4 * (num_restarts + 1)
+    (num_restarts,) = struct.unpack_from("<I", block, size - 4)
+    limit = size - 4 * (num_restarts + 1)
     if num_restarts == 0 or limit < 0:
         raise DataLossError(f"corrupt block in index file {path!r}: bad restart array", path=path, reason=_BAD_INDEX)
-    budget = KEY_EXPANSION * len(block) + 65536
+    data = bytes(block[:limit])  # one copy: bytes index and slice faster than a memoryview
+    budget = KEY_EXPANSION * size + 65536
+    decode = varint.decode
+    append = out.append
+    last = out[-1][0] if out and ordered else None
     pos, key = 0, b""
     while pos < limit:
-        shared, pos = varint.decode(block, pos, limit, path=path, what="entry header")
-        non_shared, pos = varint.decode(block, pos, limit, path=path, what="entry header")
-        value_len, pos = varint.decode(block, pos, limit, path=path, what="entry header")
+        shared = data[pos]
+        if shared < 0x80:
+            pos += 1
+        else:
+            shared, pos = decode(data, pos, limit, path=path, what="entry header")
+        non_shared = data[pos] if pos < limit else 0x80
+        if non_shared < 0x80:
+            pos += 1
+        else:
+            non_shared, pos = decode(data, pos, limit, path=path, what="entry header")
+        value_len = data[pos] if pos < limit else 0x80
+        if value_len < 0x80:
+            pos += 1
+        else:
+            value_len, pos = decode(data, pos, limit, path=path, what="entry header")
         if shared > len(key) or pos + non_shared + value_len > limit:
             raise DataLossError(f"corrupt entry in index file {path!r} at block offset {pos}", path=path,
                                 reason=_BAD_INDEX)
@@ -238,9 +266,14 @@ def _iter_block(block: memoryview, path: str | None) -> Iterator[tuple[bytes, me
         if budget < 0:
             raise DataLossError(f"corrupt block in index file {path!r}: its shared key prefixes expand far "
                                 "beyond the block's size", path=path, reason=_BAD_INDEX)
-        key = key[:shared] + bytes(block[pos : pos + non_shared])
+        key = key[:shared] + data[pos : pos + non_shared]
         pos += non_shared
-        yield key, block[pos : pos + value_len]
+        if last is not None and key <= last:
+            raise DataLossError(f"index file {path!r} is corrupt: keys out of order at {key!r}", path=path,
+                                reason=_BAD_INDEX)
+        if ordered:
+            last = key
+        append((key, data[pos : pos + value_len]))
         pos += value_len
 
 
@@ -274,9 +307,5 @@ def read_table(data, path: str | None = None) -> list[tuple[bytes, bytes]]:
             raise DataLossError(f"index file {path!r} is corrupt: data block handle out of range or out of order",
                                 path=path, reason=_BAD_INDEX)
         next_free = offset + size + TRAILER_SIZE
-        for key, value in _iter_block(_read_block(table, offset, size, path), path):
-            if entries and key <= entries[-1][0]:
-                raise DataLossError(f"index file {path!r} is corrupt: keys out of order at {key!r}", path=path,
-                                    reason=_BAD_INDEX)
-            entries.append((key, bytes(value)))
+        _decode_block(_read_block(table, offset, size, path), path, entries)
     return entries

@@ -12,16 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from ..errors import DataLossError
 from ..format.bundle import BundleIndex
 
 
-@dataclass(frozen=True)
-class ReadTarget:
+class ReadTarget(NamedTuple):
     """One stored byte range to read into ``dest`` (a writable buffer of exactly ``length`` bytes),
-    whose masked CRC32C must equal ``crc32c``; ``key`` names it in errors."""
+    whose masked CRC32C must equal ``crc32c``; ``key`` names it in errors. A NamedTuple: a restore
+    makes one per tensor, at a third of a frozen dataclass's cost."""
 
     key: str
     shard: int

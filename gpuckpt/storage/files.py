@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import CheckpointError, DataLossError, DataLossReason, NotFoundError, io_error
-from ..format.bundle import data_file_name, stored_entries
+from ..format.bundle import data_file_name
 from ..format.sstable import FileSource
 from .commit import LEFTOVER, owner_alive, token_of
 from .filesystem import open_regular
@@ -139,19 +139,14 @@ def open_consistent(prefix: str, parse: Callable[[Any, str], Any]) -> tuple[Any,
 
 
 def _shard_ends(index: Any) -> dict[int, list[tuple[int, str]]]:
-    """Per shard, the ``(end, key)`` of every non-empty entry stored in it, by end."""
-    ends: dict[int, list[tuple[int, str]]] = {}
-    for key, entry in stored_entries(index):
-        if entry.size:
-            ends.setdefault(entry.shard_id, []).append((entry.offset + entry.size, key))
-    for items in ends.values():
-        items.sort()
-    return ends
+    """Per shard, the ``(end, key)`` of every non-empty entry stored in it, by end (the validated index's
+    ranges are disjoint, so their order by offset is their order by end)."""
+    return {shard: [(end, key) for _, end, key in ranges] for shard, ranges in index.extents.items()}
 
 
 def _check_shard_count(prefix: str, index: Any, index_path: str) -> None:
     """DataLossError when the header declares more shards than its entries use and than files exist."""
-    used = {entry.shard_id for _, entry in stored_entries(index)}
+    used = index.used_shards
     if index.num_shards <= max(len(used), 1):
         return
     present = len(glob.glob(glob.escape(prefix) + f".data-*-of-{index.num_shards:05d}"))

@@ -108,16 +108,19 @@ class FileSystemReader:
         for shard in {t.shard for t in targets}:
             self._open(shard)
         pieces: list[_Piece] = []
-        for i, t in enumerate(targets):
-            if t.dest.nbytes != t.length:
-                raise InvalidArgumentError(f"buffer of {t.dest.nbytes} bytes for {t.length} stored bytes of key "
-                                           f"{t.key!r}", key=t.key)
-            if t.length <= task_bytes:
-                if t.length:
-                    pieces.append((t.shard, t.offset, i, t.dest))
+        append = pieces.append
+        split: set[int] = set()  # targets larger than a task, read in several pieces
+        for i, (key, shard, offset, length, _, dest) in enumerate(targets):
+            if dest.nbytes != length:
+                raise InvalidArgumentError(f"buffer of {dest.nbytes} bytes for {length} stored bytes of key "
+                                           f"{key!r}", key=key)
+            if length <= task_bytes:
+                if length:
+                    append((shard, offset, i, dest))
                 continue
-            for start in range(0, t.length, task_bytes):
-                pieces.append((t.shard, t.offset + start, i, t.dest[start : start + task_bytes]))
+            split.add(i)
+            for start in range(0, length, task_bytes):
+                append((shard, offset + start, i, dest[start : start + task_bytes]))
         if any(a[0] > b[0] or a[0] == b[0] and a[1] > b[1] for a, b in zip(pieces, pieces[1:])):
             pieces.sort(key=lambda p: (p[0], p[1]))  # plans come in file order already
         tasks = _group_tasks(pieces, task_bytes)
@@ -125,9 +128,12 @@ class FileSystemReader:
             results = list(read_pool().map(self._run_task, tasks))
         else:
             results = [self._run_task(t) for t in tasks]
-        return self._verify(targets, tasks, results)
+        return self._verify(targets, tasks, results, split)
 
-    def _verify(self, targets: Sequence[ReadTarget], tasks: list[list[_Piece]], results: list) -> ReadReport:
+    def _verify(self, targets: Sequence[ReadTarget], tasks: list[list[_Piece]], results: list,
+                split: set[int]) -> ReadReport:
+        """Compare each target's CRC (its pieces' joined) with the stored one."""
+        values = [0] * len(targets)  # raw CRC of each target (0: an empty one)
         parts: dict[int, list[tuple[int, int]]] = {}
         broken: dict[int, DataLossError] = {}
         for task, outcome in zip(tasks, results):
@@ -136,14 +142,20 @@ class FileSystemReader:
                     broken.setdefault(i, outcome)
                 continue
             for (_, _, i, view), value in zip(task, outcome):
-                parts.setdefault(i, []).append((view.nbytes, value))
+                if i in split:
+                    parts.setdefault(i, []).append((view.nbytes, value))
+                else:
+                    values[i] = value
+        for i, pieces in parts.items():
+            value = 0
+            for length, part in pieces:
+                value = crc.combine(value, part, length)
+            values[i] = value
+        masked = crc.mask
         failed = []
-        for i, t in enumerate(targets):
-            if i in broken:
-                failed.append((i, broken[i]))
-                continue
-            if crc.mask(crc.join(parts.get(i, ()))) != t.crc32c:
-                failed.append((i, self.crc_error(t.key, t.shard, t.crc32c)))
+        for i, (t, value) in enumerate(zip(targets, values)):
+            if masked(value) != t.crc32c or i in broken:
+                failed.append((i, broken[i] if i in broken else self.crc_error(t.key, t.shard, t.crc32c)))
         return ReadReport(tuple(failed))
 
     def crc_error(self, key: str, shard: int, stored: int, where: str = "") -> DataLossError:
@@ -192,15 +204,20 @@ class FileSystemReader:
                     crcs: list[int]) -> int:
         pending = [v for _, v in batch]
         while pending:
-            n = os.preadv(fd, pending[:_IOV_MAX], offset)
+            chunk = pending[:_IOV_MAX]
+            n = os.preadv(fd, chunk, offset)
             if n == 0:
                 path = self.shard_path(shard)
                 raise DataLossError(f"data file {path!r} ended at offset {offset} while reading", path=path,
                                     reason=DataLossReason.TRUNCATED)
             offset += n
-            pending = advance(pending, n)
+            if n == sum(v.nbytes for v in chunk):  # the usual case: the whole chunk read at once
+                pending = pending[len(chunk):]
+            else:
+                pending = advance(pending, n)
+        crc32c = crc.crc32c
         for i, view in batch:
-            crcs[i] = crc.crc32c(view, crcs[i])
+            crcs[i] = crc32c(view, crcs[i])
         return offset
 
     def read_raw(self, shard: int, offset: int, dest: memoryview, key: str) -> None:
