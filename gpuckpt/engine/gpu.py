@@ -78,6 +78,7 @@ class _SlotPlan:
     offsets: np.ndarray
     sizes: np.ndarray
     writes: tuple[_Write, ...]
+    finishes: tuple[int, ...]  # tensors whose last byte is gathered in this slot
 
     @property
     def total(self) -> int:
@@ -116,8 +117,26 @@ def _slot_plans(items: Sequence[WriteItem], tensors: Sequence[DeviceTensor], slo
         plans.append(_SlotPlan(
             tuple(batch), gather.gather_table(entries),
             np.array([p.slot_offset for p in batch], np.int64), np.array([p.nbytes for p in batch], np.int64),
-            tuple(writes)))
+            tuple(writes), tuple(p.index for p in batch if p.start + p.nbytes >= tensors[p.index].nbytes)))
     return plans
+
+
+def _release(tensors: Sequence[DeviceTensor], which, stream, everything: bool = False) -> None:
+    """Release the tickets of chunked snapshots (``capture.ChunkedSnapshot``) among ``tensors[which]`` once
+    ``stream`` has gathered them; with ``everything``, also each device's "all gathered" ticket, and mark
+    the boards written (the end of a save, whether or not it succeeded)."""
+    boards = {}
+    for k in which:
+        owner = tensors[k].view.owner
+        ticket = getattr(owner, "_gpuckpt_ticket", None)
+        if ticket is None:
+            continue
+        ticket.release(stream)
+        if everything:
+            owner._gpuckpt_done.release(stream)
+            boards[id(ticket.board)] = ticket.board
+    for board in boards.values():
+        board.mark_written(stream)
 
 
 class DeviceRing:
@@ -180,8 +199,10 @@ class DeviceRing:
                         self._settle(i)
                         free[i].set()
                         raise
+                    _release(tensors, plan.finishes, self.compute)  # chunked snapshots: training may go on
                     out.put_job(self._job(i, plan, leases[i], out, parts, indices), self._done(i, leases[i], free[i]))
             finally:
+                _release(tensors, range(len(tensors)), self.compute, everything=True)
                 self._finish(leases, free)
 
     def _enqueue(self, i: int, plan: _SlotPlan, lease) -> None:
