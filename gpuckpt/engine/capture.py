@@ -269,6 +269,8 @@ class CapturePool:
         done = [t for board in boards for t in _done_tickets(board, tickets)]
         for board in boards:
             with board.runtime.activate(board.device):
+                # the ring's releases (marked on its stream) land before the flags can serve another capture
+                board.runtime.host_wait(board.written, self.timeout, "the ring's release of a chunked snapshot")
                 for ticket in [t for t in tickets if t.board is board] + [t for t in done if t.board is board]:
                     ticket.release(board.stream)
                 board.mark_written(board.stream)
