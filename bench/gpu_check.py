@@ -267,9 +267,18 @@ def step_probes(out: Path) -> dict:
     return found
 
 
+def step_gather_options(out: Path) -> dict:
+    """Per-call cost and GB/s of the three gather options (bench/gather_options.py) for 5,000 small
+    tensors and 4 large ones; an option whose package is absent is skipped with its reason."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import gather_options
+
+    return gather_options.compare(gather_options.default_states(5000, 16 << 10, 4, 64 << 20), 1 if SIM else 5)
+
+
 STEPS = [("env", step_env, 30), ("pytest_gpu", step_pytest_gpu, 120), ("kernels", step_kernels, 90),
-         ("bandwidth", step_bandwidth, 40), ("nvcomp", step_nvcomp, 60), ("engine", step_engine, 120),
-         ("probes", step_probes, 40)]
+         ("bandwidth", step_bandwidth, 40), ("gather_options", step_gather_options, 45), ("nvcomp", step_nvcomp, 60),
+         ("engine", step_engine, 120), ("probes", step_probes, 40)]
 
 
 def main(out: Path) -> int:

@@ -9,6 +9,7 @@ that knows how foreign arrays expose their memory.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,8 +160,30 @@ def is_device_array(value) -> bool:
     return False
 
 
+class RetypedDeviceArray:
+    """A device array of a dtype the CUDA array interface cannot describe (bfloat16, float8), given as
+    ``bits``, a device array of integers of the same width over the same memory (``torch.Tensor.view``
+    keeps the device and the storage), saved and restored as ``dtype``: no byte leaves the device."""
+
+    def __init__(self, bits, dtype):
+        self.bits, self.dtype = bits, np.dtype(dtype)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.bits.shape)
+
+    def __gpuckpt_device_view__(self) -> "DeviceView":
+        view = device_view(self.bits)
+        if view.itemsize != self.dtype.itemsize:
+            raise InvalidArgumentError(f"a {view.dtype} device array cannot hold {self.dtype} values: "
+                                       "the widths differ")
+        return dataclasses.replace(view, dtype=self.dtype)
+
+
 def as_device_array(value):
     """A Numba device array sharing ``value``'s memory (CUDA array interface, or DLPack via CuPy)."""
+    if isinstance(value, RetypedDeviceArray):
+        value = value.bits  # the integer view: the bytes are what is copied
     if _module(value).startswith("numba.cuda"):
         return value
     from ._deps import import_optional

@@ -14,9 +14,9 @@ gpuckpt objects: modules and optimizers passed to a Checkpoint, assigned to a
 * Tensors are saved without copies: CPU tensors as NumPy views of their memory, CUDA tensors
   through ``__cuda_array_interface__`` by the GPU engine. They are restored in place
   (``Tensor.copy_``), on the device they are on. bfloat16 and float8 tensors, which NumPy
-  lacks, are viewed as integers of their width and reinterpreted as ``ml_dtypes`` types
-  (on CUDA they are staged through a host copy, since the CUDA array interface cannot
-  describe them).
+  and the CUDA array interface lack, are viewed as integers of their width (on the CPU, then
+  reinterpreted as ``ml_dtypes`` types; on CUDA, on the device: ``arrays.RetypedDeviceArray``),
+  so no CUDA tensor is copied through the host.
 * An optimizer's per-parameter state (Adam: ``step``, ``exp_avg``, ``exp_avg_sq``) is saved
   as slot variables of the parameter it belongs to, as TensorFlow saves optimizer slots:
   ``model/w/.OPTIMIZER_SLOT/optimizer/exp_avg/.ATTRIBUTES/VARIABLE_VALUE``. Each param
@@ -52,7 +52,7 @@ import ml_dtypes
 import numpy as np
 
 from ._deps import import_optional
-from .arrays import as_device_array, is_device_array
+from .arrays import RetypedDeviceArray, as_device_array, is_device_array
 from .distributed import torch_dtensor as _dtensor
 from .errors import InvalidArgumentError
 from .format import dtypes
@@ -164,10 +164,9 @@ class TorchTensor(_Adapter):
 
     def _restore_destinations(self) -> Mapping[str, Any]:
         """The tensor's own memory (a DTensor's local shard), for restores that read in place: a NumPy
-        view of a CPU tensor, or the CUDA tensor itself (not the host copies ``tensor_view`` makes of some
-        CUDA dtypes)."""
+        view of a CPU tensor, or the CUDA tensor itself (bfloat16/float8: its integer view on the device)."""
         t = _dtensor.local_tensor(self.tensor, self._full_name).detach()
-        if t.device.type == "cpu" or (t.device.type == "cuda" and t.dtype not in _VIEWED):
+        if t.device.type in ("cpu", "cuda"):
             return {VARIABLE_VALUE: tensor_view(t, self._full_name)}
         return {}
 
@@ -202,10 +201,11 @@ def _refuse_subclasses(tensor: "torch.Tensor", name: str = "") -> None:
 
 
 def tensor_view(tensor: "torch.Tensor", name: str = "") -> Any:
-    """What gpuckpt saves for ``tensor``: a NumPy view of a CPU tensor, the tensor itself on CUDA.
+    """What gpuckpt saves for ``tensor``: a NumPy view of a CPU tensor, the tensor itself on CUDA, or for
+    a CUDA dtype the CUDA array interface cannot describe (bfloat16, float8), its integer view on the
+    device saved as that dtype (``arrays.RetypedDeviceArray``).
 
-    No copy is made, except for a non-contiguous CPU tensor (which the saver packs) and for
-    CUDA tensors of a dtype the CUDA array interface cannot describe (bfloat16, float8).
+    No copy is made, except for a non-contiguous CPU tensor (which the saver packs).
     """
     _refuse_subclasses(tensor, name)
     t = tensor.detach()
@@ -219,7 +219,8 @@ def tensor_view(tensor: "torch.Tensor", name: str = "") -> Any:
         raise InvalidArgumentError(f"cannot checkpoint a tensor on device {t.device}: gpuckpt saves CPU and "
                                    "CUDA tensors")
     if t.device.type == "cuda":
-        t = t.cpu()
+        through, ml = _VIEWED[t.dtype]
+        return RetypedDeviceArray(t.view(through), ml)
     if t.dtype in _VIEWED:
         through, ml = _VIEWED[t.dtype]
         return t.view(through).numpy().view(ml)

@@ -11,6 +11,16 @@ host buffer per save in flight, and device values, per device:
   write again. ``capture`` returns without waiting for the copy: the snapshot values are
   device arrays whose producer is the capture stream, so the background save (GPU engine:
   CRC kernels, DMA, writes) is ordered after the copy by the same fence as any save.
+* otherwise, where streams can wait on flags written later (``cuStreamWaitValue32``; not in
+  Numba's simulator), chunk by chunk through the GPU engine's ring, copying nothing at call
+  time: an event is recorded on each producer's stream (the ring's gathers wait on it, so they
+  copy the values of the call) and each value gets a :class:`Ticket`, a flag the ring writes on
+  the device right after gathering the value's last chunk. The producer's stream waits on one
+  ticket per device, written once every value of that device is gathered (``fence=True``, the
+  default); with ``fence=False`` the caller waits on each value's own ticket
+  (``Capture.tickets[key].wait_on(stream)``) just before it overwrites that value, so training
+  is held only until that value's chunk is copied. ``capture`` returns at once, and no memory
+  of the state's size is taken: the ring's slots are the only staging;
 * otherwise into pinned host memory by DMA, fenced the same way; ``capture`` returns once the
   copies are queued (the training streams wait only until their values are copied), and the
   values are PendingHostArray objects: reading them as NumPy arrays (which the background
@@ -23,6 +33,7 @@ back (a released buffer is never still being written).
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -47,6 +58,8 @@ class Capture:
     pinned: bool = False
     device_buffers: tuple = field(default=())  # ((runtime, device, buffer), ...) of device snapshots
     pending: tuple = field(default=())  # PendingHostArrays whose copies must land before the buffer is reused
+    tickets: Mapping[str, "Ticket"] = field(default_factory=dict)  # chunked values: released once copied
+    boards: tuple = field(default=())  # the _Boards of the chunked values, one per device
 
 
 class DeviceSnapshot:
@@ -66,6 +79,70 @@ class DeviceSnapshot:
         from ..arrays import device_bytes
 
         return device_bytes(self).data.copy_to_host().view(self.dtype).reshape(self.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._view.dtype
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._view.shape
+
+
+class _Board:
+    """The flags of one device's chunked snapshots, reused by later captures (each takes the next
+    generation, so a flag is never reset); ``written`` is recorded after the last release on a stream."""
+
+    def __init__(self, runtime, device: int):
+        self.runtime, self.device = runtime, device
+        self.flags, self.size, self.generation = None, 0, 0
+        self.stream, self.written = runtime.stream(), runtime.event()
+
+    def next(self, count: int) -> int:
+        """The generation of a capture of ``count`` values (flags index 0 .. count - 1, then ``count``: all)."""
+        if self.flags is None or self.size < count + 1:
+            self.flags, self.size = self.runtime.flags(count + 1), count + 1  # zeroed: below every generation
+        self.generation = (self.generation + 1) & 0x7FFFFFFF or 1
+        return self.generation
+
+    def mark_written(self, stream) -> None:
+        """Record ``written`` after the releases queued on ``stream`` (a later capture reuses the flags)."""
+        self.runtime.record(self.written, stream)
+
+
+class Ticket:
+    """One value's release in a chunked snapshot: once ``flags[index]`` reaches ``generation`` (written on
+    the device after the ring gathered the value), a stream that waited on it may overwrite the value.
+    Released once (the engine's ring releases it; the pool again after the save, for a save that failed)."""
+
+    def __init__(self, board: _Board, index: int, generation: int, done: "Ticket | None" = None):
+        self.board, self.index, self.generation, self.done = board, index, generation, done
+        self.flags = board.flags
+        self.released = False
+
+    def wait_on(self, stream) -> None:
+        """``stream``'s later work (training that overwrites the value) waits until the value is copied."""
+        self.board.runtime.wait_value(stream, self.flags, self.index, self.generation)
+
+    def release(self, stream) -> None:
+        """Once ``stream``'s queued work (the gather of the value) is done, let the waiters go."""
+        if not self.released:
+            self.released = True
+            self.board.runtime.write_value(stream, self.flags, self.index, self.generation)
+
+
+class ChunkedSnapshot:
+    """A device value copied later, chunk by chunk, by the background save's ring: the copy waits on
+    ``_gpuckpt_ready`` (recorded on the producer's stream at the save call), and the ring releases
+    ``_gpuckpt_ticket`` (and, once every value of the device is gathered, ``_gpuckpt_done``)."""
+
+    def __init__(self, view: DeviceView, ready, ticket: Ticket, done: Ticket):
+        self._view = dataclasses.replace(view, owner=self)
+        self._gpuckpt_ready, self._gpuckpt_ticket, self._gpuckpt_done = ready, ticket, done
+        self._source = view.owner  # the user's array stays alive while its values are still to be copied
+
+    def __gpuckpt_device_view__(self) -> DeviceView:
+        return self._view
 
     @property
     def dtype(self) -> np.dtype:
@@ -115,15 +192,20 @@ class CapturePool:
     def __init__(self, timeout: float = WAIT_TIMEOUT_S) -> None:
         self._free: list[tuple[np.ndarray, bool]] = []  # (buffer, pinned)
         self._free_device: list[tuple[object, int, object, int]] = []  # (runtime, device, buffer, nbytes)
+        self._free_boards: list[_Board] = []
         self._lock = threading.Lock()
         self.timeout = timeout
 
-    def capture(self, tensors: Mapping[str, object]) -> Capture:
-        """Copy every value now (device values: queued on the device, fenced against their producers)."""
+    def capture(self, tensors: Mapping[str, object], fence: bool = True) -> Capture:
+        """Copy every value now (device values: queued on the device, fenced against their producers), or,
+        for a device without spare memory, fence them for a chunked copy by the save's ring (module
+        docstring; ``fence=False``: the caller waits on ``Capture.tickets`` before overwriting a value)."""
         plan, total, device_values = _layout(tensors)
         out: dict[str, object] = {}
         on_host_device: dict[str, DeviceView] = {}  # device values that go through pinned host memory
         device_buffers = []
+        tickets: dict[str, Ticket] = {}
+        boards: list[_Board] = []
         try:
             for (runtime, ordinal), members in _by_device(device_values).items():
                 need = sum(_rounded(v.nbytes, DEVICE_ALIGN) for _, v in members)
@@ -132,16 +214,22 @@ class CapturePool:
                         buffer = self._take_device(runtime, ordinal, need)
                         device_buffers.append((runtime, ordinal, buffer, need))
                         out.update(_snapshot_on_device(runtime, members, buffer))
+                    elif _chunkable(runtime, members):
+                        boards.append(self._take_board(runtime, ordinal))
+                        chunked = _snapshot_in_ring(runtime, members, boards[-1], fence)
+                        out.update(chunked)
+                        tickets.update((k, v._gpuckpt_ticket) for k, v in chunked.items())
                     else:
                         on_host_device.update((k, v) for k, v in members)
         except BaseException:
             self._give_back_device(device_buffers)
+            self._release_tickets(tickets.values(), boards)
             raise
         host_total = total + sum(_rounded(v.nbytes, ALIGN) for v in on_host_device.values())
         pending: tuple[PendingHostArray, ...] = ()
         pinned = bool(on_host_device)
         buffer = self._take(host_total, pinned=pinned) if host_total else None
-        done = Capture({}, buffer, host_total, pinned, tuple(device_buffers))
+        done = Capture({}, buffer, host_total, pinned, tuple(device_buffers), (), tickets, tuple(boards))
         try:
             offset = total
             host_offsets: dict[str, int] = {}  # where each of on_host_device lands in the host buffer
@@ -161,7 +249,8 @@ class CapturePool:
                     value.wait()
             self.release(done)
             raise
-        return Capture({k: out[k] for k in tensors}, buffer, host_total, pinned, tuple(device_buffers), pending)
+        return Capture({k: out[k] for k in tensors}, buffer, host_total, pinned, tuple(device_buffers), pending,
+                       tickets, tuple(boards))
 
     def release(self, capture: Capture) -> None:
         """Give a capture's buffers back once its save is committed (or has failed), after any copy
@@ -172,6 +261,30 @@ class CapturePool:
             with self._lock:
                 self._free.append((capture.buffer, capture.pinned))
         self._give_back_device(capture.device_buffers)
+        self._release_tickets(capture.tickets.values(), capture.boards)
+
+    def _release_tickets(self, tickets, boards) -> None:
+        """Let every producer still held by a chunked capture go (a save that never reached the ring, or
+        failed in it), then take the boards back once their flags are written."""
+        done = [t for board in boards for t in _done_tickets(board, tickets)]
+        for board in boards:
+            with board.runtime.activate(board.device):
+                # the ring's releases (marked on its stream) land before the flags can serve another capture
+                board.runtime.host_wait(board.written, self.timeout, "the ring's release of a chunked snapshot")
+                for ticket in [t for t in tickets if t.board is board] + [t for t in done if t.board is board]:
+                    ticket.release(board.stream)
+                board.mark_written(board.stream)
+                board.runtime.host_wait(board.written, self.timeout, "the release of a chunked snapshot")
+        with self._lock:
+            self._free_boards.extend(boards)
+
+    def _take_board(self, runtime, device: int) -> _Board:
+        with self._lock:
+            for board in self._free_boards:
+                if board.runtime is runtime and board.device == device:
+                    self._free_boards.remove(board)
+                    return board
+        return _Board(runtime, device)
 
     def close(self) -> None:
         """Drop the idle buffers (pinned memory is unregistered when they are collected)."""
@@ -271,6 +384,43 @@ def _snapshot_on_device(runtime, members, buffer) -> dict[str, object]:
         event = runtime.event()  # XLA cannot be told to wait: hold the call until its arrays are copied
         runtime.record(event, stream)
         runtime.host_wait(event, WAIT_TIMEOUT_S, "the snapshot of JAX arrays")
+    return out
+
+
+def _chunkable(runtime, members) -> bool:
+    """Whether these values can be copied later through the ring: streams can wait on flags, and every
+    producer is a stream (XLA's are private: JAX arrays are copied at once instead)."""
+    return bool(getattr(runtime, "value_waits", False)) and not any(
+        type(v.owner).__module__.startswith(("jax", "jaxlib")) for _, v in members)
+
+
+def _done_tickets(board: _Board, tickets) -> list[Ticket]:
+    """The "every value gathered" tickets of ``board`` among the values' ChunkedSnapshot owners."""
+    return list({id(t.done): t.done for t in tickets if t.board is board and t.done is not None}.values())
+
+
+def _snapshot_in_ring(runtime, members, board: _Board, fence: bool) -> dict[str, ChunkedSnapshot]:
+    """No copy now: an event on each producer's stream (the ring's gathers wait on it) and a ticket per
+    value; with ``fence`` each producer's stream waits until every value of this device is gathered."""
+    from .cuda import producer_stream
+
+    generation = board.next(len(members))
+    done = Ticket(board, len(members), generation)
+    producers: dict[int, tuple[object, object]] = {}
+    out: dict[str, ChunkedSnapshot] = {}
+    for index, (key, view) in enumerate(members):
+        producer = producer_stream(runtime, view)
+        assert producer is not None  # None only for JAX arrays, which _chunkable keeps out
+        sid = runtime.stream_id(producer)
+        if sid not in producers:
+            event = runtime.event()
+            runtime.record(event, producer)
+            producers[sid] = (producer, event)
+        ticket = Ticket(board, index, generation, done)
+        out[key] = ChunkedSnapshot(view, producers[sid][1], ticket, done)
+    if fence:
+        for producer, _ in producers.values():
+            done.wait_on(producer)
     return out
 
 

@@ -136,16 +136,24 @@ def producer_stream(runtime, view):
 
 
 def fence_producers(runtime, views, stream) -> list:
-    """Make ``stream`` wait for every producer of ``views`` (an event on each producer's stream);
-    returns the distinct producer streams (for :func:`release_producers`)."""
+    """Make ``stream`` wait for every producer of ``views`` (an event on each producer's stream, or the
+    event a chunked snapshot recorded there at its save call: ``_gpuckpt_ready``); returns the distinct
+    producer streams (for :func:`release_producers`)."""
     seen: dict[int, object] = {}
+    ready: dict[int, object] = {}
     for view in views:
+        recorded = getattr(view.owner, "_gpuckpt_ready", None)
+        if recorded is not None:  # its producer is held until the value is copied: never record there now
+            ready.setdefault(id(recorded), recorded)
+            continue
         producer = producer_stream(runtime, view)
         if producer is not None:
             seen.setdefault(runtime.stream_id(producer), producer)
     for producer in seen.values():
         event = runtime.event()
         runtime.record(event, producer)
+        runtime.wait(stream, event)
+    for event in ready.values():
         runtime.wait(stream, event)
     return list(seen.values())
 
@@ -281,6 +289,40 @@ class NumbaRuntime:
         free = self.cuda.current_context().get_memory_info()[0]
         return int(min(free, 1 << 62))
 
+    # -- stream memory operations: a stream waits for a value that another stream writes later
+    @property
+    def value_waits(self) -> bool:
+        """Whether streams can wait on flags written later (cuStreamWaitValue32); never in the simulator,
+        which runs everything at once on one stream."""
+        if self.simulated:
+            return False
+        try:
+            from cuda.bindings import driver as drv
+
+            return callable(drv.cuStreamWaitValue32) and callable(drv.cuStreamWriteValue32)
+        except ImportError:
+            return False
+
+    def flags(self, count: int):
+        """``count`` zeroed uint32 flags in device memory (for :meth:`write_value` and :meth:`wait_value`)."""
+        return self.cuda.to_device(np.zeros(max(count, 1), np.uint32))
+
+    def write_value(self, stream, flags, index: int, value: int) -> None:
+        """Once ``stream`` gets here, ``flags[index] = value`` (after the stream's earlier work)."""
+        from cuda.bindings import driver as drv
+
+        address = drv.CUdeviceptr(self.address_of(flags) + 4 * index)
+        _driver_ok(drv.cuStreamWriteValue32(_cu_stream(stream), address, value & 0xFFFFFFFF, 0), "cuStreamWriteValue32")
+
+    def wait_value(self, stream, flags, index: int, value: int) -> None:
+        """``stream``'s later work waits until ``(int32)(flags[index] - value) >= 0`` (cyclic: a generation
+        counter may wrap)."""
+        from cuda.bindings import driver as drv
+
+        address = drv.CUdeviceptr(self.address_of(flags) + 4 * index)
+        geq = drv.CUstreamWaitValue_flags.CU_STREAM_WAIT_VALUE_GEQ
+        _driver_ok(drv.cuStreamWaitValue32(_cu_stream(stream), address, value & 0xFFFFFFFF, geq), "cuStreamWaitValue32")
+
     def release(self, host: np.ndarray) -> None:
         """The engine is done with ``host``'s bytes (the test double poisons them)."""
 
@@ -294,6 +336,23 @@ class NumbaRuntime:
         """A typed device array over the first bytes of ``dev``."""
         nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
         return dev[:nbytes].view(dtype).reshape(shape)
+
+
+def _cu_stream(stream):
+    """A numba stream's CUstream for cuda-bindings calls (numba keeps a binding object or a ctypes handle)."""
+    from cuda.bindings import driver as drv
+
+    handle = stream.handle
+    if isinstance(handle, drv.CUstream):
+        return handle
+    return drv.CUstream(int(getattr(handle, "value", handle) or 0))
+
+
+def _driver_ok(result, call: str) -> None:
+    """Raise InvalidArgumentError when a cuda-bindings driver call did not return CUDA_SUCCESS."""
+    code = result[0] if isinstance(result, tuple) else result
+    if int(code) != 0:
+        raise InvalidArgumentError(f"{call} failed on this GPU: {code!r}")
 
 
 _DEFAULT: NumbaRuntime | None = None

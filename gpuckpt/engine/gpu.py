@@ -1,5 +1,5 @@
-"""The GPU engine: device tensors are gathered, checksummed by CUDA kernels and staged through
-pinned host memory; restores stream file bytes back through the same staging to the device.
+"""The GPU engine's save side: device tensors are gathered, checksummed by CUDA kernels and staged
+through pinned host memory to the writer (restores run through ``gpu_restore.RestoreRing``).
 
 Save runs through a ring of K staging slots per device (``RING_SLOTS``), each a device slot
 and a pinned slot, allocated once and reused by every save (the pinned slots are leases of the
@@ -22,8 +22,8 @@ the tensors' addresses, layouts or the plan change. On any error the engine wait
 copy queued into staging before the staging is released, so the next save starts clean; every
 wait ends in ``DeadlineExceededError`` after ``timeout`` seconds instead of hanging.
 
-Restore runs the other way: file bytes are read into pinned staging, DMA'd into a device
-arena, and the kernel checks every CRC there before anything reaches a variable.
+Restores run the other way through ``gpu_restore.RestoreRing`` (its own bounded ring, the same
+batching helper, ``engine/batches.py``).
 """
 
 from __future__ import annotations
@@ -34,12 +34,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._deps import import_optional
 from ..arrays import DeviceTensor, HostTensor
-from ..errors import DataLossError, DeadlineExceededError, InvalidArgumentError
+from ..errors import DeadlineExceededError, InvalidArgumentError
 from ..format import crc
-from ..format.bundle import BundleEntry
 from ..plan import SavePlan, WriteItem
+from .batches import Piece, slot_batches
 from .cpu import CpuEngine
 from .cuda import WAIT_TIMEOUT_S, NumbaRuntime, check_kernel_toolchain, default_runtime, fence_producers
 from .staging import DEFAULT_BYTES, StagingPool
@@ -47,31 +46,6 @@ from .writer import WriterThread
 
 RING_SLOTS = 3
 _SLOT_ALIGN = 256
-
-
-@dataclass(frozen=True)
-class _Piece:
-    """Bytes ``[start, start + nbytes)`` of tensor ``index``, at ``arena_offset`` in the batch."""
-
-    index: int
-    start: int
-    nbytes: int
-    arena_offset: int
-
-
-def _batches(sizes: Sequence[tuple[int, int]], limit: int) -> list[list[_Piece]]:
-    """Cut (tensor index, nbytes) into pieces of at most ``limit`` bytes, packed into batches."""
-    batches: list[list[_Piece]] = [[]]
-    used = 0
-    for index, nbytes in sizes:
-        for start in range(0, nbytes, limit):
-            n = min(limit, nbytes - start)
-            if used + n > limit:
-                batches.append([])
-                used = 0
-            batches[-1].append(_Piece(index, start, n, used))
-            used += n
-    return [b for b in batches if b]
 
 
 @dataclass(frozen=True)
@@ -88,16 +62,17 @@ class _Write:
 class _SlotPlan:
     """One batch: its pieces, the gather table, the CRC segments and the merged file writes."""
 
-    pieces: tuple[_Piece, ...]
+    pieces: tuple[Piece, ...]
     table: np.ndarray
     offsets: np.ndarray
     sizes: np.ndarray
     writes: tuple[_Write, ...]
+    finishes: tuple[int, ...]  # tensors whose last byte is gathered in this slot
 
     @property
     def total(self) -> int:
         last = self.pieces[-1]
-        return last.arena_offset + last.nbytes
+        return last.slot_offset + last.nbytes
 
 
 def _layout_key(items: Sequence[WriteItem], tensors: Sequence[DeviceTensor], slot_bytes: int) -> tuple:
@@ -112,16 +87,16 @@ def _slot_plans(items: Sequence[WriteItem], tensors: Sequence[DeviceTensor], slo
 
     plans = []
     layouts = [t.view.runs() for t in tensors]
-    for batch in _batches([(i, t.nbytes) for i, t in enumerate(tensors)], slot_bytes):
+    for batch in slot_batches([t.nbytes for t in tensors], slot_bytes):
         entries = [
-            (tensors[p.index].view.address, p.arena_offset, p.start, p.nbytes, tensors[p.index].view.itemsize,
+            (tensors[p.index].view.address, p.slot_offset, p.start, p.nbytes, tensors[p.index].view.itemsize,
              *layouts[p.index])
-            for p in batch
+            for p in batch if p.nbytes
         ]
         writes: list[_Write] = []
-        for p in batch:
+        for p in (p for p in batch if p.nbytes):
             item = items[p.index]
-            w = _Write(item.shard, item.offset + p.start, p.arena_offset, p.nbytes)
+            w = _Write(item.shard, item.offset + p.start, p.slot_offset, p.nbytes)
             last = writes[-1] if writes else None
             if last and last.shard == w.shard and last.offset + last.nbytes == w.offset \
                     and last.slot_offset + last.nbytes == w.slot_offset:
@@ -130,9 +105,27 @@ def _slot_plans(items: Sequence[WriteItem], tensors: Sequence[DeviceTensor], slo
                 writes.append(w)
         plans.append(_SlotPlan(
             tuple(batch), gather.gather_table(entries),
-            np.array([p.arena_offset for p in batch], np.int64), np.array([p.nbytes for p in batch], np.int64),
-            tuple(writes)))
+            np.array([p.slot_offset for p in batch], np.int64), np.array([p.nbytes for p in batch], np.int64),
+            tuple(writes), tuple(p.index for p in batch if p.start + p.nbytes >= tensors[p.index].nbytes)))
     return plans
+
+
+def _release(tensors: Sequence[DeviceTensor], which, stream, everything: bool = False) -> None:
+    """Release the tickets of chunked snapshots (``capture.ChunkedSnapshot``) among ``tensors[which]`` once
+    ``stream`` has gathered them; with ``everything``, also each device's "all gathered" ticket, and mark
+    the boards written (the end of a save, whether or not it succeeded)."""
+    boards = {}
+    for k in which:
+        owner = tensors[k].view.owner
+        ticket = getattr(owner, "_gpuckpt_ticket", None)
+        if ticket is None:
+            continue
+        ticket.release(stream)
+        if everything:
+            owner._gpuckpt_done.release(stream)
+            boards[id(ticket.board)] = ticket.board
+    for board in boards.values():
+        board.mark_written(stream)
 
 
 class DeviceRing:
@@ -195,8 +188,10 @@ class DeviceRing:
                         self._settle(i)
                         free[i].set()
                         raise
+                    _release(tensors, plan.finishes, self.compute)  # chunked snapshots: training may go on
                     out.put_job(self._job(i, plan, leases[i], out, parts, indices), self._done(i, leases[i], free[i]))
             finally:
+                _release(tensors, range(len(tensors)), self.compute, everything=True)
                 self._finish(leases, free)
 
     def _enqueue(self, i: int, plan: _SlotPlan, lease) -> None:
@@ -211,7 +206,7 @@ class DeviceRing:
         if crc_host is None or crc_host.size < n:
             crc_host = self._crc_host[i] = rt.pinned(4 * max(n, 16)).view(np.uint32)
         rt.wait(self.compute, self.copied[i])  # the slot's previous bytes have left the device
-        if self._resident[i] is not plan.table:
+        if rows and self._resident[i] is not plan.table:
             rt.upload(plan.table, self._tables[i], self.compute)
             self._resident[i] = plan.table
         slot = self.arena[i]
@@ -221,7 +216,8 @@ class DeviceRing:
         self._inflight[i] = crcs
         rt.record(self.gathered[i], self.compute)
         rt.wait(self.dma, self.gathered[i])
-        rt.download(lease.view[: plan.total], slot, self.dma)
+        if plan.total:  # a batch of empty tensors only has CRCs
+            rt.download(lease.view[: plan.total], slot, self.dma)
         rt.record(self.copied[i], self.dma)
 
     def _job(self, i: int, plan: _SlotPlan, lease, out: WriterThread, parts, indices):
@@ -265,8 +261,8 @@ class DeviceRing:
 
 
 class GpuEngine:
-    """Saves device tensors through one staging ring per device (chosen from each tensor's own device)
-    and restores through the pinned staging pool; both are sized once, ``close()`` releases them."""
+    """Saves device tensors through one staging ring per device (chosen from each tensor's own device);
+    the pinned pool and the rings are sized once, ``close()`` releases them."""
 
     name = "gpu"
 
@@ -275,10 +271,7 @@ class GpuEngine:
         self.runtime = runtime if runtime is not None else default_runtime()
         if isinstance(self.runtime, NumbaRuntime):
             check_kernel_toolchain()  # a clear error now rather than a JIT failure at the first launch
-        self._cuda = import_optional("numba.cuda", extra="gpu")
-        self._kernels = import_optional("gpuckpt.kernels", extra="gpu")
         self.pool = StagingPool(staging_bytes, allocator=self.runtime.pinned)
-        self._stream = self._cuda.stream()
         self.slots, self.timeout = slots, timeout
         self._rings: dict[int, DeviceRing] = {}
 
@@ -323,50 +316,6 @@ class GpuEngine:
                 raise InvalidArgumentError("a device array of another CUDA runtime was given to this engine")
             groups.setdefault(view.device, []).append(m)
         return groups
-
-    # -- restore -----------------------------------------------------------------------------
-
-    def read(self, reader, items: Sequence[tuple[str, BundleEntry]]):
-        """Read numeric, unsliced entries into new device arrays, every CRC verified on the device.
-
-        Returns one typed, shaped device array per item, all views of one arena; nothing is
-        returned (and so nothing reaches a variable) unless every checksum matched.
-        """
-        total = sum(e.size for _, e in items)
-        arena = self._cuda.device_array(max(total, 1), np.uint8)
-        starts = np.cumsum([0] + [e.size for _, e in items])
-        parts: list[list[tuple[int, int]]] = [[] for _ in items]
-        for batch in _batches([(i, e.size) for i, (_, e) in enumerate(items)], self.pool.max_lease):
-            lease = self.pool.lease(batch[-1].arena_offset + batch[-1].nbytes)
-            try:
-                for p in batch:
-                    key, entry = items[p.index]
-                    reader.read_unverified(key, entry, p.start, lease.view[p.arena_offset : p.arena_offset + p.nbytes])
-                for p in batch:
-                    dst = int(starts[p.index]) + p.start
-                    arena[dst : dst + p.nbytes].copy_to_device(
-                        lease.view[p.arena_offset : p.arena_offset + p.nbytes], stream=self._stream
-                    )
-                offsets = np.array([int(starts[p.index]) + p.start for p in batch], np.int64)
-                sizes = np.array([p.nbytes for p in batch], np.int64)
-                crcs = self._kernels.crc_segments(arena, offsets, sizes, stream=self._stream)
-                self._stream.synchronize()
-            finally:
-                self.pool.release(lease)
-            for p, value in zip(batch, crcs):
-                parts[p.index].append((p.nbytes, int(value)))
-        for (key, entry), value in zip(items, [crc.join(p) for p in parts]):
-            if crc.mask(value) != entry.crc32c:
-                raise DataLossError(
-                    f"checksum mismatch for key {key!r} in checkpoint {reader.prefix!r} (verified on the GPU): "
-                    f"stored {entry.crc32c:#010x}, computed {crc.mask(value):#010x}",
-                    path=reader.prefix,
-                    key=key,
-                )
-        return [
-            arena[int(s) : int(s) + e.size].view(e.dtype.numpy).reshape(e.shape)
-            for s, (_, e) in zip(starts, items)
-        ]
 
     def close(self) -> None:
         """Release the pinned pool and the device rings."""

@@ -31,19 +31,10 @@ from ..errors import DataLossError
 from ..format import crc
 from ..restore_plan import ReadItem
 from ..storage.reader import read_pool
+from .batches import Piece, slot_batches
 
 DEFAULT_RING_BYTES = 256 << 20
 SLOTS = 2
-
-
-@dataclass(frozen=True)
-class _Piece:
-    """Bytes ``[start, start + nbytes)`` of read ``item`` (an index), at ``slot_offset`` in its slot."""
-
-    item: int
-    start: int
-    nbytes: int
-    slot_offset: int
 
 
 @dataclass(frozen=True)
@@ -52,21 +43,6 @@ class RingOutcome:
 
     failed: dict[int, DataLossError]
     untouched: frozenset[int]
-
-
-def slot_batches(sizes: Sequence[int], slot_bytes: int) -> list[list[_Piece]]:
-    """Cut ranges of the given sizes into pieces of at most ``slot_bytes``, packed into slot-sized batches."""
-    batches: list[list[_Piece]] = [[]]
-    used = 0
-    for index, nbytes in enumerate(sizes):
-        for start in range(0, max(nbytes, 1), slot_bytes):
-            n = min(slot_bytes, nbytes - start)
-            if used + n > slot_bytes:
-                batches.append([])
-                used = 0
-            batches[-1].append(_Piece(index, start, n, used))
-            used += n
-    return [b for b in batches if b]
 
 
 class RestoreRing:
@@ -108,16 +84,16 @@ class RestoreRing:
                     pending = pool.submit(self._fill, storage, items, batches[number + 1], following)
                 values = self._verify_on_device(batch, pinned, device)
                 for p, value in zip(batch, values):
-                    parts[p.item].append((p.nbytes, int(value)))
+                    parts[p.index].append((p.nbytes, int(value)))
                 failed = self._check_finished(storage, items, batch, parts)
                 if failed:
                     return self._outcome(items, failed, written)
                 for p in batch:  # 4. verified (or part of a tensor still being verified): into the destination
                     if p.nbytes:
-                        dest = dests[items[p.item].request]
+                        dest = dests[items[p.index].request]
                         dest[p.start:p.start + p.nbytes].copy_to_device(
                             device[p.slot_offset:p.slot_offset + p.nbytes], stream=self._stream)
-                    written.add(items[p.item].request)
+                    written.add(items[p.index].request)
                 self._stream.synchronize()
         finally:
             if pending is not None:
@@ -125,15 +101,15 @@ class RestoreRing:
         return self._outcome(items, {}, written)
 
     @staticmethod
-    def _fill(storage, items: Sequence[ReadItem], batch: Sequence[_Piece], pinned) -> None:
+    def _fill(storage, items: Sequence[ReadItem], batch: Sequence[Piece], pinned) -> None:
         """1. Read one slot's pieces (positioned reads, unverified) into pinned memory."""
         for p in batch:
             if p.nbytes:
-                it = items[p.item]
+                it = items[p.index]
                 view = memoryview(pinned[p.slot_offset:p.slot_offset + p.nbytes])
                 storage.read_raw(it.shard, it.offset + p.start, view, it.key)
 
-    def _verify_on_device(self, batch: Sequence[_Piece], pinned, device):
+    def _verify_on_device(self, batch: Sequence[Piece], pinned, device):
         """2. one DMA of the slot to the device, 3. one CRC launch over its pieces; raw CRCs."""
         total = batch[-1].slot_offset + batch[-1].nbytes
         if not total:
@@ -143,15 +119,15 @@ class RestoreRing:
         sizes = np.array([p.nbytes for p in batch], np.int64)
         return self._kernels.crc_segments(device[:total], offsets, sizes, stream=self._stream)
 
-    def _check_finished(self, storage, items: Sequence[ReadItem], batch: Sequence[_Piece],
+    def _check_finished(self, storage, items: Sequence[ReadItem], batch: Sequence[Piece],
                         parts: list[list[tuple[int, int]]]) -> dict[int, DataLossError]:
         """CRC errors of the items whose last piece is in ``batch``."""
         failed = {}
         for p in batch:
-            it = items[p.item]
+            it = items[p.index]
             if p.start + p.nbytes < it.length:
                 continue
-            if crc.mask(crc.join(parts[p.item])) != it.crc32c:
+            if crc.mask(crc.join(parts[p.index])) != it.crc32c:
                 failed[it.request] = storage.crc_error(it.key, it.shard, it.crc32c, " (verified on the GPU)")
         return failed
 

@@ -6,9 +6,11 @@ missing stream wait. :class:`FakeRuntime` implements the interface of
 *runs* later, in an order drawn from a seeded RNG that respects nothing except each stream's
 own order and event waits (what CUDA guarantees). Buffers the engine releases are poisoned,
 every stream belongs to one device and refuses work queued from another device's context,
-and kernels refuse memory of another device. Host waits step the queues until their event
-completes, with a deadline. :class:`FakeDeviceArray` is a device array of this runtime
-(any dtype, any strides); ``launch`` queues a "training kernel" on any stream.
+and kernels refuse memory of another device. Streams can wait on flags that other streams write
+later (``wait_value``/``write_value``, CUDA's stream memory operations) unless
+``value_waits=False``. Host waits step the queues until their event completes, with a
+deadline. :class:`FakeDeviceArray` is a device array of this runtime (any dtype, any strides);
+``launch`` queues a "training kernel" on any stream.
 
     rt = FakeRuntime(seed=3, devices=2)
     w = rt.array(np.arange(8, dtype=np.float32), device=1)
@@ -120,9 +122,11 @@ class FakeRuntime:
     name = "fake"
     simulated = True
 
-    def __init__(self, seed: int = 0, devices: int = 1, free_bytes: int = 1 << 30, eager: float = 0.5):
+    def __init__(self, seed: int = 0, devices: int = 1, free_bytes: int = 1 << 30, eager: float = 0.5,
+                 value_waits: bool = True):
         self.rng = random.Random(seed)
         self.devices, self.free_bytes, self.eager = devices, free_bytes, eager
+        self.value_waits = value_waits  # False: a device without stream memory operations
         self._cond = threading.Condition(threading.RLock())
         self._streams: list[FakeStream] = []
         self._local = threading.local()
@@ -194,13 +198,32 @@ class FakeRuntime:
         if event.last is not None:  # as in CUDA, waiting on a never-recorded event waits for nothing
             self._enqueue(stream, "wait", event.last)
 
+    def write_value(self, stream: FakeStream, flags: FakeBuffer, index: int, value: int) -> None:
+        """Once ``stream`` gets here, ``flags[index] = value`` (cuStreamWriteValue32)."""
+        self._check(stream, flags)
+        self._enqueue(stream, "run", lambda: flags.array.__setitem__(index, value & 0xFFFFFFFF))
+
+    def wait_value(self, stream: FakeStream, flags: FakeBuffer, index: int, value: int) -> None:
+        """``stream`` waits until ``(int32)(flags[index] - value) >= 0`` (cuStreamWaitValue32, GEQ)."""
+        self._check(stream, flags)
+        self._enqueue(stream, "value", (flags.array, index, value & 0xFFFFFFFF))
+
+    def flags(self, count: int) -> FakeBuffer:
+        return FakeBuffer(np.zeros(max(count, 1), np.uint32), self.current_device())
+
+    @staticmethod
+    def _reached(payload) -> bool:
+        array, index, value = payload
+        return ((int(array[index]) - value) & 0xFFFFFFFF) < 0x80000000
+
     def _runnable(self) -> list[FakeStream]:
         out = []
         for s in self._streams:
             if s.queue:
                 kind, payload = s.queue[0]
-                if kind != "wait" or payload.done:
-                    out.append(s)
+                if kind == "wait" and not payload.done or kind == "value" and not self._reached(payload):
+                    continue
+                out.append(s)
         return out
 
     def _step(self) -> bool:

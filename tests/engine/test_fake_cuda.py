@@ -151,13 +151,14 @@ def test_work_from_the_wrong_device_context_is_refused():
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-@pytest.mark.parametrize("room", [True, False], ids=["device-snapshot", "pinned-snapshot"])
-def test_async_capture_holds_the_values_of_the_call(seed, room):
+@pytest.mark.parametrize("mode", ["device", "pinned", "chunked"], ids=lambda m: f"{m}-snapshot")
+def test_async_capture_holds_the_values_of_the_call(seed, mode):
     """Updates queued before the capture are in it; training queued after it returns is not."""
     from gpuckpt.engine.capture import SPARE_BYTES, CapturePool
 
     rng = np.random.default_rng(seed)
-    rt = FakeRuntime(seed, devices=2, free_bytes=(1 << 40) if room else SPARE_BYTES)
+    room = mode == "device"
+    rt = FakeRuntime(seed, devices=2, free_bytes=(1 << 40) if room else SPARE_BYTES, value_waits=mode == "chunked")
     spec = state(rng)
     arrays = {k: rt.array(v, d, layout) for k, (v, d, layout) in spec.items()}
     side = rt.stream()
@@ -168,12 +169,13 @@ def test_async_capture_holds_the_values_of_the_call(seed, room):
     rt.launch(side, lambda: w.__setitem__(slice(350, None), before[350:]))
     pool = CapturePool()
     captured = pool.capture(arrays)
-    assert bool(captured.device_buffers) == room
+    assert bool(captured.device_buffers) == room and captured.pinned == (mode == "pinned")
+    assert bool(captured.tickets) == (mode == "chunked")
     conv = arrays["conv"].host
     rt.launch(side, lambda: w.__setitem__(slice(None), -1.0))  # the next training step
     rt.launch(rt.current_stream(0), lambda: conv.__setitem__(Ellipsis, -1.0))
     engine = gpu.GpuEngine(staging_bytes=3 * 1024, runtime=rt)
-    if room:
+    if mode != "pinned":
         plan, crcs, writer = save(rt, engine, captured.tensors)
     else:
         tensors = [as_tensor(v, k) for k, v in captured.tensors.items()]
@@ -217,7 +219,7 @@ def test_scatter_on_the_fake_lands_after_the_copies_it_waits_for(seed):
 def test_a_failed_capture_waits_for_its_copies_before_giving_the_buffer_back(seed, monkeypatch):
     from gpuckpt.engine.capture import SPARE_BYTES, CapturePool
 
-    rt = FakeRuntime(seed, free_bytes=SPARE_BYTES, eager=0.0)  # no room on the device: pinned snapshot
+    rt = FakeRuntime(seed, free_bytes=SPARE_BYTES, eager=0.0, value_waits=False)  # no room, no flag waits: pinned
     arrays = {f"x{i}": rt.array(np.full(64, i, np.float32)) for i in range(3)}
     real = rt.download
     calls = []
@@ -241,7 +243,7 @@ def test_a_failed_capture_waits_for_its_copies_before_giving_the_buffer_back(see
 def test_a_pinned_snapshot_returns_before_its_copies_and_reading_it_waits(seed):
     from gpuckpt.engine.capture import SPARE_BYTES, CapturePool, PendingHostArray
 
-    rt = FakeRuntime(seed, free_bytes=SPARE_BYTES, eager=0.0)  # nothing runs until someone waits
+    rt = FakeRuntime(seed, free_bytes=SPARE_BYTES, eager=0.0, value_waits=False)  # nothing runs until a wait
     values = {f"x{i}": np.full(64, i + 1, np.float32) for i in range(3)}
     pool = CapturePool()
     captured = pool.capture({k: rt.array(v) for k, v in values.items()})

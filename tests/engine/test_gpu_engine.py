@@ -98,9 +98,24 @@ def test_tensors_larger_than_the_pool_stream_through_it(tmp_path, pinned_sizes) 
     assert files(tmp_path / "gpu") == files(tmp_path / "cpu")
     pool = engines.gpu().pool
     assert pool.capacity == 4096 and pinned_sizes.count(4096) == 1 and pool.in_use == 0
-    reader = gpuckpt.load_checkpoint(tmp_path / "cpu")
-    restored = engines.gpu().read(reader, [(k, reader.entry(k)) for k in tensors])
-    assert all(r.copy_to_host().tobytes() == tensors[k].tobytes() for r, k in zip(restored, tensors))
+    restored = restore_through_ring(tmp_path / "cpu", tensors, engines.ring(4096))
+    assert all(restored[k].copy_to_host().tobytes() == v.tobytes() for k, v in tensors.items())
+    engines.close()
+
+
+def restore_through_ring(prefix, tensors: dict[str, np.ndarray], ring) -> dict:
+    """Read ``tensors``' keys from ``prefix`` into new device arrays through the restore ring's API."""
+    from gpuckpt.restore_plan import Request, build_restore_plan
+    from gpuckpt.storage.reader import FileSystemReader
+
+    storage = FileSystemReader(prefix)
+    requests = [Request(k, k, storage.index.entries[k].dtype, v.shape) for k, v in tensors.items()]
+    plan = build_restore_plan(storage.index, requests, storage.shard_size, prefix=str(prefix))
+    out = {k: cuda.device_array(v.shape, v.dtype) for k, v in tensors.items()}
+    dests = [out[r.key].reshape(out[r.key].size).view(np.uint8) for r in requests]
+    outcome = ring.read(storage, plan.reads, dests)
+    assert not outcome.failed and not outcome.untouched
+    return out
 
 
 def test_corrupt_byte_is_caught_on_the_device_and_nothing_is_written(tmp_path) -> None:
