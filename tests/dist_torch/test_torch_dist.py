@@ -264,8 +264,10 @@ def test_when_rank_0_dies_with_the_store_it_hosts_the_others_raise_at_once(tmp_p
     _assert_nothing_committed(tmp_path / "kill-save")
 
 
-def test_a_rank_killed_under_torchrun_ends_the_job_without_a_commit(tmp_path):
+@pytest.mark.parametrize("fault", ["kill-save", "kill-restore"])
+def test_a_rank_killed_under_torchrun_ends_the_job_without_a_commit(tmp_path, fault):
     """torchrun's agent stops the other ranks when one dies; nothing is committed."""
-    run = torchrun(2, tmp_path, "fail:kill-save:1", check=False, timeout=60)
+    run = torchrun(2, tmp_path, f"fail:{fault}:1", check=False, timeout=150)  # a hang guard: loaded hosts are slow
     assert run.returncode != 0 and not run.timed_out
-    _assert_nothing_committed(tmp_path / "kill-save")
+    assert not run.lines(r"^rank \d: UNEXPECTED")
+    _assert_nothing_committed(tmp_path / fault)
