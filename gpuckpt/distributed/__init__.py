@@ -16,7 +16,7 @@ See ``docs/distributed.md``.
 
 from .checkpoint import DistributedCheckpoint, communicator
 from .comm import Communicator, SingleProcess
-from .errors import DistributedError
+from .errors import DistributedError, PartialDistributedRestoreError
 from .layout import Box, Replicated, Sharded, layout_of, set_layout
 from .manager import DistributedCheckpointManager
 from .restore import RestoreResult
@@ -29,6 +29,7 @@ __all__ = [
     "DistributedCheckpoint",
     "DistributedCheckpointManager",
     "DistributedError",
+    "PartialDistributedRestoreError",
     "Replicated",
     "RestoreResult",
     "Sharded",

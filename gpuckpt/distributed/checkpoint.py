@@ -170,20 +170,28 @@ class DistributedCheckpoint:
 
     # -- restoring -------------------------------------------------------------------------------
 
-    def restore(self, save_path: str | os.PathLike) -> RestoreResult:
+    def restore(self, save_path: str | os.PathLike, options: CheckpointOptions | None = None) -> RestoreResult:
         """Restore every live variable's part on this rank from a prefix, or a directory's latest checkpoint.
 
         The checkpoint may have been saved by any number of ranks (or by one process), with any
-        layout. PyTorch optimizer state not created yet (a fresh optimizer) is created from the
-        checkpoint first, sharded like its parameter; it is removed again if the restore fails.
+        layout. Values are read straight into the variables' memory (a DTensor's local shard) and
+        verified; a failure on any rank fails every rank (``PartialDistributedRestoreError`` once
+        reading has begun, naming what this rank assigned; with ``options.atomic_restore`` values
+        are read into new buffers first and a failure changes nothing). PyTorch optimizer state
+        not created yet (a fresh optimizer) is created from the checkpoint first, sharded like its
+        parameter; it is removed again if the restore fails. Values of saved objects that do not
+        exist yet (an optimizer attached later) are kept and assigned when they are attached
+        (``experimental_skip_slot_variables``: not for optimizer slots), as a single-process restore does.
         """
+        options = options or CheckpointOptions()
         self.sync()
         prefix = resolve_restore_path(os.fspath(save_path))
         created = _create_torch_slots(self.checkpoint, prefix)
         try:
             with local_shards():
                 return restore_distributed(prefix, self.checkpoint, self.group,  # type: ignore[arg-type]  # any Communicator
-                                           replicated=self.replicated)
+                                           replicated=self.replicated, atomic=options.atomic_restore,
+                                           skip_slots=options.experimental_skip_slot_variables)
         except BaseException:
             created.undo()
             raise

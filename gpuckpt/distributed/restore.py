@@ -1,14 +1,34 @@
-"""Distributed restore on any number of ranks: each rank reads what overlaps its own part.
+"""Distributed restore on any number of ranks: each rank reads what overlaps its own part, into its own memory.
 
 For every live tensor the rank computes its *target* block (its ``Sharded`` block, or the whole
 tensor when ``Replicated``) and the *stored* blocks of that key (the slices of a partitioned
 entry, or the whole tensor). Each stored block that overlaps the target is read and its CRC
-verified, and the common region is copied into place, so any save layout restores into any
-restore layout (resharding).
+verified, and the common region lands in place, so any save layout restores into any restore
+layout (resharding).
 
 The reads are one ``restore_plan`` (each target a request for its block) run by the CPU
-engine's ``read_host``, the same plan and reads as a single-process restore; values are read
-into new buffers, since nothing may be assigned before every rank agrees.
+engine's ``read_host``, the same plan and reads as a single-process restore. Destinations are
+the variables' own memory where they offer it (``_restore_destinations``: a DTensor's local
+shard as a NumPy view), so a stored block that is exactly a rank's part is read straight into
+it, with no staging buffer and no copy; other values (device tensors, strings) are read into new
+buffers and handed over with ``_restore_tensors``.
+
+Stages, each closed by an agreement of every rank (``comm.agree``):
+
+1. **plan**: open the checkpoint, match live tensors by key, check dtypes, shapes and bounds,
+   plan the reads (and those of values kept for objects created later, ``deferred.py``). A
+   failure on any rank (missing key, mismatch, unreadable index) fails every rank with
+   ``DistributedError`` and no variable changed anywhere.
+2. **read**: every planned range read and verified. A failure on any rank (a bad CRC, an I/O
+   error, a rank that died or stalled) fails every rank. By default the reads went into the
+   variables' memory, so every rank raises :class:`~.errors.PartialDistributedRestoreError`:
+   its verified values stay assigned, destinations whose bytes failed verification are
+   zero-filled (no variable holds unverified bytes), and ``restored`` / ``failed`` name them.
+   With ``atomic`` (``CheckpointOptions(atomic_restore=True)``) every value is read into new
+   buffers first, as before: a failure leaves every variable on every rank untouched
+   (``DistributedError``), at the price of one more host copy of the whole state.
+3. **assign**: the values read into buffers are assigned, replicated values broadcast when
+   asked, and values of saved objects not created yet kept for them.
 
 Trade-off: a stored block's CRC covers the whole block, so a block that overlaps the target is
 read *whole* even when only part of it is needed; bytes are never used unverified. With a
@@ -22,9 +42,6 @@ faster: 1.35 against 0.83 GiB/s aggregate on 2 ranks with all of the state repli
 broadcast starts only once rank 0 has read everything); other cases were within the
 run-to-run noise, none in favour of broadcasting beyond it. ``"broadcast"`` is for file systems
 where reads are the scarce resource.
-
-All ranks read first; then they agree (``comm.Group.agree``); only if every rank succeeded does
-any rank assign values, so a failure anywhere leaves every variable untouched.
 """
 
 from __future__ import annotations
@@ -32,22 +49,26 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from ..arrays import aligned_empty, as_tensor
 from ..engine.cpu import read_host
-from ..errors import InvalidArgumentError
+from ..errors import DataLossError, InvalidArgumentError
 from ..format import dtypes, objgraph
 from ..reader import CheckpointReader
-from ..restore_plan import Request, build_restore_plan
+from ..restore_plan import Request, RestorePlan, build_restore_plan
 from ..session import read_string
+from ..trackable import restore_order
 from ..trackable.base import Trackable
+from . import deferred
 from .comm import ROOT, Failure, Group
-from .errors import DistributedError
+from .errors import DistributedError, PartialDistributedRestoreError
 from .layout import Box, Sharded, layout_of
 
 REPLICATED_STRATEGIES = ("read", "broadcast")
+_MAX_NAMED = 10
 
 
 @dataclass(frozen=True)
@@ -69,8 +90,23 @@ class RestoreResult:
 
     prefix: str
     restored_keys: tuple[str, ...]
-    unused_keys: tuple[str, ...]  # stored tensors no live object asked for
+    unused_keys: tuple[str, ...]  # stored tensors no live object asked for, and none is kept for
     bytes_read: int
+    deferred_keys: tuple[str, ...] = ()  # read and kept for objects not created yet (see deferred.py)
+
+
+@dataclass(frozen=True)
+class _Reads:
+    """This rank's planned reads: ``requests`` (those of ``local``, then those of ``held``), their
+    destinations ``outs``, and which of those are the variables' own memory (``in_place``)."""
+
+    targets: tuple[Target, ...]  # every live tensor
+    local: tuple[Target, ...]  # those this rank reads (all but replicated ones rank 0 broadcasts)
+    broadcast: tuple[Target, ...]
+    held: deferred.HeldPlan | None
+    plan: RestorePlan
+    outs: list[Any]  # by request; strings are filled in by the read
+    in_place: frozenset[int]
 
 
 def live_targets(checkpoint) -> list[Target]:
@@ -109,80 +145,137 @@ def _request(target: Target, reader: CheckpointReader) -> Request:
     return Request(target.key, target.key, dtypes.from_numpy(target.dtype), target.global_shape, block)
 
 
+def _plan(reader: CheckpointReader, requests: Sequence[Request]) -> RestorePlan:
+    return build_restore_plan(reader.index, requests, reader.storage.shard_size, prefix=reader.prefix,
+                              shard_path=reader.storage.shard_path)
+
+
+def _fresh(request: Request) -> np.ndarray | None:
+    """A new buffer for a request (None for strings, which are decoded into lists)."""
+    return None if request.dtype.numpy is None else aligned_empty(request.dest_shape, request.dtype.numpy)
+
+
+def _destination(obj: Trackable, attribute: str, dtype: np.dtype, shape: tuple[int, ...],
+                 offered: dict[int, Any]) -> np.ndarray | None:
+    """The object's own host memory for ``attribute`` when it offers a C-contiguous, writable array of the
+    destination's dtype and shape (``offered`` caches each object's ``_restore_destinations``), else None."""
+    mine = offered.get(id(obj))
+    if mine is None:
+        mine = offered[id(obj)] = obj._restore_destinations()
+    array = mine.get(attribute)
+    if isinstance(array, np.ndarray) and array.flags.c_contiguous and array.flags.writeable \
+            and array.dtype == dtype and array.shape == shape:
+        return array
+    return None
+
+
+def _read(reader: CheckpointReader, plan: RestorePlan, outs: list[Any]) -> dict[int, DataLossError]:
+    """Run the plan's reads into ``outs`` (strings decoded into it); the failures by request index."""
+    failed = read_host(reader.storage, plan.reads, outs)
+    for item in plan.strings:
+        if item.request in failed:
+            continue
+        try:
+            value = read_string(reader.storage, item)
+        except DataLossError as exc:
+            failed[item.request] = exc
+            continue
+        outs[item.request] = np.array(value, dtype=object) if isinstance(value, bytes) else value
+    return failed
+
+
 def read_targets(reader: CheckpointReader, targets: Sequence[Target]) -> tuple[list[np.ndarray], int]:
-    """Read and verify every stored block the targets overlap (one restore plan), then cut out each
-    target's part. A target that is exactly one stored block is read straight into its buffer; a
+    """Read and verify every stored block the targets overlap (one restore plan) into new arrays, then cut
+    out each target's part. A target that is exactly one stored block is read straight into its buffer; a
     block that is only partly needed is read whole (its CRC covers all of it) and the overlap copied.
 
     Returns the filled arrays (in target order) and the number of bytes read.
     """
     requests = [_request(t, reader) for t in targets]
-    plan = build_restore_plan(reader.index, requests, reader.storage.shard_size, prefix=reader.prefix,
-                              shard_path=reader.storage.shard_path)
-    # strings (the one dtype without a NumPy layout) are read into lists, not preallocated buffers
-    outs: list = [None if r.dtype.numpy is None else aligned_empty(r.dest_shape, r.dtype.numpy) for r in requests]
-    failed = read_host(reader.storage, plan.reads, outs)
+    plan = _plan(reader, requests)
+    outs: list = [_fresh(r) for r in requests]
+    failed = _read(reader, plan, outs)
     if failed:
         raise failed[min(failed)]
-    for item in plan.strings:
-        value = read_string(reader.storage, item)
-        outs[item.request] = np.array(value, dtype=object) if isinstance(value, bytes) else value
     return outs, plan.total_bytes
+
+
+def _report(error: BaseException | None) -> str | None:
+    return None if error is None else f"{type(error).__name__}: {error}"
+
+
+def _decide(reports: dict, missing: dict[int, str]) -> Failure | None:
+    failed = sorted([r for r, e in reports.items() if e is not None] + list(missing))
+    if not failed:
+        return None
+    why = [f"rank {r}: {reports[r]}" if r in reports else f"rank {r}: {missing[r]}" for r in failed]
+    return Failure(tuple(failed), "; ".join(why))
 
 
 def _checked(group: Group, report: str | None, what: str, started: float) -> None:
     """Agree on success across ranks; DistributedError on every rank if any rank failed."""
-
-    def decide(reports: dict, missing: dict[int, str]):
-        failed = sorted([r for r, e in reports.items() if e is not None] + list(missing))
-        if not failed:
-            return None
-        why = [f"rank {r}: {reports[r]}" if r in reports else f"rank {r}: {missing[r]}" for r in failed]
-        return Failure(tuple(failed), "; ".join(why))
-
-    verdict = group.agree(report, decide, started=started, what=what)
+    verdict = group.agree(report, _decide, started=started, what=what)
     if isinstance(verdict, Failure):
         raise DistributedError(f"rank {group.rank}: {what} failed and no variable was changed: {verdict.message}",
                                ranks=verdict.ranks)
 
 
-def restore_distributed(prefix: str, checkpoint, group: Group, *, replicated: str = "read") -> RestoreResult:
+def restore_distributed(prefix: str, checkpoint, group: Group, *, replicated: str = "read", atomic: bool = False,
+                        skip_slots: bool = False) -> RestoreResult:
     """Restore ``checkpoint``'s variables on this rank from ``prefix``, whatever number of ranks saved it.
 
-    Every rank must call it; DistributedError on every rank when any rank fails, and then no
-    rank has changed any variable.
+    Every rank must call it; when any rank fails, every rank raises (see the module docstring for
+    what a failure leaves: nothing changed when it is found while planning or with ``atomic``;
+    otherwise :class:`PartialDistributedRestoreError`). ``skip_slots``: values of optimizer slots not
+    created yet are not kept (``CheckpointOptions.experimental_skip_slot_variables``).
     """
     if replicated not in REPLICATED_STRATEGIES:
         raise InvalidArgumentError(f"replicated must be one of {REPLICATED_STRATEGIES}, got {replicated!r}")
     started = time.monotonic()
     what = f"restore of {prefix!r}"
+    uid = restore_order.next_restore_uid()
     reader: CheckpointReader | None = None
+    reads: _Reads | None = None
     error: BaseException | None = None
     try:
         reader = CheckpointReader(prefix)
-        targets, broadcast, got, nbytes = _read_local(reader, checkpoint, group, replicated)
+        reads = _prepare(reader, checkpoint, group, replicated, atomic, skip_slots)
     except Exception as exc:
         error = exc
     try:
         try:
-            _checked(group, None if error is None else f"{type(error).__name__}: {error}", what, started)
+            _checked(group, _report(error), what, started)
         except DistributedError as exc:
             raise exc from error
-        assert reader is not None, "_checked raises on every rank when any rank failed, opening the reader included"
-        for t in broadcast:
-            if t.key not in got:
-                got[t.key] = aligned_empty(t.box.lengths, t.dtype)
-        group.bcast_arrays([got[t.key] for t in broadcast], what=f"{len(broadcast)} replicated tensors")
-        _assign(targets, got)
+        assert reader is not None and reads is not None, "_checked raises on every rank when any rank failed"
+        failed: dict[int, DataLossError] = {}
+        try:
+            failed = _read(reader, reads.plan, reads.outs)
+            error = failed[min(failed)] if failed else None
+        except Exception as exc:  # which destinations it reached is unknown: none of them is trusted
+            error = exc
+            failed = {i: DataLossError(str(exc)) for i in reads.in_place}
+        verdict = group.agree(_report(error), _decide, started=started, what=what)
+        if isinstance(verdict, Failure):
+            raise _read_failure(group.rank, what, verdict, reads, failed, atomic) from error
+        values, placed = _broadcast(group, reads)
+        _assign(reads.targets, values, skip=placed)
+        for obj in {id(t.obj): t.obj for t in reads.targets}.values():
+            restore_order.claim(obj, uid)  # an older restore's deferred values no longer land on it
+        held = _keep_deferred(reader, reads, uid, skip_slots)
         stored = set(reader.keys()) - {objgraph.OBJECT_GRAPH_KEY}
-        return RestoreResult(prefix, tuple(t.key for t in targets), tuple(sorted(stored - set(got))), nbytes)
+        unused = stored - set(values) - set(held)
+        return RestoreResult(prefix, tuple(t.key for t in reads.targets), tuple(sorted(unused)),
+                             reads.plan.total_bytes, tuple(sorted(held)))
     finally:
         if reader is not None:
             reader.close()
 
 
-def _read_local(reader: CheckpointReader, checkpoint, group: Group, replicated: str):
-    """This rank's reads: every target, except replicated ones that rank 0 will broadcast."""
+def _prepare(reader: CheckpointReader, checkpoint, group: Group, replicated: str, atomic: bool,
+             skip_slots: bool) -> _Reads:
+    """This rank's plan: every target (except replicated ones rank 0 will broadcast) and the values kept for
+    objects not created yet, with their destinations. Reads nothing but the object graph; changes nothing."""
     if any(k.startswith("save_counter/") for k in reader.keys()):
         checkpoint._maybe_create_save_counter()
     targets = live_targets(checkpoint)
@@ -190,14 +283,79 @@ def _read_local(reader: CheckpointReader, checkpoint, group: Group, replicated: 
         if replicated == "broadcast" and group.size > 1 else []
     skipped = {t.key for t in broadcast} if group.rank != ROOT else set()
     local = [t for t in targets if t.key not in skipped]
-    values, nbytes = read_targets(reader, local)
-    return targets, broadcast, dict(zip((t.key for t in local), values)), nbytes
+    held = deferred.plan_held(reader, checkpoint, {t.key for t in targets}, skip_slots)
+    requests = [_request(t, reader) for t in local] + ([h.request for h in held.held] if held else [])
+    plan = _plan(reader, requests)
+    outs: list[Any] = [None] * len(requests)
+    in_place = set()
+    offered: dict[int, Any] = {}
+    for i, r in enumerate(requests):
+        if not atomic and i < len(local) and r.dtype.numpy is not None:
+            outs[i] = _destination(local[i].obj, local[i].attribute, local[i].dtype, r.dest_shape, offered)
+            if outs[i] is not None:
+                in_place.add(i)
+                continue
+        outs[i] = _fresh(r)
+    return _Reads(tuple(targets), tuple(local), tuple(broadcast), held, plan, outs, frozenset(in_place))
 
 
-def _assign(targets: Sequence[Target], values: dict[str, np.ndarray]) -> None:
-    """Hand each object all of its values at once (its ``_restore_tensors``)."""
+def _read_failure(rank: int, what: str, verdict: Failure, reads: _Reads, failed: dict[int, DataLossError],
+                  atomic: bool) -> DistributedError:
+    """The error of a failed read stage on this rank; destinations that received unverified bytes are zero-filled."""
+    if atomic:
+        return DistributedError(f"rank {rank}: {what} failed and no variable was changed: {verdict.message}",
+                                ranks=verdict.ranks)
+    for i in failed:
+        if i in reads.in_place:
+            reads.outs[i].reshape(-1).view(np.uint8)[:] = 0
+    keys = [r.key for r in reads.plan.requests]
+    restored = tuple(keys[i] for i in sorted(reads.in_place - set(failed)))
+    bad = tuple(keys[i] for i in sorted(failed) if i < len(reads.local))
+
+    def named(these: Sequence[str]) -> str:
+        return ", ".join(map(repr, these[:_MAX_NAMED])) + (", ..." if len(these) > _MAX_NAMED else "") or "none"
+
+    return PartialDistributedRestoreError(
+        f"rank {rank}: {what} failed: {verdict.message}. Values were read in place: on this rank {len(restored)} were "
+        f"verified and assigned ({named(restored)}), {len(bad)} failed verification and were zero-filled "
+        f"({named(bad)}), the others keep their previous values; restore again (another checkpoint), or restore "
+        "with CheckpointOptions(atomic_restore=True) to change nothing on failure",
+        ranks=verdict.ranks, restored=restored, failed=bad)
+
+
+def _broadcast(group: Group, reads: _Reads) -> tuple[dict[str, Any], set[str]]:
+    """The values of every live target by key, those rank 0 broadcasts included (received in place where the
+    variable offers its memory), and the keys whose value already is in the variable's memory."""
+    values = {t.key: reads.outs[i] for i, t in enumerate(reads.local)}
+    placed = {reads.local[i].key for i in reads.in_place}
+    if reads.broadcast:
+        offered: dict[int, Any] = {}
+        for t in reads.broadcast:
+            if t.key not in values:
+                own = _destination(t.obj, t.attribute, t.dtype, t.box.lengths, offered)
+                if own is not None:
+                    placed.add(t.key)
+                values[t.key] = own if own is not None else aligned_empty(t.box.lengths, t.dtype)
+        group.bcast_arrays([values[t.key] for t in reads.broadcast], what=f"{len(reads.broadcast)} replicated tensors")
+    return values, placed
+
+
+def _keep_deferred(reader: CheckpointReader, reads: _Reads, uid: int, skip_slots: bool) -> dict[str, Any]:
+    """Hand the values read for objects not created yet to the deferred restorations; returns them by key."""
+    if reads.held is None:
+        return {}
+    first = len(reads.local)
+    values = {h.key: reads.outs[first + i] for i, h in enumerate(reads.held.held)}
+    deferred.keep(reads.held, reader.index.entries, reader.prefix, values, uid=uid, skip_slots=skip_slots)
+    return values
+
+
+def _assign(targets: Sequence[Target], values: dict[str, Any], skip: set[str] | frozenset[str] = frozenset()) -> None:
+    """Hand each object all of its values at once (its ``_restore_tensors``), except those already read in
+    place (``skip``)."""
     by_object: dict[int, tuple[Trackable, dict]] = {}
     for t in targets:
-        by_object.setdefault(id(t.obj), (t.obj, {}))[1][t.attribute] = values[t.key]
+        if t.key not in skip:
+            by_object.setdefault(id(t.obj), (t.obj, {}))[1][t.attribute] = values[t.key]
     for obj, attrs in by_object.values():
         obj._restore_tensors(attrs)

@@ -1,11 +1,12 @@
 """PyTorch optimizer state that a distributed restore must create before it can fill it.
 
 A fresh optimizer has no per-parameter state until its first ``step()``; a single-process
-restore creates it when the checkpoint's slot values arrive (deferred restoration), but a
-distributed restore fills only live variables. So before it reads, every slot the checkpoint
-holds for a live parameter of a live torch optimizer is created as zeros of the stored dtype,
-sharded like its parameter when that is a DTensor of the stored (global) shape
-(``TorchOptimizer._new_state``). If the restore then fails, they are removed again.
+restore creates it when the checkpoint's slot values arrive (deferred restoration). A
+distributed restore reads a live optimizer's state in place, into memory that must exist
+first. So before it reads, every slot the checkpoint holds for a live parameter of a live
+torch optimizer is created as zeros of the stored dtype, sharded like its parameter when
+that is a DTensor of the stored (global) shape (``TorchOptimizer._new_state``). If the restore
+then fails, they are removed again.
 """
 
 from __future__ import annotations

@@ -135,3 +135,62 @@ def test_replicas_of_a_block_write_it_once():
             writers.setdefault(t.key, []).append(t.layout.replica)
     assert sorted(writers) == [f"k{i}" for i in range(8)] and all(len(v) == 1 for v in writers.values())
     assert {v[0] for v in writers.values()} == {0, 1}  # spread over the replicas
+
+
+def _saved_with_head(tmp_path) -> str:
+    model = _model(2.0)
+    model.head = gpuckpt.Module()
+    model.head.b = gpuckpt.Variable(np.arange(12, dtype=np.float32).reshape(4, 3))
+    return DistributedCheckpoint(gpuckpt.Checkpoint(model=model), comm=SingleProcess()).save(tmp_path / "ckpt")
+
+
+def test_values_of_objects_created_after_the_restore_arrive_when_they_are_attached(tmp_path):
+    from gpuckpt.distributed import set_layout
+
+    path = _saved_with_head(tmp_path)
+    model = _model(0.0)
+    result = DistributedCheckpoint(gpuckpt.Checkpoint(model=model), comm=SingleProcess()).restore(path)
+    assert result.deferred_keys == ("model/head/b/.ATTRIBUTES/VARIABLE_VALUE",) and result.unused_keys == ()
+    assert np.all(model.w.numpy() == 2.0)
+    head = gpuckpt.Module()
+    head.b = set_layout(gpuckpt.Variable(np.zeros((2, 3), np.float32)), Sharded((4, 3), (2, 0), (2, 3)))
+    model.head = head  # created after the restore, holding rows 2:4 of the saved (4, 3) tensor
+    np.testing.assert_array_equal(head.b.numpy(), np.arange(6, 12, dtype=np.float32).reshape(2, 3))
+    # a layout that does not fit the saved tensor is an error naming the key
+    model = _model(0.0)
+    DistributedCheckpoint(gpuckpt.Checkpoint(model=model), comm=SingleProcess()).restore(path)
+    wrong = gpuckpt.Module()
+    wrong.b = gpuckpt.Variable(np.zeros((5, 3), np.float32))
+    with pytest.raises(gpuckpt.CheckpointError, match="model/head/b"):
+        model.head = wrong
+
+
+def test_a_corrupt_value_is_zero_filled_in_place_or_changes_nothing_when_atomic(tmp_path):
+    from gpuckpt.distributed import PartialDistributedRestoreError
+
+    path = _saved_with_head(tmp_path)
+    with gpuckpt.load_checkpoint(path) as reader:
+        entry = reader.entry("model/head/b/.ATTRIBUTES/VARIABLE_VALUE")
+    shard = tmp_path / "ckpt-1.data-00000-of-00001"
+    data = bytearray(shard.read_bytes())
+    data[entry.offset] ^= 0x01
+    shard.write_bytes(bytes(data))
+
+    def fresh() -> gpuckpt.Module:
+        model = _model(5.0)
+        model.head = gpuckpt.Module()
+        model.head.b = gpuckpt.Variable(np.full((4, 3), 5.0, np.float32))
+        return model
+
+    model = fresh()
+    with pytest.raises(DistributedError, match="no variable was changed.*checksum mismatch") as caught:
+        DistributedCheckpoint(gpuckpt.Checkpoint(model=model), comm=SingleProcess()).restore(
+            path, gpuckpt.CheckpointOptions(atomic_restore=True))
+    assert not isinstance(caught.value, PartialDistributedRestoreError)
+    assert np.all(model.w.numpy() == 5.0) and np.all(model.head.b.numpy() == 5.0)
+    model = fresh()
+    with pytest.raises(PartialDistributedRestoreError, match="checksum mismatch") as partial:
+        DistributedCheckpoint(gpuckpt.Checkpoint(model=model), comm=SingleProcess()).restore(path)
+    assert partial.value.failed == ("model/head/b/.ATTRIBUTES/VARIABLE_VALUE",) and partial.value.ranks == (0,)
+    assert "model/w/.ATTRIBUTES/VARIABLE_VALUE" in partial.value.restored
+    assert np.all(model.w.numpy() == 2.0) and np.all(model.head.b.numpy() == 0.0)  # verified, and zero-filled

@@ -18,7 +18,12 @@ import torch.distributed as dist
 
 import gpuckpt
 import gpuckpt.torch as gtorch
-from gpuckpt.distributed import DistributedCheckpoint, DistributedCheckpointManager, DistributedError
+from gpuckpt.distributed import (
+    DistributedCheckpoint,
+    DistributedCheckpointManager,
+    DistributedError,
+    PartialDistributedRestoreError,
+)
 from gpuckpt.errors import InvalidArgumentError
 from gpuckpt.storage.filesystem import PosixIO
 
@@ -78,6 +83,33 @@ def restore(directory: str, spec: str, source: str, save_as: str = "") -> None:
     if save_as:
         dist_ckpt.write(os.path.join(directory, save_as))
         say(f"ok wrote {save_as}")
+    losses([M.train_step(module, opt, s) for s in range(M.STEPS_BEFORE, M.STEPS_BEFORE + M.STEPS_AFTER)])
+    dist_ckpt.close()
+
+
+def deferred(directory: str, spec: str, source: str) -> None:
+    """Restore the model alone, then create its optimizer and attach it: the optimizer gets its state then."""
+    module, _ = sharded(spec, seed=1)
+    ckpt = gpuckpt.Checkpoint(model=module)
+    dist_ckpt = DistributedCheckpoint(ckpt, timeout=60)
+    result = dist_ckpt.restore(os.path.join(directory, source))
+    if result.unused_keys or not any("OPTIMIZER_SLOT" in k for k in result.deferred_keys):
+        raise SystemExit(f"unused {result.unused_keys}, deferred {result.deferred_keys}")
+    opt = M.optimizer(module)
+    if opt.state:
+        raise SystemExit("a fresh optimizer has state")
+    ckpt.optimizer = opt  # attached after the restore: its values arrive now
+    with gpuckpt.load_checkpoint(os.path.join(directory, source)) as reader:
+        for name, param in module.named_parameters():
+            state = opt.state[param]
+            for slot in ("exp_avg", "exp_avg_sq", "step"):
+                key = f"model/{name.replace('.', '/')}/.OPTIMIZER_SLOT/optimizer/{slot}/.ATTRIBUTES/VARIABLE_VALUE"
+                value = state[slot]
+                whole = value.full_tensor() if hasattr(value, "full_tensor") else value
+                if not torch.equal(whole, torch.from_numpy(reader.get_tensor(key))):
+                    raise SystemExit(f"{key}: {whole} after the deferred restore")
+    kind = type(opt.state[next(module.parameters())]["exp_avg"]).__name__
+    say(f"ok deferred {len(result.deferred_keys)} values, {kind} state equal to the checkpoint's")
     losses([M.train_step(module, opt, s) for s in range(M.STEPS_BEFORE, M.STEPS_BEFORE + M.STEPS_AFTER)])
     dist_ckpt.close()
 
@@ -160,9 +192,35 @@ def _params(module) -> list[torch.Tensor]:
     return [p.to_local().detach().clone() for p in module.parameters()]
 
 
+def _local_state(module, opt) -> dict[str, torch.Tensor]:
+    """This rank's part of every parameter and optimizer state, by checkpoint key (copies)."""
+    out = {}
+    for name, param in module.named_parameters():
+        path = "model/" + name.replace(".", "/")
+        out[f"{path}/.ATTRIBUTES/VARIABLE_VALUE"] = param
+        for slot, value in opt.state.get(param, {}).items():
+            out[f"{path}/.OPTIMIZER_SLOT/optimizer/{slot}/.ATTRIBUTES/VARIABLE_VALUE"] = value
+    return {k: (v.to_local() if hasattr(v, "to_local") else v).detach().clone() for k, v in out.items()}
+
+
+def _partial(exc: PartialDistributedRestoreError, before: dict, after: dict) -> str:
+    """Check what a partial restore says it left: failed keys zero-filled, restored ones changed, others as before."""
+    for key, value in after.items():
+        if not value.numel():
+            continue
+        if key in exc.failed and value.count_nonzero():
+            return f"BAD partial: {key} failed but is not zero-filled"
+        if key in exc.restored and torch.equal(value, before[key]):
+            return f"BAD partial: {key} restored but unchanged"
+        if key not in exc.failed and key not in exc.restored and not torch.equal(value, before[key]):
+            return f"BAD partial: {key} neither restored nor failed but changed"
+    return f"ok partial: {len(exc.restored)} restored, {len(exc.failed)} failed and zero-filled"
+
+
 def fail(directory: str, fault: str, culprit: str, source: str = "") -> None:
     """A good save (``fault/ckpt-1``), then a save or restore that ``fault`` breaks on rank ``culprit``:
-    ``kill-save``, ``stall-save``, ``kill-restore``, or ``corrupt`` (a restore of ``source``)."""
+    ``kill-save``, ``stall-save``, ``kill-restore``, or ``corrupt`` (a restore of ``source``); a restore
+    fault ending ``-atomic`` restores with ``atomic_restore``."""
     culprit_rank = int(culprit)
     module, opt = sharded(f"{dist.get_world_size()}")
     M.train_step(module, opt, 0)
@@ -172,26 +230,31 @@ def fail(directory: str, fault: str, culprit: str, source: str = "") -> None:
     dist.barrier()  # every rank has its verdict (a store hosted by a dying rank 0 would take it along)
     mine = dist.get_rank() == culprit_rank
     started = time.monotonic()
+    before = after = {}
     try:
         if fault in ("kill-save", "stall-save"):
             dist_ckpt.save(prefix, io=Faulty(fault.split("-")[0]) if mine else None)
         else:
-            if fault == "kill-restore" and mine:
+            if fault.startswith("kill-restore") and mine:
                 from gpuckpt.distributed import restore as restore_stage
 
                 restore_stage.read_host = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)  # dies reading
             M.train_step(module, opt, 1)
-            before = _params(module)
-            source = prefix + "-1" if fault != "corrupt" else os.path.join(directory, source)
+            before = _local_state(module, opt)
+            source = prefix + "-1" if not fault.startswith("corrupt") else os.path.join(directory, source)
+            options = gpuckpt.CheckpointOptions(atomic_restore=fault.endswith("-atomic"))
             try:
-                dist_ckpt.restore(source)
+                dist_ckpt.restore(source, options)
             finally:
-                after = _params(module)
-                say(f"ok params {'unchanged' if all(torch.equal(a, b) for a, b in zip(before, after)) else 'CHANGED'}"
+                after = _local_state(module, opt)
+                unchanged = before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+                say(f"ok params {'unchanged' if unchanged else 'CHANGED'}"
                     f", optimizer steps {sorted({float(s['step']) for s in opt.state.values()})}")
     except DistributedError as exc:
         say(f"ok DistributedError ranks={list(exc.ranks)} after {time.monotonic() - started:.1f}s, counter "
             f"{int(dist_ckpt.checkpoint.save_counter.numpy())}: {exc}")
+        if isinstance(exc, PartialDistributedRestoreError):
+            say(_partial(exc, before, after))
         if fault.startswith("kill"):
             os._exit(0)  # a peer is dead: skip the process group's teardown, which could wait on it
         return
@@ -204,7 +267,7 @@ def main() -> int:
     dist.init_process_group("gloo")
     directory, *scenarios = sys.argv[1:]
     modes = {"train-save": train_save, "restore": restore, "placements": placements, "fail": fail,
-             "single": single}
+             "single": single, "deferred": deferred}
     for scenario in scenarios:
         mode, *args = scenario.split(":")
         modes[mode](directory, *args)
