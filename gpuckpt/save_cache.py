@@ -70,10 +70,15 @@ class SaveCache:
         return tensors
 
 
-def _spec(value: Any) -> tuple[np.dtype | ValueSpec, tuple[int, ...]]:
+def _spec(value: Any) -> tuple[np.dtype | ValueSpec, tuple[int, ...]] | None:
+    """What the cache compares of a value: a NumPy array's dtype and shape, else its ``describe``
+    (None for a value it cannot describe: the full path then decides, and reports, what to do)."""
     if type(value) is np.ndarray:
         return value.dtype, value.shape
-    spec = describe(value)
+    try:
+        spec = describe(value)
+    except Exception:
+        return None
     return spec, spec.shape
 
 
@@ -146,7 +151,10 @@ def _structure(live: LiveGraph, tensors: Mapping[str, Any], graph: bytes) -> Str
     except TypeError:
         return None
     keys = tuple(tensors)
-    specs, shapes = zip(*(_spec(tensors[key]) for key in keys[:-1])) if len(keys) > 1 else ((), ())
+    described = [_spec(tensors[key]) for key in keys[:-1]]
+    if any(d is None for d in described):
+        return None
+    specs, shapes = zip(*described) if described else ((), ())  # type: ignore[misc]  # none is None
     return Structure(
         refs=refs, paths=live.paths, walked=walked,
         edges=tuple(tuple((c.local_name, c.node_id) for c in node.children) for node in nodes[:walked]),
