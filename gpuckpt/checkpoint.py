@@ -2,28 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import os
 import threading
 import weakref
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
-from . import saveable, saver
+from . import saver
 from . import strict as strict_restore
 from .engine.capture import CapturePool
 from .engine.select import EngineCache
 from .errors import CommittedSaveError, InvalidArgumentError, NotFoundError
-from .format import objgraph
 from .format.statefile import CheckpointState
 from .futures import AsyncSaver, SaveHandle
 from .graph import LiveGraph, walk
 from .options import CheckpointOptions, callback_arity
 from .pystate import PythonState, is_plain
 from .reader import latest_checkpoint
+from .save_cache import SaveCache
 from .session import open_session
 from .status import CheckpointLoadStatus, InitializationOnlyStatus, NameBasedSaverStatus, load_status
 from .storage import filesystem
@@ -75,6 +78,8 @@ class Checkpoint(AutoTrackable):
         self._self_async: AsyncSaver | None = None  # the background writer, created by the first async save
         self._self_captures = CapturePool()  # host snapshots of async saves, reused
         self._self_last_save: SaveHandle | None = None
+        self._self_save_cache = SaveCache()  # the last save's graph walk, keys and object graph
+        self._self_plans = saver.PlanCache()  # the last save's plan and index layout
         weakref.finalize(self, self._self_engines.close)
 
     def __deepcopy__(self, memo: dict) -> "Checkpoint":
@@ -146,12 +151,7 @@ class Checkpoint(AutoTrackable):
         With ``options.enable_async`` it returns once the values are captured; ``last_save``
         then tells when the files are committed.
         """
-        options = options or CheckpointOptions()
-        path = os.fspath(file_prefix)
-        with self._self_save_lock:
-            self._make_room(options)
-            self._run_save(path, options, functools.partial(self._write, path, options=options), _nothing)
-        return path
+        return self._write(os.fspath(file_prefix), options)
 
     def save(self, file_prefix: str | os.PathLike, options: CheckpointOptions | None = None) -> str:
         """Write ``file_prefix-N`` (N: the incremented ``save_counter``) and name it in the state file.
@@ -160,18 +160,48 @@ class Checkpoint(AutoTrackable):
         already reads N); the state file names the checkpoint only once it is committed.
         """
         options = options or CheckpointOptions()
+        prefix = os.fspath(file_prefix)
+        return self._write(prefix, options, numbering=Numbering(lambda n: f"{prefix}-{n}"),
+                           write_done_callback=functools.partial(self._publish, options=options))
+
+    def _write(self, file_prefix: str, options: CheckpointOptions | None = None, *,
+               numbering: Numbering | None = None, write_done_callback: Callable[[str], object] | None = None,
+               guard: Callable[[], AbstractContextManager] | None = None, writer: SaveWriter | None = None) -> str:
+        """The one save entry point (``write``, ``save``, ``CheckpointManager`` and ``DistributedCheckpoint``).
+
+        Under the save lock: raise an earlier background error (a synchronous save also waits for
+        the asynchronous ones), take a number when ``numbering`` says so (``file_prefix`` is then
+        ignored for ``numbering.path``), and write the values now or capture them and write them in
+        the background. ``guard()`` is entered around the writing and ``write_done_callback(path)``,
+        which runs once the files are committed, before the options' write callbacks. ``writer``
+        replaces how values are gathered and written (a distributed save writes its rank's shard).
+        A save that commits nothing gives its number back (see ``_run_save``). Returns the path.
+        """
+        options = options or CheckpointOptions()
+        source = writer if writer is not None else _LocalWriter(self)
         with self._self_save_lock:
             self._make_room(options)
-            counter = self.save_counter
-            counter.assign_add(1)
-            path = f"{os.fspath(file_prefix)}-{int(counter.numpy())}"
+            path, undo = self._take_number(file_prefix, numbering)
 
-            def persist(tensors: dict[str, Any]) -> None:
-                self._write(path, tensors, options)
-                self._publish(path, options)
+            def persist(tensors: Mapping[str, Any], crcs: Mapping[str, int]) -> None:
+                with guard() if guard is not None else contextlib.nullcontext():
+                    source.write(path, tensors, options, crcs)
+                    if write_done_callback is not None:
+                        write_done_callback(path)
 
-            self._run_save(path, options, persist, undo=functools.partial(counter.assign_sub, 1))
+            give_back = numbering is not None and numbering.give_back_on_async_failure
+            self._run_save(path, options, source, persist, undo, give_back_async=give_back)
         return path
+
+    def _take_number(self, file_prefix: str, numbering: Numbering | None) -> tuple[str, Callable[[], object]]:
+        """The save's path, and how to give its number back (nothing to give back without ``numbering``)."""
+        if numbering is None:
+            return file_prefix, _nothing
+        counter = self.save_counter
+        previous = int(counter.numpy())
+        number = numbering.advance(previous)
+        counter.assign(number)
+        return numbering.path(number), functools.partial(counter.assign, previous)
 
     def _make_room(self, options: CheckpointOptions) -> None:
         """Before a save, the error of an earlier background save is raised; a synchronous save
@@ -183,19 +213,22 @@ class Checkpoint(AutoTrackable):
         else:
             self._self_async.sync()
 
-    def _run_save(self, path: str, options: CheckpointOptions, persist: Callable[[dict[str, Any]], None],
-                  undo: Callable[[], object]) -> None:
-        """``persist`` the current values now, or capture them and persist them in the background.
+    def _run_save(self, path: str, options: CheckpointOptions, source: SaveWriter,
+                  persist: Callable[[Mapping[str, Any], Mapping[str, int]], None], undo: Callable[[], object], *,
+                  give_back_async: bool) -> None:
+        """``persist`` the current ``source.values()`` now, or capture them (with their CRCs, if the
+        writer takes them) and persist them in the background.
 
         Called with the save lock held, after ``_make_room``. ``undo`` (give the checkpoint number
         back) runs when a synchronous save commits nothing; an asynchronous one that fails later
-        leaves its number unused, since later saves may already have taken the next ones.
+        leaves its number unused, since later saves may already have taken the next ones, unless
+        ``give_back_async`` (a caller that lets no later save start first).
         """
         if options.enable_async:
-            self._stage(path, options, persist, undo)
+            self._stage(path, options, source, persist, undo, give_back_async)
             return
         try:
-            persist(self._tensors())
+            persist(source.values(), {})
         except BaseException as exc:
             if not isinstance(exc, CommittedSaveError):  # only then does the checkpoint stay listed
                 undo()
@@ -209,19 +242,18 @@ class Checkpoint(AutoTrackable):
         filesystem.publish_state(directory, CheckpointState(relative, (relative,)), path, options.storage)
 
     def _tensors(self) -> dict[str, Any]:
-        """Every value to save under its checkpoint key, the object graph last."""
-        saveable.check(self._root(), self._attached())  # what the walk would drop is an error naming its path
-        live = self._graph()
-        tensors = live.tensors_by_key()
-        tensors[objgraph.OBJECT_GRAPH_KEY] = objgraph.encode(live.graph)
-        return tensors
+        """Every value to save under its checkpoint key, the object graph last (the graph walk, keys
+        and encoded graph of the last save reused while they still hold: ``save_cache``)."""
+        return self._self_save_cache.tensors(self._root(), self._attached())
 
-    def _write(self, prefix: str, tensors: dict[str, Any], options: CheckpointOptions) -> None:
+    def _write_files(self, prefix: str, tensors: Mapping[str, Any], options: CheckpointOptions,
+                     crcs: Mapping[str, int]) -> None:
         saver.write_tensors(prefix, tensors, options=options, max_shard_size=options.max_shard_size,
-                            engines=self._self_engines)
+                            engines=self._self_engines, known_crcs=crcs, plans=self._self_plans)
 
-    def _stage(self, path: str, options: CheckpointOptions, persist: Callable[[dict[str, Any]], None],
-               undo: Callable[[], object]) -> None:
+    def _stage(self, path: str, options: CheckpointOptions, source: SaveWriter,
+               persist: Callable[[Mapping[str, Any], Mapping[str, int]], None], undo: Callable[[], object],
+               give_back_async: bool) -> None:
         """Wait for a place in flight, capture the values, and ``persist`` them in the background."""
         background = self._background()
         try:
@@ -230,7 +262,7 @@ class Checkpoint(AutoTrackable):
             undo()
             raise
         try:
-            captured = self._self_captures.capture(self._tensors())
+            captured = self._self_captures.capture(source.values(), checksum=source.checksums)
         except BaseException:
             undo()
             background.cancel()
@@ -240,7 +272,11 @@ class Checkpoint(AutoTrackable):
 
         def job() -> None:
             try:
-                persist(captured.tensors)
+                persist(captured.tensors, captured.crcs)
+            except BaseException:
+                if give_back_async:
+                    undo()
+                raise
             finally:
                 self._self_captures.release(captured)
             _run_callbacks(options, path)
@@ -263,6 +299,7 @@ class Checkpoint(AutoTrackable):
             self._self_async.wait()
         self._self_engines.close()
         self._self_captures.close()
+        self._self_save_cache.clear()
 
     def sync(self) -> None:
         """Wait until every save started by this object is committed; raise a background save's error.
@@ -329,7 +366,55 @@ def resolve_restore_path(path: str) -> str:
     return latest
 
 
-_MACHINERY = frozenset({"_self_engines", "_self_save_lock", "_self_async", "_self_captures", "_self_last_save"})
+_MACHINERY = frozenset({"_self_engines", "_self_save_lock", "_self_async", "_self_captures", "_self_last_save",
+                        "_self_save_cache", "_self_plans"})
+
+
+def _plus_one(previous: int) -> int:
+    return previous + 1
+
+
+@dataclass(frozen=True)
+class Numbering:
+    """How a save takes its number from ``save_counter`` (``Checkpoint._write``).
+
+    The counter goes from ``previous`` to ``advance(previous)`` (one more by default), and the
+    checkpoint is written at ``path(number)``. ``give_back_on_async_failure``: an asynchronous save
+    that fails gives its number back (only for callers that start no save before it is done).
+    """
+
+    path: Callable[[int], str]
+    advance: Callable[[int], int] = _plus_one
+    give_back_on_async_failure: bool = False
+
+
+class SaveWriter(Protocol):
+    """What ``Checkpoint._write`` saves and how: the values by key (captured first by an
+    asynchronous save, which also checksums host values when ``checksums``), then the files written
+    from them (``crcs``: the masked CRC32Cs the capture computed, by key)."""
+
+    checksums: bool
+
+    def values(self) -> Mapping[str, Any]: ...
+
+    def write(self, path: str, tensors: Mapping[str, Any], options: CheckpointOptions,
+              crcs: Mapping[str, int]) -> None: ...
+
+
+class _LocalWriter:
+    """A single process's save: every value of the checkpoint's graph, written by ``saver``."""
+
+    checksums = True
+
+    def __init__(self, checkpoint: Checkpoint):
+        self._checkpoint = checkpoint
+
+    def values(self) -> Mapping[str, Any]:
+        return self._checkpoint._tensors()
+
+    def write(self, path: str, tensors: Mapping[str, Any], options: CheckpointOptions,
+              crcs: Mapping[str, int]) -> None:
+        self._checkpoint._write_files(path, tensors, options, crcs)
 
 
 class _Strong:

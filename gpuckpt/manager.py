@@ -17,18 +17,18 @@ checkpoint, falls back to the newest ``<checkpoint_name>-<N>`` that verifies
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import glob
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
 from . import retention
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, Numbering
 from .errors import CheckpointError, CommittedSaveError, InvalidArgumentError, StatePublishError
 from .format.statefile import CheckpointState
 from .options import CheckpointOptions, StorageConfig
@@ -191,25 +191,20 @@ class CheckpointManager:
         if not self._interval_allows(check_interval):
             return None
         options = options or CheckpointOptions()
-        checkpoint = self._checkpoint
-        with checkpoint._self_save_lock:
-            checkpoint._make_room(options)
-            counter = checkpoint.save_counter
-            number = int(counter.numpy()) + 1 if checkpoint_number is None else _checked_number(checkpoint_number)
-            counter.assign_add(1)
-            path = f"{self._prefix}-{number}"
+        number = None if checkpoint_number is None else _checked_number(checkpoint_number)
+        storage = options.storage
+        return self._checkpoint._write(
+            self._prefix, options, numbering=Numbering(lambda n: f"{self._prefix}-{n if number is None else number}"),
+            guard=lambda: self._locked_and_cleaned(storage),
+            write_done_callback=lambda path: self._record_and_delete_old(path, storage))
 
-            storage = options.storage
-
-            def persist(tensors: dict[str, Any]) -> None:
-                with recovery.DirectoryLock(self._directory, storage):
-                    recovery.clean_leftovers(os.path.dirname(self._prefix), os.path.basename(self._prefix), storage)
-                    self._forget_deleted()
-                    checkpoint._write(path, tensors, options)
-                    self._record_and_delete_old(path, storage)
-
-            checkpoint._run_save(path, options, persist, undo=functools.partial(counter.assign_sub, 1))
-        return path
+    @contextlib.contextmanager
+    def _locked_and_cleaned(self, storage: StorageConfig) -> Iterator[None]:
+        """Around a save's writing and commit: the directory lock, then what interrupted saves left cleaned up."""
+        with recovery.DirectoryLock(self._directory, storage):
+            recovery.clean_leftovers(os.path.dirname(self._prefix), os.path.basename(self._prefix), storage)
+            self._forget_deleted()
+            yield
 
     def _forget_deleted(self) -> None:
         """Stop managing checkpoints whose index is gone (deleted by another manager or by hand)."""

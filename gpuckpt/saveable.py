@@ -30,16 +30,29 @@ from .trackable.module import AutoTrackable
 def check(root: Trackable, attached: Sequence[tuple[str, Trackable]] = ()) -> None:
     """Raise ``InvalidArgumentError`` naming the path of the first value a save would leave out."""
     objects, paths = reachable(root, attached, validate=True)
+    check_objects(objects, paths)
+
+
+def check_objects(objects: Sequence[Trackable], paths: Sequence[tuple[str, ...]]) -> None:
+    """``check``'s tests of each reachable object (``objects[i]`` at ``paths[i]``), once the
+    graph is known: plain public attributes, plain container items, ``_checkpoint_validate(path, ids)``."""
     ids = {id(obj) for obj in objects}
     for obj, path in zip(objects, paths):
-        name = pretty_path(path)
         if isinstance(obj, AutoTrackable):
-            _check_attributes(obj, name)
+            _check_attributes(obj, path)
         if isinstance(obj, (TrackedList, TrackedTuple, TrackedDict)):
-            _check_items(obj, name)
+            _check_items(obj, pretty_path(path))
         validate = getattr(obj, "_checkpoint_validate", None)
         if validate is not None and _takes_reachable(validate):
-            validate(name, ids)
+            validate(pretty_path(path), ids)
+
+
+def validate_before_children(obj: Trackable, path: tuple[str, ...]) -> None:
+    """Run an object's own ``_checkpoint_validate(path)`` (before its children are asked for: they
+    come from what it checks)."""
+    check_self = getattr(obj, "_checkpoint_validate", None)
+    if check_self is not None and not _takes_reachable(check_self):
+        check_self(pretty_path(path))
 
 
 def _takes_reachable(method: Any) -> bool:
@@ -53,9 +66,8 @@ def reachable(root: Trackable, attached: Sequence[tuple[str, Trackable]] = (), *
     objects: list[Trackable] = [root]
     paths: list[tuple[str, ...]] = [()]
     for index, obj in enumerate(objects):
-        check_self = getattr(obj, "_checkpoint_validate", None) if validate else None
-        if check_self is not None and not _takes_reachable(check_self):
-            check_self(pretty_path(paths[index]))  # before its children: they come from what it checks
+        if validate:
+            validate_before_children(obj, paths[index])
         for name, child in named_children(obj, attached if index == 0 else (), paths[index]):
             if id(child) not in seen:
                 seen.add(id(child))
@@ -66,7 +78,7 @@ def reachable(root: Trackable, attached: Sequence[tuple[str, Trackable]] = (), *
 
 def _unsaved_kind(value: Any) -> str | None:
     """What kind of state ``value`` is when a checkpoint would drop it, else None (code, config objects...)."""
-    if is_trackable(value):
+    if isinstance(value, Trackable) or is_trackable(value):
         return None
     if isinstance(value, np.ndarray):
         return "a NumPy array"
@@ -75,12 +87,13 @@ def _unsaved_kind(value: Any) -> str | None:
     return None
 
 
-def _check_attributes(obj: AutoTrackable, name: str) -> None:
+def _check_attributes(obj: AutoTrackable, path: tuple[str, ...]) -> None:
     for attribute, value in vars(obj).items():
-        if attribute.startswith("_"):
+        if attribute.startswith("_") or isinstance(value, Trackable):
             continue  # internal state (INTERNAL_PREFIX included): not checkpoint state by convention
         kind = _unsaved_kind(value)
         if kind is not None:
+            name = pretty_path(path)
             raise InvalidArgumentError(
                 f"{name}.{attribute} holds {kind} ({_short(value)}), which a checkpoint does not save: use "
                 f"gpuckpt.Variable(...) for an array or a counter, gpuckpt.PythonState(...) to save a Python value, "

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from ..checkpoint import _run_callbacks, resolve_restore_path
-from ..engine.capture import CapturePool
+from ..checkpoint import Numbering, resolve_restore_path
 from ..engine.select import EngineCache
-from ..futures import AsyncSaver, SaveHandle
+from ..futures import SaveHandle
 from ..options import CheckpointOptions
 from .comm import Communicator, Group
 from .restore import RestoreResult, restore_distributed
@@ -57,10 +56,7 @@ class DistributedCheckpoint:
         self.group = communicator(comm, timeout=timeout)
         self.replicated = replicated
         self._engines = EngineCache()
-        self._captures = CapturePool()  # host snapshots of async saves, reused
-        self._async: AsyncSaver | None = None  # the runner of single-process async saves, created on first use
         self._background_group: Communicator | None = None
-        self._last_save: SaveHandle | None = None
 
     @property
     def rank(self) -> int:
@@ -73,7 +69,7 @@ class DistributedCheckpoint:
     @property
     def last_save(self) -> SaveHandle | None:
         """The most recent asynchronous save (``wait_committed()``, ``result()``), or None."""
-        return self._last_save
+        return self.checkpoint.last_save
 
     # -- saving ----------------------------------------------------------------------------------
 
@@ -82,9 +78,7 @@ class DistributedCheckpoint:
 
         ``io`` substitutes the system calls of this rank's shard writes (fault injection in tests).
         """
-        options = options or CheckpointOptions()
-        self._make_room(options)
-        return self._save(os.path.abspath(os.fspath(file_prefix)), options, state=False, io=io)
+        return self._save(os.path.abspath(os.fspath(file_prefix)), options, None, _RankWriter(self, False, io, None))
 
     def save(self, file_prefix: str | os.PathLike, options: CheckpointOptions | None = None, *, io=None) -> str:
         """Write ``file_prefix-N`` (N: the incremented ``save_counter``), then name it in the state file.
@@ -100,62 +94,19 @@ class DistributedCheckpoint:
                       number: int | None = None, publish: Callable[[str], None] | None = None) -> str:
         """``save`` at ``pattern.format(N)``; ``publish(path)`` (rank 0, at the commit) replaces the plain
         state-file update (``DistributedCheckpointManager``'s retention)."""
-        options = options or CheckpointOptions()
-        self._make_room(options)
-        counter = self.checkpoint.save_counter
-        previous = int(counter.numpy())
-        counter.assign(previous + 1 if number is None else number)
-        path = pattern.format(int(counter.numpy()))
-        try:
-            return self._save(path, options, state=True, io=io, publish=publish, undo=lambda: counter.assign(previous))
-        except BaseException:
-            counter.assign(previous)  # nothing was committed (on every rank alike), so the number is free
-            raise
+        numbering = Numbering(pattern.format, advance=lambda previous: previous + 1 if number is None else number,
+                              give_back_on_async_failure=True)  # one save in flight: no later one took a number
+        return self._save(pattern, options, numbering, _RankWriter(self, True, io, publish))
 
-    def _make_room(self, options: CheckpointOptions) -> None:
-        """One distributed save in flight at a time: wait for the previous one, raise its error."""
-        if self._async is not None:
-            self._async.sync()
-
-    def _save(self, prefix: str, options: CheckpointOptions, *, state: bool, io, publish=None,
-              undo: Callable[[], None] | None = None) -> str:
-        if not options.enable_async:
-            path = save_distributed(prefix, collect(self.checkpoint), self.group, options=options,
-                                    engines=self._engines, state=state, io=io, publish=publish)
-            _run_callbacks(options, path)
-            return path
-        group = self._async_group()
-        runner = self._async_runner()
-        runner.reserve(1)
-        try:
-            tensors = collect(self.checkpoint)
-            captured = self._captures.capture({t.key: t.value for t in tensors})  # the values at this call
-        except BaseException:
-            runner.cancel()
-            raise
-        tensors = [replace(t, value=captured.tensors[t.key]) for t in tensors]
-        handle = SaveHandle(prefix)
-        handle._set_staged()
-
-        def job() -> None:
-            try:
-                save_distributed(prefix, tensors, group, options=options, engines=self._engines, state=state, io=io,
-                                 publish=publish)
-            except BaseException:
-                if undo is not None:
-                    undo()  # one save in flight at a time: no later save has taken a number yet
-                raise
-            finally:
-                self._captures.release(captured)
-            _run_callbacks(options, prefix)
-
-        self._last_save = runner.submit(handle, job)
-        return prefix
-
-    def _async_runner(self) -> AsyncSaver:
-        if self._async is None:
-            self._async = AsyncSaver()
-        return self._async
+    def _save(self, prefix: str, options: CheckpointOptions | None, numbering: Numbering | None,
+              writer: _RankWriter) -> str:
+        """One distributed save in flight at a time: wait for the previous one (raising its error), then
+        save through the checkpoint's save hook (its counter, lock, snapshots and background runner)."""
+        options = replace(options or CheckpointOptions(), max_in_flight=1)
+        self.checkpoint.sync()
+        if options.enable_async:
+            writer.group = self._async_group()
+        return self.checkpoint._write(prefix, options, numbering=numbering, writer=writer)
 
     def _async_group(self) -> Communicator:
         """A second communicator for background saves, so they never match the main thread's messages."""
@@ -165,8 +116,7 @@ class DistributedCheckpoint:
 
     def sync(self) -> None:
         """Wait for the background save, if any; raise its error (once)."""
-        if self._async is not None:
-            self._async.sync()
+        self.checkpoint.sync()
 
     # -- restoring -------------------------------------------------------------------------------
 
@@ -206,13 +156,36 @@ class DistributedCheckpoint:
                 self._background_group = None
             self.group.close()
             self._engines.close()
-            self._captures.close()
 
     def __enter__(self) -> DistributedCheckpoint:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class _RankWriter:
+    """This rank's part of one distributed save, as ``Checkpoint._write``'s writer: the tensors with
+    their layouts, and the protocol of ``save.save_distributed`` run over them (which computes its
+    own CRCs: an asynchronous capture need not)."""
+
+    checksums = False
+
+    def __init__(self, owner: DistributedCheckpoint, state: bool, io, publish: Callable[[str], None] | None):
+        self.owner, self.state, self.io, self.publish = owner, state, io, publish
+        self.group: Communicator = owner.group  # an asynchronous save's own communicator, set by ``_save``
+        self.layouts: dict[str, Tensor] = {}
+
+    def values(self) -> Mapping[str, Any]:
+        tensors = collect(self.owner.checkpoint)
+        self.layouts = {t.key: t for t in tensors}
+        return {t.key: t.value for t in tensors}
+
+    def write(self, path: str, tensors: Mapping[str, Any], options: CheckpointOptions,
+              crcs: Mapping[str, int]) -> None:
+        values = [replace(t, value=tensors[key]) for key, t in self.layouts.items()]
+        save_distributed(path, values, self.group, options=options, engines=self.owner._engines, state=self.state,
+                         io=self.io, publish=self.publish)
 
 
 class _NothingCreated:

@@ -41,11 +41,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..arrays import DeviceView, device_view, is_device_array, prefaulted_bytes
+from ..format import crc
 
 ALIGN = 64  # each value starts on a cache line of the buffer
 DEVICE_ALIGN = 256
 SPARE_BYTES = 1 << 30  # device memory a snapshot leaves free for training
 WAIT_TIMEOUT_S = 600.0
+CRC_PIECE = 256 << 10  # a checksummed copy's piece: small enough to be still in cache when checksummed
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class Capture:
     pending: tuple = field(default=())  # PendingHostArrays whose copies must land before the buffer is reused
     tickets: Mapping[str, "Ticket"] = field(default_factory=dict)  # chunked values: released once copied
     boards: tuple = field(default=())  # the _Boards of the chunked values, one per device
+    crcs: Mapping[str, int] = field(default_factory=dict)  # masked CRC32C of host values checksummed while copied
 
 
 class DeviceSnapshot:
@@ -196,10 +199,14 @@ class CapturePool:
         self._lock = threading.Lock()
         self.timeout = timeout
 
-    def capture(self, tensors: Mapping[str, object], fence: bool = True) -> Capture:
+    def capture(self, tensors: Mapping[str, object], fence: bool = True, *, checksum: bool = False) -> Capture:
         """Copy every value now (device values: queued on the device, fenced against their producers), or,
         for a device without spare memory, fence them for a chunked copy by the save's ring (module
-        docstring; ``fence=False``: the caller waits on ``Capture.tickets`` before overwriting a value)."""
+        docstring; ``fence=False``: the caller waits on ``Capture.tickets`` before overwriting a value).
+
+        With ``checksum``, each host numeric value's masked CRC32C is computed as it is copied, a
+        piece at a time while the piece is still in cache (one pass over memory, not two), so the
+        engine need not read the snapshot again for it (``Capture.crcs``)."""
         plan, total, device_values = _layout(tensors)
         out: dict[str, object] = {}
         on_host_device: dict[str, DeviceView] = {}  # device values that go through pinned host memory
@@ -240,9 +247,10 @@ class CapturePool:
                 assert buffer is not None  # host_total counts every value in on_host_device
                 out.update(_snapshot_to_host(on_host_device, host_offsets, buffer, self.timeout))
                 pending = tuple(v for v in out.values() if isinstance(v, PendingHostArray))
+            crcs: dict[str, int] | None = {} if checksum else None
             for key, value in tensors.items():
                 if key not in out:
-                    out[key] = _copy_one(value, plan.get(key), buffer)
+                    out[key] = _copy_one(value, plan.get(key), buffer, crcs, key)
         except BaseException:
             for value in out.values():  # copies already queued land before the buffer goes back
                 if isinstance(value, PendingHostArray):
@@ -250,7 +258,7 @@ class CapturePool:
             self.release(done)
             raise
         return Capture({k: out[k] for k in tensors}, buffer, host_total, pinned, tuple(device_buffers), pending,
-                       tickets, tuple(boards))
+                       tickets, tuple(boards), crcs if crcs is not None else {})
 
     def release(self, capture: Capture) -> None:
         """Give a capture's buffers back once its save is committed (or has failed), after any copy
@@ -466,12 +474,28 @@ def _c_order_bytes(runtime, view: DeviceView):
     return device_array_at(view.address, view.nbytes, view.owner)
 
 
-def _copy_one(value: object, placed: tuple[int, np.ndarray] | None, buffer: np.ndarray | None) -> object:
+def _copy_one(value: object, placed: tuple[int, np.ndarray] | None, buffer: np.ndarray | None,
+              crcs: dict[str, int] | None, key: str) -> object:
+    """Copy one host value into its place (with ``crcs``, checksumming it on the way when it is a
+    C-contiguous numeric array in native byte order: the bytes the engine will write)."""
     if placed is None:  # strings: bytes are immutable; an object array is copied (its items are bytes)
         return np.array(value, dtype=object, copy=True) if isinstance(value, np.ndarray) else value
     offset, arr = placed
     view = buffer[offset : offset + arr.nbytes] if buffer is not None else np.empty(0, np.uint8)
     typed = view.view(arr.dtype).reshape(arr.shape)
-    if arr.nbytes:
+    if crcs is not None and arr.flags.c_contiguous and arr.dtype.kind in "biufc" and arr.dtype.isnative:
+        crcs[key] = _copy_checksummed(arr.reshape(-1).view(np.uint8), view)
+    elif arr.nbytes:
         np.copyto(typed, arr)
     return typed
+
+
+def _copy_checksummed(source: np.ndarray, dest: np.ndarray) -> int:
+    """Copy flat bytes ``source`` into ``dest`` by pieces of ``CRC_PIECE`` bytes, checksumming each piece
+    just copied while it is in cache; the masked CRC32C of the bytes."""
+    value = 0
+    for start in range(0, source.nbytes, CRC_PIECE):
+        piece = dest[start : start + CRC_PIECE]
+        np.copyto(piece, source[start : start + CRC_PIECE])
+        value = crc.crc32c(piece, value)
+    return crc.mask(value)

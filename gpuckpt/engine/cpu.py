@@ -77,17 +77,20 @@ class CpuEngine:
 
     @staticmethod
     def _write_one(shard: int, offset: int, tensor: HostTensor, out: WriterThread, batch: _Batch) -> int:
-        data = tensor.data
+        """Hand one tensor's bytes over; its masked CRC is computed here unless already known
+        (``string_crc``: a string payload's, or one an asynchronous save's capture computed)."""
+        data, known = tensor.data, tensor.string_crc
         if data.nbytes < BATCH_BYTES // 4:
             batch.add(shard, offset, data)
-            return tensor.string_crc if tensor.string_crc is not None else crc.masked_crc32c(data)
+            return known if known is not None else crc.masked_crc32c(data)
         batch.flush()
         value = 0
         for start in range(0, data.nbytes, CHUNK_BYTES):
             chunk = data[start : start + CHUNK_BYTES]
-            value = crc.crc32c(chunk, value)
+            if known is None:
+                value = crc.crc32c(chunk, value)
             out.put(shard, offset + start, chunk)
-        return tensor.string_crc if tensor.string_crc is not None else crc.mask(value)
+        return known if known is not None else crc.mask(value)
 
 
 def read_host(storage, items: Sequence[ReadItem], dests: Sequence[np.ndarray | None]) -> dict[int, DataLossError]:

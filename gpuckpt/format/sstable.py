@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 
 from ..errors import DataLossError, DataLossReason
 from . import crc, varint
@@ -46,7 +47,8 @@ class _BlockBuilder:
         self.counter = 0
         self.last_key = b""
 
-    def add(self, key: bytes, value: bytes) -> None:
+    def add(self, key: bytes, value: bytes) -> int:
+        """Append an entry; return where its value starts in the block."""
         if self.counter < self.interval:
             shared = _common_prefix(self.last_key, key)
         else:
@@ -55,9 +57,11 @@ class _BlockBuilder:
             self.counter = 0
         self.buf += varint.encode(shared) + varint.encode(len(key) - shared) + varint.encode(len(value))
         self.buf += key[shared:]
+        start = len(self.buf)
         self.buf += value
         self.last_key = key
         self.counter += 1
+        return start
 
     @property
     def empty(self) -> bool:
@@ -94,9 +98,20 @@ def _handle(offset: int, size: int) -> bytes:
     return varint.encode(offset) + varint.encode(size)
 
 
-def build_table(entries: Iterable[tuple[bytes, bytes]]) -> bytes:
-    """Serialize strictly increasing (key, value) pairs into TensorFlow's SSTable bytes."""
+@dataclass
+class TableLayout:
+    """Where ``build_table`` put things: each entry's value (offset in the table, in entry order) and
+    each data block (offset, length of its body and type byte, which its trailing CRC covers)."""
+
+    values: list[int] = field(default_factory=list)
+    data_blocks: list[tuple[int, int]] = field(default_factory=list)
+
+
+def build_table(entries: Iterable[tuple[bytes, bytes]], layout: TableLayout | None = None) -> bytes:
+    """Serialize strictly increasing (key, value) pairs into TensorFlow's SSTable bytes
+    (recording in ``layout``, if given, where each value and data block lies)."""
     out = bytearray()
+    in_block: list[int] = []  # where the values of the current data block start in it
     data = _BlockBuilder(DATA_RESTART_INTERVAL)
     index = _BlockBuilder(1)
     pending_handle: bytes | None = None
@@ -104,6 +119,10 @@ def build_table(entries: Iterable[tuple[bytes, bytes]]) -> bytes:
 
     def write_block(block: _BlockBuilder) -> bytes:
         body = block.finish()
+        if layout is not None and block is data:
+            layout.values.extend(len(out) + position for position in in_block)
+            layout.data_blocks.append((len(out), len(body) + 1))
+            in_block.clear()
         handle = _handle(len(out), len(body))
         out.extend(body)
         out.append(_NO_COMPRESSION)
@@ -120,7 +139,7 @@ def build_table(entries: Iterable[tuple[bytes, bytes]]) -> bytes:
             assert last_key is not None  # a block was written, so it held at least one key
             index.add(shortest_separator(last_key, key), pending_handle)
             pending_handle = None
-        data.add(key, value)
+        in_block.append(data.add(key, value))
         last_key = key
         if data.size_estimate() >= BLOCK_SIZE:
             pending_handle = write_block(data)
