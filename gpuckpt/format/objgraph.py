@@ -111,7 +111,19 @@ def decode(data: object, *, path: str | None = None) -> ObjectGraph:
     if count == 0:
         raise DataLossError(f"the object graph of checkpoint {path!r} has no nodes", path=path, key=OBJECT_GRAPH_KEY)
     graph = ObjectGraph(tuple([_node(n, index, count, path) for index, n in enumerate(nodes)]))
+    _check_unique_keys(graph, path)
     return graph
+
+
+def _check_unique_keys(graph: ObjectGraph, path: str | None) -> None:
+    """DataLossError if two attributes name the same checkpoint key: each saved value belongs to one object."""
+    keys = [a.checkpoint_key for node in graph.nodes for a in node.attributes]
+    if len(set(keys)) == len(keys):
+        return
+    seen: set[str] = set()
+    duplicate = next(k for k in keys if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+    raise DataLossError(f"the object graph of checkpoint {path!r} lists key {duplicate!r} for two attributes",
+                        path=path, key=duplicate)
 
 
 _new = object.__new__

@@ -50,7 +50,7 @@ def _exercise(directory, monkeypatch) -> None:
 mutation = st.tuples(st.integers(0, 10_000), st.integers(0, 255))
 
 
-@settings(max_examples=150, deadline=2000)
+@settings(max_examples=150, deadline=10_000)
 @given(
     target=st.sampled_from(["ck.index", "ck.data-00000-of-00003", "ck.data-00002-of-00003"]),
     edits=st.lists(mutation, min_size=1, max_size=6),
@@ -70,7 +70,7 @@ def test_mutated_files(tmp_path_factory, monkeypatch_session, pristine, target, 
     _exercise(directory, monkeypatch_session)
 
 
-@settings(max_examples=100, deadline=2000)
+@settings(max_examples=100, deadline=10_000)
 @given(st.binary(max_size=600), st.binary(max_size=300))
 def test_random_bytes_posing_as_a_checkpoint(tmp_path_factory, monkeypatch_session, index, data) -> None:
     directory = tmp_path_factory.mktemp("r")
@@ -79,7 +79,7 @@ def test_random_bytes_posing_as_a_checkpoint(tmp_path_factory, monkeypatch_sessi
     _exercise(directory, monkeypatch_session)
 
 
-@settings(max_examples=100, deadline=2000)
+@settings(max_examples=100, deadline=10_000)
 @given(st.binary(min_size=1, max_size=200))
 def test_random_entry_values_in_a_valid_table(tmp_path_factory, monkeypatch_session, value) -> None:
     """Valid SSTable, valid header, garbage BundleEntryProto: the proto layer must hold too."""
