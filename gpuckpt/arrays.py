@@ -186,13 +186,11 @@ def as_device_array(value):
         value = value.bits  # the integer view: the bytes are what is copied
     if _module(value).startswith("numba.cuda"):
         return value
-    from ._deps import import_optional
+    from .engine import cuda  # the one place that imports numba.cuda and CuPy
 
-    cuda = import_optional("numba.cuda", extra="gpu")
     if not hasattr(value, "__cuda_array_interface__"):
-        cupy = import_optional("cupy", extra="gpu")
-        value = cupy.from_dlpack(value)
-    return cuda.as_cuda_array(value)
+        value = cuda.from_dlpack(value)
+    return cuda.numba_cuda().as_cuda_array(value)
 
 
 def c_strides(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
@@ -254,9 +252,9 @@ def device_view(value, key: str = "?") -> DeviceView:
         view = _jax_view(value)
     else:
         if not hasattr(value, "__cuda_array_interface__"):
-            from ._deps import import_optional
+            from .engine import cuda
 
-            value = import_optional("cupy", extra="gpu").from_dlpack(value)
+            value = cuda.from_dlpack(value)
         view = _interface_view(value)
     if view.strides and min(view.strides) < 0:
         raise InvalidArgumentError(f"device array for {key!r} has negative strides; gpuckpt cannot save it", key=key)

@@ -1,4 +1,4 @@
-"""Checkpoint: TF's ``tf.train.Checkpoint`` façade over graph walk, saver and restorer (spec 11.1)."""
+"""Checkpoint: TF's ``tf.train.Checkpoint`` façade over graph walk, saver and restorer."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Walk live trackables into TF's object graph: BFS numbering, key escaping, slot variables.
 
 Pure: ``walk`` reads the objects' dependencies and values and returns plain data; nothing
-is written or copied. The numbering rules are spec section 9.3 and the keys 9.4.
+is written or copied. The numbering rules are docs/format.md §9.3 and the keys §9.4.
 """
 
 from __future__ import annotations
@@ -248,7 +248,7 @@ class _Slots:
 
 
 def _number_slots(objects: list[Trackable], paths: list[tuple[str, ...]]) -> _Slots:
-    """Append slot variable nodes after the BFS nodes, in TF's order (spec 9.3)."""
+    """Append slot variable nodes after the BFS nodes, in TF's order (docs/format.md §9.3)."""
     ids = {id(obj): i for i, obj in enumerate(objects)}
     slots = _Slots(refs={}, keys={})
     for opt_id in range(len(objects)):

@@ -1,4 +1,4 @@
-"""CheckpointManager: numbered saves in one directory, retention, and TF's state file (spec 11.4).
+"""CheckpointManager: numbered saves in one directory, retention, and TF's state file.
 
 The manager only ever deletes checkpoints it lists as managed, and only after the new
 checkpoint is committed. Like TF it writes the state file twice around the deletions: once

@@ -2,8 +2,8 @@
 
 A checkpoint written by TF1's ``tf.compat.v1.train.Saver`` keys each tensor by the
 variable's graph name (``dense/kernel``, ``dense/kernel/Adam``, ``global_step``) and has no
-``_CHECKPOINTABLE_OBJECT_GRAPH`` entry (spec 9.1). TensorFlow restores such a checkpoint into
-objects by name (spec 10, step 1): every live object reachable from the root, slot
+``_CHECKPOINTABLE_OBJECT_GRAPH`` entry (docs/format.md §9.1). TensorFlow restores such a checkpoint into
+objects by name: every live object reachable from the root, slot
 variables included, is looked up under its ``full_name`` (a Variable's ``name``), and the
 values found are assigned. gpuckpt does the same, as a strategy of the one restore pipeline
 (``gpuckpt.session``): dtypes and shapes must match exactly (a mismatch changes nothing), and

@@ -199,7 +199,7 @@ class _Bounds:
 
 def _stored_blocks(index: BundleIndex, key: str, entry: BundleEntry,
                    prefix: str) -> list[tuple[tuple[int, ...], BundleEntry]]:
-    """The stored blocks of a numeric tensor as (offsets, entry): itself, or its slices (spec 7.6),
+    """The stored blocks of a numeric tensor as (offsets, entry): itself, or its slices (docs/format.md §7.6),
     checked to tile the tensor exactly (every element once)."""
     if not entry.is_sliced:
         return [((0,) * len(entry.shape), entry)]

@@ -1,4 +1,4 @@
-"""Object-graph matching: the restore strategy for checkpoints with an object graph (spec 10).
+"""Object-graph matching: the restore strategy for checkpoints with an object graph.
 
 ``match`` is pure: it pairs saved nodes with live objects breadth-first by local name and
 lists what must wait for objects that do not exist yet. :class:`ObjectGraphMatching` turns the
@@ -80,7 +80,7 @@ class Match:
 def match(saved: ObjectGraph, start: Iterable[tuple[int, Trackable]], bound: Mapping[int, Trackable], *,
           slot_waits: Mapping[int, Sequence[SlotWait]] | None = None, attached: Sequence[tuple[str, Trackable]] = (),
           skip_slots: bool = False) -> Match:
-    """Bind saved nodes to live objects breadth-first from ``start`` (spec 10).
+    """Bind saved nodes to live objects breadth-first from ``start``.
 
     ``bound`` holds earlier bindings; ``attached`` are extra edges of the root (node 0).
     """

@@ -3,7 +3,7 @@
 A policy maps the managed checkpoints (oldest first) to one flag each. ``decide_retention`` combines
 TensorFlow's two rules: the newest ``max_to_keep`` stay managed; of the others, those that
 ``keep_checkpoint_every_n_hours`` preserves stay on disk but leave the managed list, and
-the rest are deleted (spec 11.4).
+the rest are deleted.
 """
 
 from __future__ import annotations

@@ -15,19 +15,19 @@ from .errors import CheckpointError
 from .format import crc, dtypes, sstable
 from .format.bundle import BundleEntry, encode_entry, encode_header
 from .format.dtypes import DType
-from .options import storage_config
+from .options import CheckpointOptions, storage_config
 from .plan import SavePlan, TensorSpec, build_save_plan
 from .storage.filesystem import FileSystemWriter, PosixIO
 
 
-def tensors_for_engine(tensors: Mapping[str, object], options=None,
+def tensors_for_engine(tensors: Mapping[str, object], options: CheckpointOptions | None = None,
                      known_crcs: Mapping[str, int] | None = None) -> tuple[list[str], list, bool]:
     """Keys, tensors (host or device) and whether the GPU engine saves them (``options.io_device`` decides;
     device tensors bound for the CPU engine are copied to the host here). ``known_crcs``: masked
     CRC32Cs already computed of some host values (an asynchronous save's capture), not computed again."""
     keys = list(tensors)
     described = [_described(value, key, known_crcs) for key, value in tensors.items()]
-    use_gpu = wants_gpu(described, getattr(options, "io_device", None))
+    use_gpu = wants_gpu(described, options.io_device if options is not None else None)
     if not use_gpu:
         described = [to_host(t, k) for t, k in zip(described, keys)]
     return keys, described, use_gpu

@@ -1,4 +1,4 @@
-"""Restore statuses: TF's assertions about how a checkpoint matched the live objects (spec 11.2).
+"""Restore statuses: TF's assertions about how a checkpoint matched the live objects.
 
 Every check is computed from the session's match results and a fresh walk of the live
 objects, so deferred restorations count as soon as they happen. Failures raise

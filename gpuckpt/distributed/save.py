@@ -11,7 +11,7 @@ Protocol, for ``N`` ranks saving prefix ``P`` (each step names the ranks that ru
 3. all → rank 0: a report (index entries, file names, key/shape/dtype summary, or the error).
 4. rank 0: check that the reports agree (same replicated keys, same global shapes, blocks that
    tile each sharded tensor exactly), build the merged index (TF's partitioned-variable
-   entries, spec 7.6), rename every shard into place, write the index atomically, then the
+   entries, docs/format.md §7.6), rename every shard into place, write the index atomically, then the
    ``checkpoint`` state file (``save``, not ``write``). Only now is the checkpoint visible.
 5. rank 0 → all: the verdict. On failure every rank deletes its temporary shard and raises
    :class:`DistributedError` naming the ranks at fault; the previous checkpoint stays the latest.
@@ -257,7 +257,7 @@ def save_distributed(prefix: str, tensors: Sequence[Tensor], group: Communicator
     prefix = os.path.abspath(os.fspath(prefix))
     report, local_error = _write_or_report(prefix, tensors, group, options, engines, io)
     written = time.monotonic() - started
-    fsync = getattr(options, "fsync", True)
+    fsync = options.fsync if options is not None else True
 
     def decide(reports: dict[int, Report], missing: dict[int, str]) -> Committed | Failure:
         if written > group.timeout:  # the others stop waiting at timeout + grace: too late to start a commit

@@ -65,23 +65,13 @@ class Capture:
     crcs: Mapping[str, int] = field(default_factory=dict)  # masked CRC32C of host values checksummed while copied
 
 
-class DeviceSnapshot:
-    """A value copied into a device snapshot buffer: a device array whose producer is the capture
-    stream (the engine's fence waits for the copy through it)."""
+class _ViewedValue:
+    """A device value the engines see through ``_view`` (its dtype and shape are the view's)."""
 
-    def __init__(self, view: DeviceView, stream, buffer):
-        self._view = DeviceView(view.address, view.dtype, view.shape, view.strides, view.device, self, None,
-                                view.runtime)
-        self._gpuckpt_stream, self._buffer = stream, buffer  # the buffer lives as long as its values
+    _view: DeviceView
 
     def __gpuckpt_device_view__(self) -> DeviceView:
         return self._view
-
-    def copy_to_host(self) -> np.ndarray:
-        """The values, copied to host memory (after the snapshot's copy)."""
-        from ..arrays import device_bytes
-
-        return device_bytes(self).data.copy_to_host().view(self.dtype).reshape(self.shape)
 
     @property
     def dtype(self) -> np.dtype:
@@ -90,6 +80,22 @@ class DeviceSnapshot:
     @property
     def shape(self) -> tuple[int, ...]:
         return self._view.shape
+
+
+class DeviceSnapshot(_ViewedValue):
+    """A value copied into a device snapshot buffer: a device array whose producer is the capture
+    stream (the engine's fence waits for the copy through it)."""
+
+    def __init__(self, view: DeviceView, stream, buffer):
+        self._view = DeviceView(view.address, view.dtype, view.shape, view.strides, view.device, self, None,
+                                view.runtime)
+        self._gpuckpt_stream, self._buffer = stream, buffer  # the buffer lives as long as its values
+
+    def copy_to_host(self) -> np.ndarray:
+        """The values, copied to host memory (after the snapshot's copy)."""
+        from ..arrays import device_bytes
+
+        return device_bytes(self).data.copy_to_host().view(self.dtype).reshape(self.shape)
 
 
 class _Board:
@@ -134,7 +140,7 @@ class Ticket:
             self.board.runtime.write_value(stream, self.flags, self.index, self.generation)
 
 
-class ChunkedSnapshot:
+class ChunkedSnapshot(_ViewedValue):
     """A device value copied later, chunk by chunk, by the background save's ring: the copy waits on
     ``_gpuckpt_ready`` (recorded on the producer's stream at the save call), and the ring releases
     ``_gpuckpt_ticket`` (and, once every value of the device is gathered, ``_gpuckpt_done``)."""
@@ -143,17 +149,6 @@ class ChunkedSnapshot:
         self._view = dataclasses.replace(view, owner=self)
         self._gpuckpt_ready, self._gpuckpt_ticket, self._gpuckpt_done = ready, ticket, done
         self._source = view.owner  # the user's array stays alive while its values are still to be copied
-
-    def __gpuckpt_device_view__(self) -> DeviceView:
-        return self._view
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self._view.dtype
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self._view.shape
 
 
 class PendingHostArray:

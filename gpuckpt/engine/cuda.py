@@ -29,6 +29,16 @@ def _cuda():
     return import_optional("numba.cuda", extra="gpu")
 
 
+def numba_cuda():
+    """Numba's CUDA module (a real device or the simulator); ImportError naming the ``gpu`` extra if absent."""
+    return _cuda()
+
+
+def from_dlpack(value):
+    """A CuPy array sharing the memory of a DLPack-only device value (CuPy is needed only for these)."""
+    return import_optional("cupy", extra="gpu").from_dlpack(value)
+
+
 def simulated() -> bool:
     """True when numba runs CUDA in its simulator (NUMBA_ENABLE_CUDASIM=1)."""
     from numba import config

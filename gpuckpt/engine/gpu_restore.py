@@ -32,6 +32,7 @@ from ..format import crc
 from ..restore_plan import ReadItem
 from ..storage.reader import read_pool
 from .batches import Piece, slot_batches
+from .cuda import numba_cuda
 
 DEFAULT_RING_BYTES = 256 << 20
 SLOTS = 2
@@ -49,7 +50,7 @@ class RestoreRing:
     """Pinned and device slots of a bounded GPU restore; created once, reused, ``close()``-d."""
 
     def __init__(self, ring_bytes: int = DEFAULT_RING_BYTES, slots: int = SLOTS):
-        self._cuda = import_optional("numba.cuda", extra="gpu")
+        self._cuda = numba_cuda()
         self._kernels = import_optional("gpuckpt.kernels", extra="gpu")
         self.ring_bytes = ring_bytes
         self.slot_bytes = max(ring_bytes // slots, 1)

@@ -1,4 +1,4 @@
-"""Bundle index records: the header and one ``BundleEntryProto`` per tensor (spec section 4).
+"""Bundle index records: the header and one ``BundleEntryProto`` per tensor (docs/format.md §4).
 
 ``BundleEntry`` is the plain-data form every other stage uses; ``build_index`` and
 ``parse_index`` convert between a table of entries and the bytes of a ``.index`` file.

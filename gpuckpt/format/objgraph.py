@@ -1,7 +1,7 @@
 """The ``_CHECKPOINTABLE_OBJECT_GRAPH`` value: TrackableObjectGraph bytes ↔ plain dataclasses.
 
 Bytes in, bytes out: encoding through the protobuf classes of ``proto`` gives TensorFlow's
-exact bytes (spec 9.2), provided ``has_checkpoint_values`` is set on every node as TF does.
+exact bytes (docs/format.md §9.2), provided ``has_checkpoint_values`` is set on every node as TF does.
 """
 
 from __future__ import annotations

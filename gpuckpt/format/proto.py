@@ -2,7 +2,7 @@
 
 The descriptors are built at import time in a private pool, under the package name
 ``gpuckpt.tf``, so they never clash with TensorFlow's own classes when both are loaded.
-Field numbers and types follow TensorFlow's ``.proto`` files (spec sections 4, 8 and 9); enum
+Field numbers and types follow TensorFlow's ``.proto`` files (docs/format.md §§4, 8 and 9); enum
 fields are declared ``int32``, which has the same wire encoding and keeps unknown values.
 """
 

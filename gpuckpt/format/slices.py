@@ -1,4 +1,4 @@
-"""Keys of the pieces of a partitioned tensor, in TensorFlow's OrderedCode encoding (spec 7.6)."""
+"""Keys of the pieces of a partitioned tensor, in TensorFlow's OrderedCode encoding (docs/format.md §7.6)."""
 
 from __future__ import annotations
 

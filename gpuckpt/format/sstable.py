@@ -1,6 +1,6 @@
 """The ``.index`` file: an SSTable laid out exactly as TensorFlow's table builder does.
 
-Layout (spec section 3): data blocks, an empty metaindex block, an index block, a 48-byte
+Layout (docs/format.md §3): data blocks, an empty metaindex block, an index block, a 48-byte
 footer. Each block is followed by a type byte and a masked CRC32C. TensorFlow cuts data
 blocks at 256 KiB, restarts key-prefix compression every 16 entries in data blocks and at
 every entry in the index block, and shortens the index block's separator keys.

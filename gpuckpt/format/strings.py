@@ -1,4 +1,4 @@
-"""String tensors (dtype 7): varint lengths, a masked length checksum, then the bytes (spec 7.2)."""
+"""String tensors (dtype 7): varint lengths, a masked length checksum, then the bytes (docs/format.md §7.2)."""
 
 from __future__ import annotations
 

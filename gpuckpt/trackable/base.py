@@ -19,7 +19,7 @@ the methods it needs (each has a do-nothing default):
     to ``_restore_tensors``; attributes not offered (the default: none) go through it.
 ``_slot_variables() -> Sequence[SlotVariable]``
     For optimizers: per-variable state ("slots") keyed by the variable it belongs to.
-    Saved as TF1-style ``slot_variables`` (spec 9.3/9.4); the slot-name order of the
+    Saved as TF1-style ``slot_variables`` (docs/format.md §9.3/9.4); the slot-name order of the
     first appearance in this list is the order TF gives slot nodes.
 ``_checkpoint_full_name() -> str``
     The ``full_name`` written next to each attribute (a variable's name; ``""`` otherwise).
