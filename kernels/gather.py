@@ -90,6 +90,17 @@ else:
     store_u64 = intrinsic(_storer(64, types.uint64))  # type: ignore[attr-defined]
 
 
+@cuda.jit(device=True)
+def element_offset(table, r, ndim, element):
+    """Byte offset of C-order element ``element`` in row ``r``'s strided layout (shape and strides in the row)."""
+    off = 0
+    for k in range(ndim - 1, -1, -1):
+        size = table[r, 6 + k]
+        off += (element % size) * table[r, 6 + MAX_DIMS + k]
+        element //= size
+    return off
+
+
 def gather_kernel_source(table, dst, dst64):
     """Block b copies rows b, b + gridDim, ...; threads split a row by words (aligned) or elements."""
     t = cuda.threadIdx.x
@@ -114,12 +125,7 @@ def gather_kernel_source(table, dst, dst64):
             ndim = table[r, 5]
             first = start // item
             for e in range(t, nbytes // item, n):
-                rem = first + e
-                off = 0
-                for k in range(ndim - 1, -1, -1):
-                    size = table[r, 6 + k]
-                    off += (rem % size) * table[r, 6 + MAX_DIMS + k]
-                    rem //= size
+                off = element_offset(table, r, ndim, first + e)
                 o = d + e * item
                 for b in range(item):
                     dst[o + b] = load_u8(src + off + b)
@@ -152,12 +158,7 @@ def scatter_kernel_source(table, src, src64):
             ndim = table[r, 5]
             first = start // item
             for e in range(t, nbytes // item, n):
-                rem = first + e
-                off = 0
-                for k in range(ndim - 1, -1, -1):
-                    size = table[r, 6 + k]
-                    off += (rem % size) * table[r, 6 + MAX_DIMS + k]
-                    rem //= size
+                off = element_offset(table, r, ndim, first + e)
                 o = d + e * item
                 for b in range(item):
                     store_u8(dst + off + b, src[o + b])
