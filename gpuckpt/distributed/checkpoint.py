@@ -124,10 +124,12 @@ class DistributedCheckpoint:
         """Restore every live variable's part on this rank from a prefix, or a directory's latest checkpoint.
 
         The checkpoint may have been saved by any number of ranks (or by one process), with any
-        layout. Values are read straight into the variables' memory (a DTensor's local shard) and
-        verified; a failure on any rank fails every rank (``PartialDistributedRestoreError`` once
-        reading has begun, naming what this rank assigned; with ``options.atomic_restore`` values
-        are read into new buffers first and a failure changes nothing). PyTorch optimizer state
+        layout. Every rank verifies every byte it needs before any rank assigns, then reads the
+        values straight into the variables' memory (a DTensor's local shard), verified again; a
+        failure on any rank fails every rank with nothing assigned (``PartialDistributedRestoreError``
+        only if bytes change between the two reads, naming what this rank assigned; with
+        ``options.atomic_restore`` values are read once into new buffers and not even that can
+        change a variable). PyTorch optimizer state
         not created yet (a fresh optimizer) is created from the checkpoint first, sharded like its
         parameter; it is removed again if the restore fails. Values of saved objects that do not
         exist yet (an optimizer attached later) are kept and assigned when they are attached

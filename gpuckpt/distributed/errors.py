@@ -23,12 +23,13 @@ class DistributedError(CheckpointError):
 
 
 class PartialDistributedRestoreError(DistributedError):
-    """A distributed restore that read into the variables' own memory failed on some rank after reading began.
+    """A distributed restore failed on some rank after every rank had verified its values, while they were
+    read into the variables' own memory (bytes that changed between the two reads, or a rank that died).
 
     Every rank raises it. On this rank, ``restored`` names the checkpoint keys whose values were
     verified and assigned, ``failed`` those whose bytes failed verification (their destinations
     were zero-filled, so no variable holds unverified bytes); all others keep their previous
-    values. Restore with ``CheckpointOptions(atomic_restore=True)`` to change nothing instead.
+    values. Restore with ``CheckpointOptions(atomic_restore=True)`` to change nothing even then.
     """
 
     def __init__(self, message: str, *, ranks: Iterable[int] = (), restored: tuple[str, ...] = (),

@@ -19,15 +19,24 @@ Stages, each closed by an agreement of every rank (``comm.agree``):
    plan the reads (and those of values kept for objects created later, ``deferred.py``). A
    failure on any rank (missing key, mismatch, unreadable index) fails every rank with
    ``DistributedError`` and no variable changed anywhere.
-2. **read**: every planned range read and verified. A failure on any rank (a bad CRC, an I/O
-   error, a rank that died or stalled) fails every rank. By default the reads went into the
-   variables' memory, so every rank raises :class:`~.errors.PartialDistributedRestoreError`:
-   its verified values stay assigned, destinations whose bytes failed verification are
-   zero-filled (no variable holds unverified bytes), and ``restored`` / ``failed`` name them.
-   With ``atomic`` (``CheckpointOptions(atomic_restore=True)``) every value is read into new
-   buffers first, as before: a failure leaves every variable on every rank untouched
-   (``DistributedError``), at the price of one more host copy of the whole state.
-3. **assign**: the values read into buffers are assigned, replicated values broadcast when
+2. **verify**: every planned range read and its CRC checked, before any rank writes into a
+   variable: ranges bound for the variables' own memory are read into one reused scratch buffer
+   (``engine/cpu.py``'s ``verify_host``, at most 64 MiB whatever the checkpoint's size) and only
+   checked, the others (device tensors, strings, values kept for later objects) read into their
+   new buffers. A failure on any rank (a bad CRC, an I/O error, a rank that died or stalled)
+   fails every rank with ``DistributedError`` and no variable changed anywhere: all or nothing,
+   with no copy of the state in memory.
+3. **place**: the verified ranges read again, straight into the variables' memory (from the
+   page cache, on any host whose memory holds the rank's part), their CRCs checked once more, so
+   no variable ever holds bytes that were not verified. Only bytes that change between the two
+   reads (a file modified during the restore, a failing disk) or a rank that dies in between
+   can fail this stage; then every rank raises
+   :class:`~.errors.PartialDistributedRestoreError`: verified values stay assigned,
+   destinations whose bytes failed are zero-filled, and ``restored`` / ``failed`` name them.
+   With ``atomic`` (``CheckpointOptions(atomic_restore=True)``) every value is read once into
+   new buffers instead and this stage does not exist, so not even that can change a variable,
+   at the price of one more host copy of the whole state.
+4. **assign**: the values read into buffers are assigned, replicated values broadcast when
    asked, and values of saved objects not created yet kept for them.
 
 Trade-off: a stored block's CRC covers the whole block, so a block that overlaps the target is
@@ -54,7 +63,7 @@ from typing import Any
 import numpy as np
 
 from ..arrays import aligned_empty, as_tensor
-from ..engine.cpu import read_host
+from ..engine.cpu import read_host, verify_host
 from ..errors import DataLossError, InvalidArgumentError
 from ..format import dtypes, objgraph
 from ..reader import CheckpointReader
@@ -169,9 +178,12 @@ def _destination(obj: Trackable, attribute: str, dtype: np.dtype, shape: tuple[i
     return None
 
 
-def _read(reader: CheckpointReader, plan: RestorePlan, outs: list[Any]) -> dict[int, DataLossError]:
-    """Run the plan's reads into ``outs`` (strings decoded into it); the failures by request index."""
-    failed = read_host(reader.storage, plan.reads, outs)
+def _read(reader: CheckpointReader, plan: RestorePlan, outs: list[Any],
+          live: frozenset[int] = frozenset()) -> dict[int, DataLossError]:
+    """Run the plan's reads into ``outs`` (strings decoded into it), except those of the requests in ``live``
+    (destinations that are variables' own memory), which are only verified; the failures by request index."""
+    failed = verify_host(reader.storage, [item for item in plan.reads if item.request in live])
+    failed.update(read_host(reader.storage, [item for item in plan.reads if item.request not in live], outs))
     for item in plan.strings:
         if item.request in failed:
             continue
@@ -182,6 +194,15 @@ def _read(reader: CheckpointReader, plan: RestorePlan, outs: list[Any]) -> dict[
             continue
         outs[item.request] = np.array(value, dtype=object) if isinstance(value, bytes) else value
     return failed
+
+
+def _place(reader: CheckpointReader, reads: _Reads) -> dict[int, DataLossError]:
+    """Read the verified ranges of the variables' own memory into it, checking their CRCs again."""
+    try:
+        return read_host(reader.storage, [item for item in reads.plan.reads if item.request in reads.in_place],
+                         reads.outs)
+    except Exception as exc:  # which destinations it reached is unknown: none of them is trusted
+        return {i: DataLossError(f"{type(exc).__name__}: {exc}") for i in reads.in_place}
 
 
 def read_targets(reader: CheckpointReader, targets: Sequence[Target]) -> tuple[list[np.ndarray], int]:
@@ -248,16 +269,20 @@ def restore_distributed(prefix: str, checkpoint, group: Group, *, replicated: st
         except DistributedError as exc:
             raise exc from error
         assert reader is not None and reads is not None, "_checked raises on every rank when any rank failed"
-        failed: dict[int, DataLossError] = {}
         try:
-            failed = _read(reader, reads.plan, reads.outs)
+            failed = _read(reader, reads.plan, reads.outs, reads.in_place)
             error = failed[min(failed)] if failed else None
-        except Exception as exc:  # which destinations it reached is unknown: none of them is trusted
+        except Exception as exc:
             error = exc
-            failed = {i: DataLossError(str(exc)) for i in reads.in_place}
+        try:
+            _checked(group, _report(error), what, started)
+        except DistributedError as exc:
+            raise exc from error
+        failed = _place(reader, reads) if reads.in_place else {}
+        error = failed[min(failed)] if failed else None
         verdict = group.agree(_report(error), _decide, started=started, what=what)
         if isinstance(verdict, Failure):
-            raise _read_failure(group.rank, what, verdict, reads, failed, atomic) from error
+            raise _place_failure(group.rank, what, verdict, reads, failed) from error
         values, placed = _broadcast(group, reads)
         _assign(reads.targets, values, skip=placed)
         for obj in {id(t.obj): t.obj for t in reads.targets}.values():
@@ -299,12 +324,9 @@ def _prepare(reader: CheckpointReader, checkpoint, group: Group, replicated: str
     return _Reads(tuple(targets), tuple(local), tuple(broadcast), held, plan, outs, frozenset(in_place))
 
 
-def _read_failure(rank: int, what: str, verdict: Failure, reads: _Reads, failed: dict[int, DataLossError],
-                  atomic: bool) -> DistributedError:
-    """The error of a failed read stage on this rank; destinations that received unverified bytes are zero-filled."""
-    if atomic:
-        return DistributedError(f"rank {rank}: {what} failed and no variable was changed: {verdict.message}",
-                                ranks=verdict.ranks)
+def _place_failure(rank: int, what: str, verdict: Failure, reads: _Reads,
+                   failed: dict[int, DataLossError]) -> PartialDistributedRestoreError:
+    """The error of a failed place stage on this rank; destinations that received unverified bytes are zero-filled."""
     for i in failed:
         if i in reads.in_place:
             reads.outs[i].reshape(-1).view(np.uint8)[:] = 0
@@ -316,10 +338,10 @@ def _read_failure(rank: int, what: str, verdict: Failure, reads: _Reads, failed:
         return ", ".join(map(repr, these[:_MAX_NAMED])) + (", ..." if len(these) > _MAX_NAMED else "") or "none"
 
     return PartialDistributedRestoreError(
-        f"rank {rank}: {what} failed: {verdict.message}. Values were read in place: on this rank {len(restored)} were "
-        f"verified and assigned ({named(restored)}), {len(bad)} failed verification and were zero-filled "
-        f"({named(bad)}), the others keep their previous values; restore again (another checkpoint), or restore "
-        "with CheckpointOptions(atomic_restore=True) to change nothing on failure",
+        f"rank {rank}: {what} failed after every value had verified, while reading them into the variables: "
+        f"{verdict.message}. On this rank {len(restored)} were verified again and assigned ({named(restored)}), "
+        f"{len(bad)} failed and were zero-filled ({named(bad)}), the others keep their previous values; restore "
+        "again, or restore with CheckpointOptions(atomic_restore=True) to change nothing even then",
         ranks=verdict.ranks, restored=restored, failed=bad)
 
 

@@ -165,32 +165,75 @@ def test_values_of_objects_created_after_the_restore_arrive_when_they_are_attach
         model.head = wrong
 
 
-def test_a_corrupt_value_is_zero_filled_in_place_or_changes_nothing_when_atomic(tmp_path):
-    from gpuckpt.distributed import PartialDistributedRestoreError
-
-    path = _saved_with_head(tmp_path)
+def _flip_byte(path: str, shard, key: str) -> None:
     with gpuckpt.load_checkpoint(path) as reader:
-        entry = reader.entry("model/head/b/.ATTRIBUTES/VARIABLE_VALUE")
-    shard = tmp_path / "ckpt-1.data-00000-of-00001"
+        entry = reader.entry(key)
     data = bytearray(shard.read_bytes())
     data[entry.offset] ^= 0x01
     shard.write_bytes(bytes(data))
 
-    def fresh() -> gpuckpt.Module:
-        model = _model(5.0)
-        model.head = gpuckpt.Module()
-        model.head.b = gpuckpt.Variable(np.full((4, 3), 5.0, np.float32))
-        return model
 
-    model = fresh()
-    with pytest.raises(DistributedError, match="no variable was changed.*checksum mismatch") as caught:
+def _fresh_with_head() -> gpuckpt.Module:
+    model = _model(5.0)
+    model.head = gpuckpt.Module()
+    model.head.b = gpuckpt.Variable(np.full((4, 3), 5.0, np.float32))
+    return model
+
+
+@pytest.mark.parametrize("atomic", [False, True])
+def test_a_corrupt_value_fails_the_restore_before_any_variable_changes(tmp_path, atomic):
+    from gpuckpt.distributed import PartialDistributedRestoreError
+
+    path = _saved_with_head(tmp_path)
+    _flip_byte(path, tmp_path / "ckpt-1.data-00000-of-00001", "model/head/b/.ATTRIBUTES/VARIABLE_VALUE")
+    model = _fresh_with_head()
+    with pytest.raises(DistributedError, match="no variable was changed.*checksum mismatch.*model/head/b") as caught:
         DistributedCheckpoint(gpuckpt.Checkpoint(model=model), comm=SingleProcess()).restore(
-            path, gpuckpt.CheckpointOptions(atomic_restore=True))
-    assert not isinstance(caught.value, PartialDistributedRestoreError)
+            path, gpuckpt.CheckpointOptions(atomic_restore=atomic))
+    assert not isinstance(caught.value, PartialDistributedRestoreError) and caught.value.ranks == (0,)
     assert np.all(model.w.numpy() == 5.0) and np.all(model.head.b.numpy() == 5.0)
-    model = fresh()
-    with pytest.raises(PartialDistributedRestoreError, match="checksum mismatch") as partial:
+
+
+def test_bytes_that_change_after_verification_are_zero_filled_and_named(tmp_path, monkeypatch):
+    """The one partial outcome: the file changes between the verification and the reads into the variables."""
+    from gpuckpt.distributed import PartialDistributedRestoreError
+    from gpuckpt.distributed import restore as stage
+
+    path = _saved_with_head(tmp_path)
+    verify = stage.verify_host
+
+    def verify_then_damage(storage, items):
+        failed = verify(storage, items)
+        _flip_byte(path, tmp_path / "ckpt-1.data-00000-of-00001", "model/head/b/.ATTRIBUTES/VARIABLE_VALUE")
+        return failed
+
+    monkeypatch.setattr(stage, "verify_host", verify_then_damage)
+    model = _fresh_with_head()
+    with pytest.raises(PartialDistributedRestoreError, match="after every value had verified.*checksum mismatch") \
+            as partial:
         DistributedCheckpoint(gpuckpt.Checkpoint(model=model), comm=SingleProcess()).restore(path)
     assert partial.value.failed == ("model/head/b/.ATTRIBUTES/VARIABLE_VALUE",) and partial.value.ranks == (0,)
     assert "model/w/.ATTRIBUTES/VARIABLE_VALUE" in partial.value.restored
-    assert np.all(model.w.numpy() == 2.0) and np.all(model.head.b.numpy() == 0.0)  # verified, and zero-filled
+    assert np.all(model.w.numpy() == 2.0) and np.all(model.head.b.numpy() == 0.0)  # verified twice, and zero-filled
+
+
+def test_a_verification_pass_reads_large_values_through_a_bounded_window(tmp_path, monkeypatch):
+    from gpuckpt.engine import cpu
+
+    monkeypatch.setattr(cpu, "VERIFY_BYTES", 16)  # each (4, 3) float32 value is 48 bytes: three windows
+    sizes = []
+    real = cpu._verify_windowed
+    monkeypatch.setattr(cpu, "_verify_windowed", lambda s, item, scratch: sizes.append(scratch.nbytes) or
+                        real(s, item, scratch))
+    path = _saved_with_head(tmp_path)
+    model = _fresh_with_head()
+    DistributedCheckpoint(gpuckpt.Checkpoint(model=model), comm=SingleProcess()).restore(path)
+    assert sizes == [16, 16] and cpu.VERIFY_BYTES == 16
+    np.testing.assert_array_equal(model.head.b.numpy(), np.arange(12, dtype=np.float32).reshape(4, 3))
+    _flip_byte(path, tmp_path / "ckpt-1.data-00000-of-00001", "model/head/b/.ATTRIBUTES/VARIABLE_VALUE")
+    model = _fresh_with_head()
+    with pytest.raises(DistributedError, match="no variable was changed.*checksum mismatch"):
+        DistributedCheckpoint(gpuckpt.Checkpoint(model=model), comm=SingleProcess()).restore(path)
+    assert np.all(model.head.b.numpy() == 5.0)
+
+

@@ -219,8 +219,9 @@ def _partial(exc: PartialDistributedRestoreError, before: dict, after: dict) -> 
 
 def fail(directory: str, fault: str, culprit: str, source: str = "") -> None:
     """A good save (``fault/ckpt-1``), then a save or restore that ``fault`` breaks on rank ``culprit``:
-    ``kill-save``, ``stall-save``, ``kill-restore``, or ``corrupt`` (a restore of ``source``); a restore
-    fault ending ``-atomic`` restores with ``atomic_restore``."""
+    ``kill-save``, ``stall-save``, ``kill-restore`` (while verifying), ``kill-place`` (once verified, while
+    reading into the variables), or ``corrupt`` (a restore of ``source``); a restore fault ending ``-atomic``
+    restores with ``atomic_restore``."""
     culprit_rank = int(culprit)
     module, opt = sharded(f"{dist.get_world_size()}")
     M.train_step(module, opt, 0)
@@ -235,10 +236,16 @@ def fail(directory: str, fault: str, culprit: str, source: str = "") -> None:
         if fault in ("kill-save", "stall-save"):
             dist_ckpt.save(prefix, io=Faulty(fault.split("-")[0]) if mine else None)
         else:
-            if fault.startswith("kill-restore") and mine:
+            if fault.startswith(("kill-restore", "kill-place")) and mine:
                 from gpuckpt.distributed import restore as restore_stage
 
-                restore_stage.read_host = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)  # dies reading
+                def die(*args, **kwargs):
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+                if fault == "kill-place":
+                    restore_stage._place = die  # dies once every rank has verified, reading into the variables
+                else:
+                    restore_stage.read_host = restore_stage.verify_host = die  # dies verifying
             M.train_step(module, opt, 1)
             before = _local_state(module, opt)
             source = prefix + "-1" if not fault.startswith("corrupt") else os.path.join(directory, source)
