@@ -172,7 +172,7 @@ def verify_host(storage, items: Sequence[ReadItem]) -> dict[int, DataLossError]:
     small = [item for item in items if item.length <= VERIFY_BYTES]
     large = [item for item in items if item.length > VERIFY_BYTES]
     needed = VERIFY_BYTES if large else min(sum(item.length for item in small), VERIFY_BYTES)
-    scratch = memoryview(np.empty(needed, np.uint8))
+    scratch = np.empty(needed, np.uint8).data
     for group in _scratch_groups(small, VERIFY_BYTES):
         targets, start = [], 0
         for item in group:
