@@ -22,7 +22,7 @@ from .engine.select import EngineCache
 from .errors import CommittedSaveError, InvalidArgumentError, NotFoundError
 from .format.statefile import CheckpointState
 from .futures import AsyncSaver, SaveHandle
-from .graph import LiveGraph, walk
+from .graph import LiveGraph, LiveObjects, live_objects, walk
 from .options import CheckpointOptions, callback_arity
 from .pystate import PythonState, is_plain
 from .reader import latest_checkpoint
@@ -142,6 +142,9 @@ class Checkpoint(AutoTrackable):
 
     def _graph(self) -> LiveGraph:
         return walk(self._root(), self._attached())
+
+    def _live_objects(self) -> LiveObjects:
+        return live_objects(self._root(), self._attached())
 
     # -- saving -----------------------------------------------------------------------
 
@@ -329,7 +332,7 @@ class Checkpoint(AutoTrackable):
         if strict:
             strict_restore.check(session, root, attached)
         session.start(root, attached)
-        return load_status(session, self._graph)
+        return load_status(session, self._live_objects)
 
     def restore(self, save_path: str | os.PathLike | None,
                 options: CheckpointOptions | None = None, *, strict: bool = True

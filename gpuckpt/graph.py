@@ -211,6 +211,24 @@ def walk(root: Trackable, attached: Sequence[tuple[str, Trackable]] = ()) -> Liv
     return LiveGraph(ObjectGraph(tuple(marked)), tuple(objects), tuple(paths), tuple(tensors))
 
 
+@dataclass(frozen=True)
+class LiveObjects:
+    """The objects ``walk`` numbers, in its order, without their nodes and keys: ``paths[i]`` of
+    ``objects[i]``; ``slots`` the ids of slot variables (the nodes after the dependencies)."""
+
+    objects: tuple[Trackable, ...]
+    paths: tuple[tuple[str, ...], ...]
+    slots: frozenset[int]
+
+
+def live_objects(root: Trackable, attached: Sequence[tuple[str, Trackable]] = ()) -> LiveObjects:
+    """Every object reachable from ``root``, as ``walk`` finds them (the same errors), for checks that ask only
+    which objects exist (the restore statuses): no attribute, key or node is built."""
+    objects, paths, _ = _bfs(root, attached)
+    slots = _number_slots(objects, paths)
+    return LiveObjects(tuple(objects), tuple(paths), frozenset(slots.keys))
+
+
 def _bfs(root: Trackable, attached: Sequence[tuple[str, Trackable]]):
     ids = {id(root): 0}
     objects: list[Trackable] = [root]

@@ -1,7 +1,8 @@
 """Restore statuses: TF's assertions about how a checkpoint matched the live objects.
 
-Every check is computed from the session's match results and a fresh walk of the live
-objects, so deferred restorations count as soon as they happen. Failures raise
+Every check is computed from the session's match results and a fresh listing of the live
+objects (``graph.live_objects``: which objects exist, without the keys and nodes a save needs),
+so objects created after the restore, and deferred restorations, count as soon as they happen. Failures raise
 ``AssertionError`` naming objects by their ``(root).a.b`` paths and values by their keys.
 """
 
@@ -9,10 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .graph import LiveGraph, pretty_path
+from .graph import LiveObjects, pretty_path
 from .namebased import NameBasedMatching, NameBasedResult
 from .restorer import ObjectGraphMatching
-from .session import RestoreSession, slot_node_ids
+from .session import RestoreSession
 
 _MAX_SHOWN = 10
 
@@ -20,9 +21,9 @@ _MAX_SHOWN = 10
 class CheckpointLoadStatus:
     """Returned by ``Checkpoint.read``/``restore``; every method returns ``self`` or raises."""
 
-    def __init__(self, matching: ObjectGraphMatching, live_graph: Callable[[], LiveGraph]):
+    def __init__(self, matching: ObjectGraphMatching, live_objects: Callable[[], LiveObjects]):
         self._session = matching  # what the restore matched (its files are closed already)
-        self._live_graph = live_graph
+        self._live_objects = live_objects
 
     def assert_consumed(self) -> "CheckpointLoadStatus":
         """Every checkpointed value was restored and every live object with values was matched."""
@@ -67,7 +68,7 @@ class CheckpointLoadStatus:
                     "the checkpoint does not match the Python program. The following objects have no "
                     f"matching checkpointed value: [{', '.join(unmatched)}]")
             raise AssertionError(f"Nothing to load. No dependencies have been added to "
-                                 f"{self._live_graph().objects[0]!r} yet.")
+                                 f"{self._live_objects().objects[0]!r} yet.")
         return self
 
     def expect_partial(self) -> "CheckpointLoadStatus":
@@ -85,11 +86,11 @@ class CheckpointLoadStatus:
 
     def _unmatched_objects(self) -> list[str]:
         """``(root).path (repr)`` of live objects with values that no saved node is bound to."""
-        live = self._live_graph()
+        live = self._live_objects()
         bound = {id(obj) for obj in self._session.bound.values()}
-        skipped = slot_node_ids(live.graph) if self._session.skip_slots else set()
+        skipped = live.slots if self._session.skip_slots else frozenset()
         return [f"{pretty_path(live.paths[i])} ({obj!r})" for i, obj in enumerate(live.objects)
-                if live.tensors[i] and id(obj) not in bound and i not in skipped]
+                if id(obj) not in bound and i not in skipped and dict(obj._serialize_tensors())]
 
 
 def _names(session: ObjectGraphMatching, node_ids: list[int]) -> str:
@@ -103,14 +104,14 @@ def _describe_node(session: ObjectGraphMatching, node_id: int) -> str:
     return f"attributes {[a.name for a in node.attributes]} (keys {keys})"
 
 
-def load_status(session: RestoreSession, live_graph: Callable[[], LiveGraph]
+def load_status(session: RestoreSession, live_objects: Callable[[], LiveObjects]
                 ) -> "CheckpointLoadStatus | NameBasedSaverStatus":
     """The status of a started session: name-based sessions get :class:`NameBasedSaverStatus`."""
     strategy = session.strategy
     if isinstance(strategy, NameBasedMatching):
         return NameBasedSaverStatus(strategy.result)
     assert isinstance(strategy, ObjectGraphMatching)  # open_session makes one of these two strategies
-    return CheckpointLoadStatus(strategy, live_graph)
+    return CheckpointLoadStatus(strategy, live_objects)
 
 
 class NameBasedSaverStatus:

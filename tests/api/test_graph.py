@@ -7,7 +7,8 @@ import pytest
 
 import gpuckpt
 from gpuckpt.format import objgraph
-from gpuckpt.graph import escape_local_name, pretty_names, walk
+from gpuckpt.graph import escape_local_name, live_objects, pretty_names, walk
+from gpuckpt.session import slot_node_ids
 from gpuckpt.trackable import AutoTrackable
 
 from .models import Adam, Dense
@@ -72,6 +73,20 @@ def test_slot_nodes_follow_bfs_nodes_in_tf_order() -> None:
         "model/w/.OPTIMIZER_SLOT/optimizer/m/.ATTRIBUTES/VARIABLE_VALUE"
     assert graph.nodes[10].attributes[0].full_name == "Variable/Adam_1"
     assert pretty_names(graph)[8] == "(root).optimizer's state 'm' for (root).model.b"
+
+
+def test_live_objects_lists_what_walk_numbers_without_building_nodes() -> None:
+    model = gpuckpt.Module()
+    model.w = gpuckpt.Variable([1.0, 2.0])
+    model.alias = model.w
+    model.b = gpuckpt.Variable(3.0)
+    opt = Adam()
+    opt.apply_gradients([(np.float32(1.0), model.b), (np.array([0.5, 0.5], np.float32), model.w)])
+    root = AutoTrackable()
+    root.model, root.optimizer = model, opt
+    walked, listed = walk(root), live_objects(root)
+    assert [id(o) for o in listed.objects] == [id(o) for o in walked.objects]
+    assert listed.paths == walked.paths and listed.slots == frozenset(slot_node_ids(walked.graph)) != frozenset()
 
 
 def test_slots_of_variables_outside_the_graph_are_left_out() -> None:
