@@ -24,6 +24,7 @@ from ..format import crc
 from ..plan import SavePlan
 from ..restore_plan import ReadItem
 from ..storage.base import ReadTarget
+from ..storage.reader import read_pool
 from .writer import WriterThread
 
 CHUNK_BYTES = 16 << 20
@@ -144,12 +145,12 @@ def _host_dest(dests: Sequence[np.ndarray | None], request: int) -> np.ndarray:
     return dest
 
 
-def _scratch_groups(items: Sequence[ReadItem], limit: int = SCRATCH_BYTES) -> list[list[ReadItem]]:
-    """Scratch reads in groups of at most ``limit`` bytes (a larger block alone)."""
+def _scratch_groups(items: Sequence[ReadItem]) -> list[list[ReadItem]]:
+    """Scratch reads in groups of at most ``SCRATCH_BYTES`` (a larger block alone)."""
     groups: list[list[ReadItem]] = []
     size = 0
     for item in items:
-        if not groups or size + item.length > limit:
+        if not groups or size + item.length > SCRATCH_BYTES:
             groups.append([])
             size = 0
         groups[-1].append(item)
@@ -157,45 +158,52 @@ def _scratch_groups(items: Sequence[ReadItem], limit: int = SCRATCH_BYTES) -> li
     return groups
 
 
-VERIFY_BYTES = 64 << 20  # the scratch memory of a verification pass
+VERIFY_JOB_BYTES = 8 << 20  # the ranges one verification job checks (one thread's share of the work)
+VERIFY_WINDOW_BYTES = 512 << 10  # read and checksummed at a time, while still in the CPU cache
 
 
 def verify_host(storage, items: Sequence[ReadItem]) -> dict[int, DataLossError]:
     """Check every planned range's CRC without placing its bytes anywhere; return the failures by request index.
 
-    The ranges are read, in groups, into one scratch buffer of at most ``VERIFY_BYTES`` that every group
-    reuses (a range larger than that through a window of it), so the memory is bounded whatever the
-    size of the checkpoint. A distributed restore verifies everything this way before any rank writes
-    into a variable (``distributed/restore.py``).
+    The ranges are cut into jobs of about ``VERIFY_JOB_BYTES``, all handed to the reader threads at
+    once (one hand-off: a loaded host's scheduler makes every extra one cost); each job reads its
+    ranges through a scratch window of ``VERIFY_WINDOW_BYTES`` and checksums each window while it is
+    in cache, so the memory is bounded by the threads' windows whatever the size of the checkpoint.
+    A distributed restore verifies everything this way before any rank writes into a variable
+    (``distributed/restore.py``).
     """
+    jobs: list[list[ReadItem]] = []
+    size = 0
+    for item in items:
+        if not jobs or size + item.length > VERIFY_JOB_BYTES:
+            jobs.append([])
+            size = 0
+        jobs[-1].append(item)
+        size += item.length
+
+    def run(job: list[ReadItem]) -> list[tuple[int, DataLossError]]:
+        window = np.empty(max(1, min(VERIFY_WINDOW_BYTES, max(item.length for item in job))), np.uint8).data
+        return [(item.request, error) for item in job if (error := _verify_one(storage, item, window)) is not None]
+
+    if len(jobs) > 1:
+        outcomes = list(read_pool().map(run, jobs))
+    else:
+        outcomes = [run(job) for job in jobs]
     failed: dict[int, DataLossError] = {}
-    small = [item for item in items if item.length <= VERIFY_BYTES]
-    large = [item for item in items if item.length > VERIFY_BYTES]
-    needed = VERIFY_BYTES if large else min(sum(item.length for item in small), VERIFY_BYTES)
-    scratch = np.empty(needed, np.uint8).data
-    for group in _scratch_groups(small, VERIFY_BYTES):
-        targets, start = [], 0
-        for item in group:
-            targets.append(ReadTarget(item.key, item.shard, item.offset, item.length, item.crc32c,
-                                      scratch[start : start + item.length]))
-            start += item.length
-        for i, error in storage.read_verified(targets).failed:
-            failed.setdefault(group[i].request, error)
-    for item in large:
-        error = _verify_windowed(storage, item, scratch)
-        if error is not None:
-            failed.setdefault(item.request, error)
+    for outcome in outcomes:
+        for request, error in outcome:
+            failed.setdefault(request, error)
     return failed
 
 
-def _verify_windowed(storage, item: ReadItem, scratch: memoryview) -> DataLossError | None:
-    """The CRC check of a range larger than the scratch buffer, read through it window by window."""
+def _verify_one(storage, item: ReadItem, window: memoryview) -> DataLossError | None:
+    """The CRC check of one range, read through ``window`` piece by piece."""
     value = 0
     try:
-        for start in range(0, item.length, scratch.nbytes):
-            window = scratch[: min(scratch.nbytes, item.length - start)]
-            storage.read_raw(item.shard, item.offset + start, window, item.key)
-            value = crc.crc32c(window, value)
+        for start in range(0, item.length, window.nbytes):
+            piece = window[: min(window.nbytes, item.length - start)]
+            storage.read_raw(item.shard, item.offset + start, piece, item.key)
+            value = crc.crc32c(piece, value)
     except DataLossError as exc:
         return exc
     if crc.mask(value) == item.crc32c:

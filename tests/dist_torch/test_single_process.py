@@ -217,23 +217,24 @@ def test_bytes_that_change_after_verification_are_zero_filled_and_named(tmp_path
     assert np.all(model.w.numpy() == 2.0) and np.all(model.head.b.numpy() == 0.0)  # verified twice, and zero-filled
 
 
-def test_a_verification_pass_reads_large_values_through_a_bounded_window(tmp_path, monkeypatch):
+def test_a_verification_pass_reads_through_bounded_windows_on_the_reader_threads(tmp_path, monkeypatch):
     from gpuckpt.engine import cpu
 
-    monkeypatch.setattr(cpu, "VERIFY_BYTES", 16)  # each (4, 3) float32 value is 48 bytes: three windows
-    sizes = []
-    real = cpu._verify_windowed
-    monkeypatch.setattr(cpu, "_verify_windowed", lambda s, item, scratch: sizes.append(scratch.nbytes) or
-                        real(s, item, scratch))
+    monkeypatch.setattr(cpu, "VERIFY_WINDOW_BYTES", 16)  # each (4, 3) float32 value is 48 bytes: three windows
+    monkeypatch.setattr(cpu, "VERIFY_JOB_BYTES", 48)  # one value per job: two jobs, on the reader threads
+    windows = []
+    real = cpu._verify_one
+    monkeypatch.setattr(cpu, "_verify_one", lambda s, item, window: windows.append(window.nbytes) or
+                        real(s, item, window))
     path = _saved_with_head(tmp_path)
     model = _fresh_with_head()
     DistributedCheckpoint(gpuckpt.Checkpoint(model=model), comm=SingleProcess()).restore(path)
-    assert sizes == [16, 16] and cpu.VERIFY_BYTES == 16
+    assert sorted(windows) == [8, 16, 16]  # save_counter (8 bytes) alone, then each value
     np.testing.assert_array_equal(model.head.b.numpy(), np.arange(12, dtype=np.float32).reshape(4, 3))
     _flip_byte(path, tmp_path / "ckpt-1.data-00000-of-00001", "model/head/b/.ATTRIBUTES/VARIABLE_VALUE")
     model = _fresh_with_head()
-    with pytest.raises(DistributedError, match="no variable was changed.*checksum mismatch"):
+    with pytest.raises(DistributedError, match="no variable was changed.*checksum mismatch.*model/head/b"):
         DistributedCheckpoint(gpuckpt.Checkpoint(model=model), comm=SingleProcess()).restore(path)
-    assert np.all(model.head.b.numpy() == 5.0)
+    assert np.all(model.head.b.numpy() == 5.0) and np.all(model.w.numpy() == 5.0)
 
 
