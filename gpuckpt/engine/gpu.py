@@ -8,9 +8,11 @@ engine's :class:`StagingPool`, taken for the save and given back after it):
 1. fence: the engine's compute stream waits on an event recorded on each producer's stream
    (torch's current stream, CuPy's, the array's declared stream; JAX arrays are waited for),
    so a value queued for update before the save is copied after that update, never half-way.
-2. gather + CRC into device slot i: one launch of the pointer-table gather kernel copies every
-   piece of the batch (any dtype, any strides) into the slot in file order, then the CRC
-   kernels checksum the slot's pieces (constant launches per slot, whatever the tensor count).
+2. gather + CRC into device slot i: one launch of the fused kernel (``kernels.gather_crc``)
+   copies every piece of the batch (any dtype, any strides) into the slot in file order and
+   checksums each piece as it goes, one CRC value per table row; those values come back with
+   one small download and are joined per piece on the host. One launch per slot, whatever the
+   tensor count.
 3. DMA: the copy stream waits on slot i's "gathered" event and moves it into pinned slot i.
 4. write: the writer thread waits on slot i's "copied" event and writes the pinned bytes.
    The host waits only on events: while slot i is gathered, slot i-1 is copied and slot i-2
