@@ -13,6 +13,8 @@ cuda = pytest.importorskip("numba.cuda")
 gather = pytest.importorskip("gpuckpt.kernels.gather")
 gather_crc = pytest.importorskip("gpuckpt.kernels.gather_crc")
 
+from gpuckpt.kernels import _launch  # noqa: E402
+
 from gpuckpt.arrays import device_view  # noqa: E402
 
 
@@ -55,6 +57,8 @@ def check(table, total, entries, expected, slot_offset=0):
     assert crcs.tolist() == [crc32c_pkg.crc32c(expected[k]) for k in nonempty]
     for (_, d, _, nbytes, *_), want in zip(entries, expected):
         assert got_slot[d : d + nbytes].tobytes() == want
+    if not _launch.simulated():
+        return  # the NumPy reference reads sources at their addresses: host memory only
     ref_slot, ref_values = np.full(total, 0xAB, np.uint8), np.zeros(table.shape[0], np.uint32)
     gather_crc.gather_crc_host(table, ref_slot, ref_values)  # the fake runtime's executor agrees
     assert ref_values.tolist() == values.tolist() and ref_slot.tobytes() == got_slot.tobytes()
@@ -139,4 +143,22 @@ def test_default_block_shape_and_64_kib_rows(rng):
     arrays = [cuda.to_device(host), cuda.to_device(host[:13])]
     table, total, entries, expected = plan(arrays, gaps=[5], chunk=gather.CHUNK_BYTES)
     assert table.shape[0] == 3
+    check(table, total, entries, expected)
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_full_size_on_a_real_gpu():
+    """256 MiB of pieces (1 B to most of it, odd slot offsets, a transposed matrix) on a real GPU."""
+    from tests.kernels.test_package import real_gpu_reason
+
+    reason = real_gpu_reason()
+    if reason:
+        pytest.skip(reason)
+    rng = np.random.default_rng(11)
+    size = 256 << 20
+    sizes = [size - 3_000_000, 1, 3, 1_000_003, 65_536, 65_537, 1_999_990]
+    arrays = [cuda.to_device(rng.integers(0, 256, n, dtype=np.uint8)) for n in sizes]
+    arrays.append(cuda.to_device(rng.standard_normal((777, 513)).astype(np.float32)).T)
+    table, total, entries, expected = plan(arrays, gaps=[0, 1, 5, 8, 3], chunk=gather.CHUNK_BYTES)
     check(table, total, entries, expected)
