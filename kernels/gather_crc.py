@@ -12,7 +12,7 @@ Its threads walk the row in interleaved ``CELL_BYTES`` cells, as the CRC kernel 
 * any other row (strided: channels_last, transposed views; or a source off the slot's word grid)
   is first copied into the slot by the gather's row copy (``gather.copy_row``: element order, or
   coalesced bytes), then, after a block barrier, checksummed from the slot (bytes the block just
-  wrote: a second read, from cache, inside the same launch).
+  wrote: a second read of at most one row, 64 KiB, inside the same launch).
 
 Thread 0 then shifts the row's register to the end of its piece (columns ``local`` and ``whole``
 of the row) and writes it to ``out[row]``; the XOR of a piece's row values is the piece's raw
