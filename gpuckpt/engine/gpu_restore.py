@@ -63,6 +63,7 @@ class RestoreRing:
         self._device = [self._cuda.device_array(self.slot_bytes, np.uint8) for _ in range(slots)]
         self._stream = self._cuda.stream()
         self._table: Any = None  # the scatter's device table, grown as needed and reused for every slot
+        self._table_host: np.ndarray | None = None
         self._ordinal = 0 if simulated() else int(self._cuda.get_current_device().id)  # the ring's GPU
         self._owners: dict[int, int] = {}  # destination address -> its GPU
         self.launches = 0  # scatter launches (one per slot that has bytes)
@@ -151,6 +152,7 @@ class RestoreRing:
         if self._table is None or self._table.shape[0] < rows:
             self._table = self._cuda.device_array((rows, gather.COLUMNS), np.int64)
         self._table[:rows].copy_to_device(table, stream=self._stream)
+        self._table_host = table  # the upload's source stays alive until the slot's synchronize
         gather.launch_scatter(self._table, rows, device, self._stream)
         self.launches += 1
 
