@@ -258,6 +258,11 @@ def step_engine(out: Path) -> dict:
     with tempfile.TemporaryDirectory(dir="/dev/shm" if Path("/dev/shm").is_dir() else None) as tmp:
         ckpt = gpuckpt.Checkpoint(**{k: gpuckpt.Variable(v) for k, v in device.items()})
         ckpt.write(Path(tmp) / "warm")
+        engine = ckpt._self_engines.gpu()
+        before = engine.runtime.launches
+        ckpt.write(Path(tmp) / "counted")
+        launches = engine.runtime.launches - before  # kernel launches of one save
+        slots = sum(len(ring._cache[1]) for ring in engine._rings.values() if ring._cache)
         save_s = timed(lambda: ckpt.write(Path(tmp) / "ck"), 1 if SIM else 3)
         restore_s = timed(lambda: ckpt.read(Path(tmp) / "ck").assert_consumed(), 1)
         opts = gpuckpt.CheckpointOptions(enable_async=True)
@@ -266,7 +271,8 @@ def step_engine(out: Path) -> dict:
         blocking = time.perf_counter() - start
         ckpt.sync()
         ckpt.close()
-    return {"tensors": len(host), "bytes": nbytes, "save_gbps": gbps(nbytes, save_s),
+    return {"tensors": len(host), "bytes": nbytes, "launches_per_save": launches, "staging_slots_per_save": slots,
+            "save_gbps": gbps(nbytes, save_s),
             "restore_gbps": gbps(nbytes, restore_s), "async_blocking_ms": round(blocking * 1e3, 3)}
 
 
