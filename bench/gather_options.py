@@ -1,7 +1,9 @@
 """Per-call cost of the three ways to gather many device tensors into one staging slot, measured side
-by side in one run (issue 12 item 2): the numba-cuda pointer-table kernel gpuckpt uses
-(``gpuckpt.kernels.gather``), a CuPy ``RawKernel`` reading the same table, and
-``cudaMemcpyBatchAsync`` (CUDA 12.8+) through ``cuda-bindings``.
+by side in one run (issue 12 item 2): the numba-cuda pointer-table kernel (``gpuckpt.kernels.gather``),
+a CuPy ``RawKernel`` reading the same table, and ``cudaMemcpyBatchAsync`` (CUDA 12.8+) through
+``cuda-bindings``; beside them, what the save path runs: the same table through the fused gather + CRC
+kernel (``gpuckpt.kernels.gather_crc``, one launch copying and checksumming every tensor; its CRCs are
+checked against the ``crc32c`` package).
 
     python bench/gather_options.py [--small 5000] [--small-bytes 16384] [--large 4] [--large-mib 64]
 
@@ -95,6 +97,26 @@ def numba_kernel(host, dev, offsets, repeat: int) -> dict:
             "exact": _check(slot.copy_to_host(), host, offsets)}
 
 
+def numba_fused_gather_crc(host, dev, offsets, repeat: int) -> dict:
+    import crc32c
+    from numba import cuda
+
+    from gpuckpt.kernels import gather, gather_crc
+
+    entries = [(_address(d), int(o), 0, h.size, 1, (h.size,), (1,)) for h, d, o in zip(host, dev, offsets)]
+    table = gather.gather_table(entries)
+    rows = int(table.shape[0])
+    stream = cuda.stream()
+    table_dev = cuda.to_device(table, stream=stream)
+    slot = cuda.device_array(int(offsets[-1]), np.uint8)
+    values = cuda.device_array(max(rows, 1), np.uint32)
+    seconds, enqueue = _timed(lambda: gather_crc.launch_gather_crc(table_dev, rows, slot, values, stream),
+                              stream.synchronize, repeat)
+    crcs = gather_crc.piece_crcs(values.copy_to_host()[:rows], gather_crc.piece_starts(table)).tolist()
+    exact = _check(slot.copy_to_host(), host, offsets) and crcs == [crc32c.crc32c(h) for h in host if h.size]
+    return {"seconds": seconds, "enqueue_s": enqueue, "launches": 1, "rows": rows, "exact": exact}
+
+
 def cupy_raw_kernel(host, dev, offsets, repeat: int) -> dict:
     if SIM:
         return {"skipped": "simulator: CuPy needs a real device"}
@@ -157,7 +179,7 @@ def memcpy_batch(host, dev, offsets, repeat: int) -> dict:
 
 
 OPTIONS = {"numba_pointer_table_kernel": numba_kernel, "cupy_raw_kernel": cupy_raw_kernel,
-           "cuda_memcpy_batch_async": memcpy_batch}
+           "cuda_memcpy_batch_async": memcpy_batch, "numba_fused_gather_crc": numba_fused_gather_crc}
 
 
 def compare(states: dict[str, list[int]], repeat: int = 5) -> dict:

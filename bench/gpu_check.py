@@ -76,6 +76,57 @@ def step_kernels(out: Path) -> dict:
     return {"bytes": total, "segments": len(sizes), "mismatches": mismatches, "crc_kernel_gbps": gbps(total, seconds)}
 
 
+def step_fused(out: Path) -> dict:
+    """The save's fused gather + CRC kernel (one launch per staging slot) vs the CPU crc32c and the source
+    bytes: pieces of 1 B to a third of the state at odd slot offsets, plus a transposed (strided) matrix;
+    its GB/s beside a plain gather of the same table."""
+    import crc32c
+    from numba import cuda
+
+    from gpuckpt.arrays import device_view
+    from gpuckpt.kernels import gather, gather_crc
+
+    total = (64 << 10) if SIM else (1 << 30)
+    rng = np.random.default_rng(3)
+    sizes = [s for s in (1, 3, 7, 8, 9, 4095, 65537, total // 3, total // 2 - 12345) if s < total]
+    hosts = [rng.integers(0, 256, s, dtype=np.uint8) for s in sizes]
+    side = 16 if SIM else 2048
+    matrix = rng.standard_normal((side, side + 3)).astype(np.float32)
+    devs = [cuda.to_device(h) for h in hosts] + [cuda.to_device(matrix).T]
+    wants = [h.tobytes() for h in hosts] + [np.ascontiguousarray(matrix.T).tobytes()]
+    entries, offset = [], 0
+    for i, d in enumerate(devs):
+        view = device_view(d)
+        offset += i % 5  # odd gaps: most pieces off the word grid
+        entries.append((view.address, offset, 0, view.nbytes, view.itemsize, *view.runs()))
+        offset += view.nbytes
+    table = gather.gather_table(entries)
+    rows = int(table.shape[0])
+    stream = cuda.stream()
+    table_dev = cuda.to_device(table, stream=stream)
+    slot = cuda.device_array(offset, np.uint8)
+    values = cuda.device_array(rows, np.uint32)
+
+    def fused() -> None:
+        gather_crc.launch_gather_crc(table_dev, rows, slot, values, stream)
+        stream.synchronize()
+
+    def plain() -> None:
+        gather.launch_gather(table_dev, rows, slot, stream)
+        stream.synchronize()
+
+    fused()
+    got = slot.copy_to_host()
+    crcs = gather_crc.piece_crcs(values.copy_to_host(), gather_crc.piece_starts(table)).tolist()
+    bad_bytes = sum(got[e[1] : e[1] + e[3]].tobytes() != w for e, w in zip(entries, wants))
+    bad_crcs = sum(c != crc32c.crc32c(w) for c, w in zip(crcs, wants))
+    repeat = 1 if SIM else 5
+    return {"bytes": offset, "pieces": len(entries), "rows": rows, "byte_mismatches": bad_bytes,
+            "crc_mismatches": bad_crcs, "fused_gather_crc_gbps": gbps(offset, timed(fused, repeat)),
+            "gather_only_gbps": gbps(offset, timed(plain, repeat)),
+            "status": "ok" if not bad_bytes and not bad_crcs else "failed"}
+
+
 def step_bandwidth(out: Path) -> dict:
     from numba import cuda
 
@@ -207,6 +258,11 @@ def step_engine(out: Path) -> dict:
     with tempfile.TemporaryDirectory(dir="/dev/shm" if Path("/dev/shm").is_dir() else None) as tmp:
         ckpt = gpuckpt.Checkpoint(**{k: gpuckpt.Variable(v) for k, v in device.items()})
         ckpt.write(Path(tmp) / "warm")
+        engine = ckpt._self_engines.gpu()
+        before = engine.runtime.launches
+        ckpt.write(Path(tmp) / "counted")
+        launches = engine.runtime.launches - before  # kernel launches of one save
+        slots = sum(len(ring._cache[1]) for ring in engine._rings.values() if ring._cache)
         save_s = timed(lambda: ckpt.write(Path(tmp) / "ck"), 1 if SIM else 3)
         restore_s = timed(lambda: ckpt.read(Path(tmp) / "ck").assert_consumed(), 1)
         opts = gpuckpt.CheckpointOptions(enable_async=True)
@@ -215,7 +271,8 @@ def step_engine(out: Path) -> dict:
         blocking = time.perf_counter() - start
         ckpt.sync()
         ckpt.close()
-    return {"tensors": len(host), "bytes": nbytes, "save_gbps": gbps(nbytes, save_s),
+    return {"tensors": len(host), "bytes": nbytes, "launches_per_save": launches, "staging_slots_per_save": slots,
+            "save_gbps": gbps(nbytes, save_s),
             "restore_gbps": gbps(nbytes, restore_s), "async_blocking_ms": round(blocking * 1e3, 3)}
 
 
@@ -277,8 +334,8 @@ def step_gather_options(out: Path) -> dict:
 
 
 STEPS = [("env", step_env, 30), ("pytest_gpu", step_pytest_gpu, 120), ("kernels", step_kernels, 90),
-         ("bandwidth", step_bandwidth, 40), ("gather_options", step_gather_options, 45), ("nvcomp", step_nvcomp, 60),
-         ("engine", step_engine, 120), ("probes", step_probes, 40)]
+         ("fused", step_fused, 40), ("bandwidth", step_bandwidth, 40), ("gather_options", step_gather_options, 45),
+         ("nvcomp", step_nvcomp, 60), ("engine", step_engine, 120), ("probes", step_probes, 40)]
 
 
 def main(out: Path) -> int:

@@ -10,6 +10,8 @@ The engine describes a slot with a *pointer table*, one int64 row per chunk of a
     3 start   the row's first byte within the tensor's C-order bytes
     4 item    0 for a contiguous tensor (a plain byte range), else its element size
     5 ndim    dims of the strided layout (at most MAX_DIMS), then shape[MAX_DIMS], strides[MAX_DIMS]
+    18 local  the row's first byte within its entry (a piece: the bytes of one tensor in the slot)
+    19 whole  the entry's bytes (with ``local``, what ``kernels.gather_crc`` needs to checksum pieces)
 
 Sources are read through their addresses, so one launch serves thousands of tensors with no
 per-tensor Python, any dtype (bfloat16 and float8 are just bytes here) and non-contiguous
@@ -35,7 +37,9 @@ from numba import cuda  # noqa: E402
 from . import _launch  # noqa: E402
 
 MAX_DIMS = 6
-COLUMNS = 6 + 2 * MAX_DIMS
+LOCAL = 6 + 2 * MAX_DIMS  # column: the row's first byte within its entry
+WHOLE = LOCAL + 1  # column: the entry's bytes
+COLUMNS = WHOLE + 1
 CHUNK_BYTES = 64 * 1024  # one block per chunk row; small tensors are one row each
 THREADS_PER_BLOCK = 4 if _launch.simulated() else 256
 MAX_BLOCKS = 8192
@@ -101,34 +105,42 @@ def element_offset(table, r, ndim, element):
     return off
 
 
+@cuda.jit(device=True)
+def copy_row(table, r, dst, dst64, words, t, n):
+    """Thread ``t`` of ``n``'s share of copying row ``r`` into ``dst``: 8-byte words where source and
+    destination are both aligned (and ``words``: dst64 is a view of an 8-aligned dst), else bytes;
+    strided rows element by element (C order)."""
+    src = table[r, 0]
+    d = table[r, 1]
+    nbytes = table[r, 2]
+    start = table[r, 3]
+    item = table[r, 4]
+    if item == 0:
+        a = src + start
+        head = 0
+        if words and a % 8 == 0 and d % 8 == 0:
+            head = nbytes // 8 * 8
+            w0 = d // 8
+            for w in range(t, nbytes // 8, n):
+                dst64[w0 + w] = load_u64(a + 8 * w)
+        for i in range(head + t, nbytes, n):
+            dst[d + i] = load_u8(a + i)
+    else:
+        ndim = table[r, 5]
+        first = start // item
+        for e in range(t, nbytes // item, n):
+            off = element_offset(table, r, ndim, first + e)
+            o = d + e * item
+            for b in range(item):
+                dst[o + b] = load_u8(src + off + b)
+
+
 def gather_kernel_source(table, dst, dst64):
     """Block b copies rows b, b + gridDim, ...; threads split a row by words (aligned) or elements."""
     t = cuda.threadIdx.x
     n = cuda.blockDim.x
     for r in range(cuda.blockIdx.x, table.shape[0], cuda.gridDim.x):
-        src = table[r, 0]
-        d = table[r, 1]
-        nbytes = table[r, 2]
-        start = table[r, 3]
-        item = table[r, 4]
-        if item == 0:
-            a = src + start
-            head = 0
-            if a % 8 == 0 and d % 8 == 0:
-                head = nbytes // 8 * 8
-                w0 = d // 8
-                for w in range(t, nbytes // 8, n):
-                    dst64[w0 + w] = load_u64(a + 8 * w)
-            for i in range(head + t, nbytes, n):
-                dst[d + i] = load_u8(a + i)
-        else:
-            ndim = table[r, 5]
-            first = start // item
-            for e in range(t, nbytes // item, n):
-                off = element_offset(table, r, ndim, first + e)
-                o = d + e * item
-                for b in range(item):
-                    dst[o + b] = load_u8(src + off + b)
+        copy_row(table, r, dst, dst64, True, t, n)
 
 
 gather_kernel = cuda.jit(gather_kernel_source)
@@ -183,7 +195,7 @@ def gather_table(entries, chunk_bytes: int | None = None) -> np.ndarray:
             row += [0 if contiguous else len(shape)]
             row += list(shape) + [1] * (MAX_DIMS - len(shape)) if not contiguous else [1] * MAX_DIMS
             row += list(strides) + [0] * (MAX_DIMS - len(strides)) if not contiguous else [0] * MAX_DIMS
-            rows.append(row)
+            rows.append(row + [off, nbytes])
     return np.array(rows, dtype=np.int64).reshape(-1, COLUMNS)
 
 

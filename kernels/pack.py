@@ -12,10 +12,10 @@ What is combined are CRC registers (crc32c module): a segment's first chunk star
 0xFFFFFFFF, the others from 0, and the final xor is folded into the first chunk's share, so
 the XOR of the shifted chunk registers is the segment's finalized CRC-32C.
 
-The GPU engines gather tensors into a staging slot first (``kernels.gather``) and checksum the
-slot's segments here: ``launch_crc`` with tables uploaded once per layout (``CrcArgs``), or
-``crc_segments`` for a one-off call. The device functions also take a destination to copy to
-(``copy``); these kernels pass the source as destination and never copy.
+The GPU save path does not use these kernels: it gathers and checksums each staging slot in one
+launch (``kernels.gather_crc``). ``crc_segments`` serves restores (bytes verified on the device
+before they reach a variable), the benchmarks and one-off calls. The device functions also take a
+destination to copy to (``copy``); these kernels pass the source as destination and never copy.
 
 The sizes are module-level and read at each call, so tests can shrink them.
 """
@@ -157,41 +157,6 @@ def _launch_kernels(buf, offsets, sizes, segs, starts, chunk_bytes: int, stream)
         values, d_segs, d_starts, d_sizes, chunk_bytes, crcs
     )
     return crcs
-
-
-class CrcArgs:
-    """The CRC launches' device tables for one fixed segment layout, uploaded once and reused
-    (the engine's cached pointer tables keep one per staging batch): no allocation per launch."""
-
-    def __init__(self, offsets, sizes, length: int, stream=None):
-        self.offsets, self.sizes = _launch.segment_table(offsets, sizes, length, "segments")
-        self.chunk_bytes = int(CHUNK_BYTES)
-        self.segs, self.starts = _launch.chunk_table(self.sizes, self.chunk_bytes)
-        put = functools.partial(_launch.to_device, stream=stream)
-        self.d_offsets, self.d_sizes = put(self.offsets), put(self.sizes)
-        self.d_segs, self.d_starts = put(self.segs), put(self.starts)
-        self.values = cuda.device_array(max(self.segs.size, 1), dtype=np.uint32, stream=_launch.launch_stream(stream))
-        self.zeros = np.zeros(max(self.sizes.size, 1), dtype=np.uint32)
-        self.crcs = put(self.zeros)
-
-
-def launch_crc(buf, args: CrcArgs, stream) -> object:
-    """Enqueue the CRC of ``args``' segments of ``buf`` on ``stream``; returns the device uint32 CRCs
-    (raw, unmasked), valid once the stream gets there."""
-    src64, words = _launch.word_view(buf, stream)
-    on = _launch.launch_stream(stream)
-    args.crcs.copy_to_device(args.zeros, stream=on)  # the combine kernel XORs into zeros
-    if args.segs.size == 0:
-        return args.crcs
-    nthreads = int(THREADS_PER_BLOCK)
-    chunk_kernel(nthreads, int(CELL_BYTES))[min(args.segs.size, int(MAX_BLOCKS)), nthreads, on](
-        buf, src64, buf, src64, args.d_offsets, args.d_sizes, args.d_segs, args.d_starts, args.chunk_bytes, words,
-        args.values
-    )
-    combine_kernel[-(-args.segs.size // COMBINE_THREADS), COMBINE_THREADS, on](
-        args.values, args.d_segs, args.d_starts, args.d_sizes, args.chunk_bytes, args.crcs
-    )
-    return args.crcs
 
 
 def crc_segments(buf, seg_offsets, seg_sizes, stream=None) -> np.ndarray:

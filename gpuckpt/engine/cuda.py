@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-import weakref
 
 import numpy as np
 
@@ -191,7 +190,7 @@ class NumbaRuntime:
     def __init__(self) -> None:
         self.cuda = _cuda()
         self.simulated = simulated()
-        self._crc_args: dict[tuple, tuple] = {}  # CRC launch tables per cached segment layout
+        self.launches = 0  # kernel launches queued through this runtime (tests count them per slot)
 
     def device_count(self) -> int:
         return len(self.cuda.gpus)
@@ -258,29 +257,22 @@ class NumbaRuntime:
         from ..kernels import gather
 
         gather.launch_gather(table_dev, nrows, slot, stream)
+        self.launches += 1 if nrows else 0
+
+    def gather_crc(self, table_dev, nrows: int, slot, values, stream) -> None:
+        """One launch: the table's rows copied into ``slot``, each row's share of its piece's raw CRC-32C
+        into ``values`` (device uint32; ``kernels.gather_crc.piece_crcs`` joins them on the host)."""
+        from ..kernels import gather_crc
+
+        gather_crc.launch_gather_crc(table_dev, nrows, slot, values, stream)
+        self.launches += 1 if nrows else 0
 
     def scatter(self, table_dev, nrows: int, slot, stream) -> None:
         """The gather's inverse (restores): slot bytes to the tensors the table names."""
         from ..kernels import gather
 
         gather.launch_scatter(table_dev, nrows, slot, stream)
-
-    def crc(self, slot, offsets: np.ndarray, sizes: np.ndarray, stream):
-        """Enqueue the CRC launches over slot segments; returns the device uint32 CRCs (raw, unmasked).
-
-        The launches' tables are made once per (offsets, sizes) pair, which the engine keeps for as
-        long as its cached plan lives, so a steady run of saves allocates no device memory here."""
-        from ..kernels import pack
-
-        key = (id(offsets), id(sizes), int(pack.CHUNK_BYTES))
-        found = self._crc_args.get(key)
-        if found is None or found[0]() is not offsets or found[1]() is not sizes:
-            args = pack.CrcArgs(offsets, sizes, slot.shape[0], stream)
-            self._crc_args[key] = (weakref.ref(offsets), weakref.ref(sizes), args)
-            weakref.finalize(offsets, self._crc_args.pop, key, None)
-        else:
-            args = found[2]
-        return pack.launch_crc(slot, args, stream)
+        self.launches += 1 if nrows else 0
 
     def download(self, host: np.ndarray, dev, stream) -> None:
         """Device -> host into ``host`` (pinned for an asynchronous copy)."""

@@ -8,9 +8,11 @@ engine's :class:`StagingPool`, taken for the save and given back after it):
 1. fence: the engine's compute stream waits on an event recorded on each producer's stream
    (torch's current stream, CuPy's, the array's declared stream; JAX arrays are waited for),
    so a value queued for update before the save is copied after that update, never half-way.
-2. gather + CRC into device slot i: one launch of the pointer-table gather kernel copies every
-   piece of the batch (any dtype, any strides) into the slot in file order, then the CRC
-   kernels checksum the slot's pieces (constant launches per slot, whatever the tensor count).
+2. gather + CRC into device slot i: one launch of the fused kernel (``kernels.gather_crc``)
+   copies every piece of the batch (any dtype, any strides) into the slot in file order and
+   checksums each piece as it goes, one CRC value per table row; those values come back with
+   one small download and are joined per piece on the host. One launch per slot, whatever the
+   tensor count.
 3. DMA: the copy stream waits on slot i's "gathered" event and moves it into pinned slot i.
 4. write: the writer thread waits on slot i's "copied" event and writes the pinned bytes.
    The host waits only on events: while slot i is gathered, slot i-1 is copied and slot i-2
@@ -60,12 +62,12 @@ class _Write:
 
 @dataclass(frozen=True)
 class _SlotPlan:
-    """One batch: its pieces, the gather table, the CRC segments and the merged file writes."""
+    """One batch: its pieces, the gather + CRC table, where each piece's rows start, and the merged writes."""
 
     pieces: tuple[Piece, ...]
     table: np.ndarray
-    offsets: np.ndarray
-    sizes: np.ndarray
+    starts: np.ndarray  # first table row of each non-empty piece (``gather_crc.piece_starts``)
+    nonempty: tuple[int, ...]  # positions in ``pieces`` of the non-empty pieces, in table order
     writes: tuple[_Write, ...]
     finishes: tuple[int, ...]  # tensors whose last byte is gathered in this slot
 
@@ -73,6 +75,15 @@ class _SlotPlan:
     def total(self) -> int:
         last = self.pieces[-1]
         return last.slot_offset + last.nbytes
+
+    def piece_crcs(self, values: np.ndarray) -> list[int]:
+        """Raw CRC-32C of every piece, from the kernel's per-row values (0 for an empty piece)."""
+        from ..kernels import gather_crc
+
+        out = [0] * len(self.pieces)
+        for k, value in zip(self.nonempty, gather_crc.piece_crcs(values, self.starts)):
+            out[k] = int(value)
+        return out
 
 
 def _layout_key(items: Sequence[WriteItem], tensors: Sequence[DeviceTensor], slot_bytes: int) -> tuple:
@@ -83,7 +94,7 @@ def _layout_key(items: Sequence[WriteItem], tensors: Sequence[DeviceTensor], slo
 
 
 def _slot_plans(items: Sequence[WriteItem], tensors: Sequence[DeviceTensor], slot_bytes: int) -> list[_SlotPlan]:
-    from ..kernels import gather
+    from ..kernels import gather, gather_crc
 
     plans = []
     layouts = [t.view.runs() for t in tensors]
@@ -103,9 +114,9 @@ def _slot_plans(items: Sequence[WriteItem], tensors: Sequence[DeviceTensor], slo
                 writes[-1] = _Write(last.shard, last.offset, last.slot_offset, last.nbytes + w.nbytes)
             else:
                 writes.append(w)
+        table = gather.gather_table(entries)
         plans.append(_SlotPlan(
-            tuple(batch), gather.gather_table(entries),
-            np.array([p.slot_offset for p in batch], np.int64), np.array([p.nbytes for p in batch], np.int64),
+            tuple(batch), table, gather_crc.piece_starts(table), tuple(k for k, p in enumerate(batch) if p.nbytes),
             tuple(writes), tuple(p.index for p in batch if p.start + p.nbytes >= tensors[p.index].nbytes)))
     return plans
 
@@ -147,8 +158,8 @@ class DeviceRing:
             self.copied = [runtime.event() for _ in range(slots)]
         self._tables: list = [None] * slots  # device table buffer of each slot
         self._resident: list = [None] * slots  # the host table last uploaded into it
+        self._values: list = [None] * slots  # device uint32 per table row: the fused kernel's CRC values
         self._crc_host: list[np.ndarray | None] = [None] * slots
-        self._inflight: list = [None] * slots  # device CRC arrays kept alive until the slot is copied
         self._cache: tuple[tuple, list[_SlotPlan]] | None = None
         self.table_builds = 0
 
@@ -195,29 +206,28 @@ class DeviceRing:
                 self._finish(leases, free)
 
     def _enqueue(self, i: int, plan: _SlotPlan, lease) -> None:
-        """Gather + CRC into device slot i, then DMA it into pinned slot i; events mark each step."""
+        """One gather + CRC launch into device slot i, its per-row CRC values downloaded, then the DMA
+        into pinned slot i; events mark each step."""
         rt = self.runtime
         rows = plan.table.shape[0]
         if self._tables[i] is None or self._tables[i].shape[0] < rows:
             self._tables[i] = rt.table_buffer(rows)
+            self._values[i] = rt.device_buffer(4 * max(rows, 1)).view(np.uint32)
             self._resident[i] = None
-        n = plan.sizes.size
         crc_host = self._crc_host[i]
-        if crc_host is None or crc_host.size < n:
-            crc_host = self._crc_host[i] = rt.pinned(4 * max(n, 16)).view(np.uint32)
+        if crc_host is None or crc_host.size < rows:
+            crc_host = self._crc_host[i] = rt.pinned(4 * max(rows, 16)).view(np.uint32)
         rt.wait(self.compute, self.copied[i])  # the slot's previous bytes have left the device
-        if rows and self._resident[i] is not plan.table:
-            rt.upload(plan.table, self._tables[i], self.compute)
-            self._resident[i] = plan.table
-        slot = self.arena[i]
-        rt.gather(self._tables[i], rows, slot, self.compute)
-        crcs = rt.crc(slot, plan.offsets, plan.sizes, self.compute)
-        rt.download(crc_host[:n], crcs, self.compute)
-        self._inflight[i] = crcs
+        if rows:
+            if self._resident[i] is not plan.table:
+                rt.upload(plan.table, self._tables[i], self.compute)
+                self._resident[i] = plan.table
+            rt.gather_crc(self._tables[i], rows, self.arena[i], self._values[i], self.compute)
+            rt.download(crc_host[:rows], self._values[i], self.compute)
         rt.record(self.gathered[i], self.compute)
         rt.wait(self.dma, self.gathered[i])
-        if plan.total:  # a batch of empty tensors only has CRCs
-            rt.download(lease.view[: plan.total], slot, self.dma)
+        if plan.total:  # a batch of empty tensors only has CRCs (all 0)
+            rt.download(lease.view[: plan.total], self.arena[i], self.dma)
         rt.record(self.copied[i], self.dma)
 
     def _job(self, i: int, plan: _SlotPlan, lease, out: WriterThread, parts, indices):
@@ -225,9 +235,9 @@ class DeviceRing:
             self.runtime.host_wait(self.copied[i], self.timeout, f"staging slot {i}")
             crc_host = self._crc_host[i]
             assert crc_host is not None  # _enqueue filled it before queueing this job
-            values = crc_host[: plan.sizes.size].copy()
+            values = plan.piece_crcs(crc_host[: plan.table.shape[0]])
             for p, value in zip(plan.pieces, values):
-                parts[indices[p.index]].append((p.start, p.nbytes, int(value)))
+                parts[indices[p.index]].append((p.start, p.nbytes, value))
             for w in plan.writes:
                 out.write(w.shard, w.offset, lease.view[w.slot_offset : w.slot_offset + w.nbytes])
 
@@ -236,7 +246,6 @@ class DeviceRing:
     def _done(self, i: int, lease, free: threading.Event):
         def done() -> None:  # runs whether or not the job ran: the slot is free once its copy is over
             self.runtime.host_wait(self.copied[i], self.timeout, f"staging slot {i}")
-            self._inflight[i] = None
             self.runtime.release(lease.view)
             free.set()
 

@@ -8,9 +8,13 @@ batch of planned ranges that fits one slot:
 1. read: the ranges are read (positioned reads, no CRC) into the pinned slot, by a reader
    thread while the previous slot is on the device;
 2. DMA: one host-to-device copy moves the slot to its device slot;
-3. verify: one ``gpuckpt.kernels.crc_segments`` launch checksums every range in the slot
+3. verify: one ``gpuckpt.kernels.crc_segments`` call checksums every range in the slot
    (ranges of one tensor split over slots are joined on the host with the GF(2) combine);
-4. assign: only then are the bytes copied, device to device, into each destination's memory.
+4. assign: only then does one scatter launch (``kernels.gather``'s pointer table, slot to
+   destinations) copy every range of the slot into its destination's memory.
+
+Verification and assignment are not fused into one kernel on purpose: a scatter that checksummed
+as it wrote would put bytes into a variable before their CRC is known.
 
 A tensor that fits in one slot never reaches its variable unverified. A larger one is copied
 piece by piece as each slot verifies; if a later piece fails, the session zero-fills that
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -32,7 +37,7 @@ from ..format import crc
 from ..restore_plan import ReadItem
 from ..storage.reader import read_pool
 from .batches import Piece, slot_batches
-from .cuda import numba_cuda
+from .cuda import device_of_pointer, numba_cuda, simulated
 
 DEFAULT_RING_BYTES = 256 << 20
 SLOTS = 2
@@ -57,6 +62,11 @@ class RestoreRing:
         self._pinned = [self._cuda.pinned_array(self.slot_bytes, np.uint8) for _ in range(slots)]
         self._device = [self._cuda.device_array(self.slot_bytes, np.uint8) for _ in range(slots)]
         self._stream = self._cuda.stream()
+        self._table: Any = None  # the scatter's device table, grown as needed and reused for every slot
+        self._table_host: np.ndarray | None = None
+        self._ordinal = 0 if simulated() else int(self._cuda.get_current_device().id)  # the ring's GPU
+        self._owners: dict[int, int] = {}  # destination address -> its GPU
+        self.launches = 0  # scatter launches (one per slot that has bytes)
 
     @property
     def device_bytes(self) -> int:
@@ -70,6 +80,7 @@ class RestoreRing:
         While one slot is on the device (DMA, kernel, copies), a reader thread fills the next
         slot's pinned memory."""
         parts: list[list[tuple[int, int]]] = [[] for _ in items]
+        self._owners = {}  # destinations' GPUs, asked afresh for every restore
         written: set[int] = set()
         batches = slot_batches([it.length for it in items], self.slot_bytes)
         pool = read_pool()
@@ -89,12 +100,8 @@ class RestoreRing:
                 failed = self._check_finished(storage, items, batch, parts)
                 if failed:
                     return self._outcome(items, failed, written)
-                for p in batch:  # 4. verified (or part of a tensor still being verified): into the destination
-                    if p.nbytes:
-                        dest = dests[items[p.index].request]
-                        dest[p.start:p.start + p.nbytes].copy_to_device(
-                            device[p.slot_offset:p.slot_offset + p.nbytes], stream=self._stream)
-                    written.add(items[p.index].request)
+                self._assign(items, batch, dests, device)  # 4. verified (or still being verified): assigned
+                written.update(items[p.index].request for p in batch)
                 self._stream.synchronize()
         finally:
             if pending is not None:
@@ -119,6 +126,42 @@ class RestoreRing:
         offsets = np.array([p.slot_offset for p in batch], np.int64)
         sizes = np.array([p.nbytes for p in batch], np.int64)
         return self._kernels.crc_segments(device[:total], offsets, sizes, stream=self._stream)
+
+    def _assign(self, items: Sequence[ReadItem], batch: Sequence[Piece], dests: Sequence, device) -> None:
+        """4. One scatter launch copies every piece of the slot into its destination (``kernels.gather``'s
+        table run backwards: slot bytes to the addresses the rows name). A destination on another GPU
+        than the ring's (a kernel would need peer access to write there) is copied piece by piece instead."""
+        from ..kernels import _launch, gather
+
+        entries, elsewhere = [], []
+        for p in batch:
+            if p.nbytes:
+                dest = dests[items[p.index].request]
+                address = _launch.address(dest)
+                if self._device_of(address) != self._ordinal:
+                    elsewhere.append((p, dest))
+                    continue
+                entries.append((address, p.slot_offset, p.start, p.nbytes, 1, (dest.shape[0],), (1,)))
+        for p, dest in elsewhere:  # device-to-device copies work across GPUs (unified addressing)
+            dest[p.start:p.start + p.nbytes].copy_to_device(device[p.slot_offset:p.slot_offset + p.nbytes],
+                                                            stream=self._stream)
+        if not entries:
+            return
+        table = gather.gather_table(entries)
+        rows = table.shape[0]
+        if self._table is None or self._table.shape[0] < rows:
+            self._table = self._cuda.device_array((rows, gather.COLUMNS), np.int64)
+        self._table[:rows].copy_to_device(table, stream=self._stream)
+        self._table_host = table  # the upload's source stays alive until the slot's synchronize
+        gather.launch_scatter(self._table, rows, device, self._stream)
+        self.launches += 1
+
+    def _device_of(self, address: int) -> int:
+        """The GPU that owns ``address`` (asked of the driver once per destination and restore)."""
+        found = self._owners.get(address)
+        if found is None:
+            found = self._owners[address] = device_of_pointer(address)
+        return found
 
     def _check_finished(self, storage, items: Sequence[ReadItem], batch: Sequence[Piece],
                         parts: list[list[tuple[int, int]]]) -> dict[int, DataLossError]:

@@ -31,7 +31,6 @@ import numpy as np
 
 from ..arrays import DeviceView
 from ..errors import DeadlineExceededError
-from ..format import crc
 
 POISON = 0xDB
 
@@ -133,6 +132,7 @@ class FakeRuntime:
         self._regions: list[tuple[int, int, int]] = []  # (start, end, device) of every allocation
         self._current = {d: self._new_stream(d, f"producer{d}") for d in range(devices)}
         self.ops_run = 0
+        self.launches = 0  # kernels queued by the engine (gather, gather_crc, scatter), as NumbaRuntime counts
 
     # -- contexts and streams ------------------------------------------------------------
     @contextlib.contextmanager
@@ -354,6 +354,25 @@ class FakeRuntime:
             gather.gather_host(table, slot.array)
 
         self._enqueue(stream, "run", run)
+        self.launches += 1
+
+    def gather_crc(self, table_dev: FakeBuffer, nrows: int, slot: FakeBuffer, values: FakeBuffer,
+                   stream: FakeStream) -> None:
+        """The fused gather + CRC launch (``kernels.gather_crc``), run by its NumPy reference."""
+        from ..kernels import gather_crc
+
+        self._check(stream, table_dev, slot, values)
+
+        def run() -> None:
+            table = table_dev.array[:nrows]
+            for src in table[:, 0]:
+                owner = self.device_of(int(src))
+                if owner is not None and owner != stream.device:
+                    raise WrongDeviceError(f"gather on {stream} reads memory of device {owner}")
+            gather_crc.gather_crc_host(table, slot.array, values.array)
+
+        self._enqueue(stream, "run", run)
+        self.launches += 1
 
     def scatter(self, table_dev: FakeBuffer, nrows: int, slot: FakeBuffer, stream: FakeStream) -> None:
         from ..kernels import gather
@@ -369,18 +388,7 @@ class FakeRuntime:
             gather.scatter_host(table, slot.array)
 
         self._enqueue(stream, "run", run)
-
-    def crc(self, slot: FakeBuffer, offsets: np.ndarray, sizes: np.ndarray, stream: FakeStream) -> FakeBuffer:
-        self._check(stream, slot)
-        out = FakeBuffer(np.zeros(max(sizes.size, 1), np.uint32), slot.device)
-        segments = [(int(o), int(n)) for o, n in zip(offsets, sizes)]
-
-        def run() -> None:
-            for k, (o, n) in enumerate(segments):
-                out.array[k] = crc.crc32c(slot.array[o : o + n])
-
-        self._enqueue(stream, "run", run)
-        return out
+        self.launches += 1
 
     def download(self, host: np.ndarray, dev: FakeBuffer, stream: FakeStream) -> None:
         self._check(stream, dev)

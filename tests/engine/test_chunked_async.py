@@ -54,7 +54,7 @@ def queued_copies(rt, monkeypatch) -> tuple[list, list]:
     """(names of the copies and kernels queued while the switch is on, the switch: a one-item list)."""
     queued: list = []
     on = [True]
-    for name in ("gather", "download", "copy", "upload", "crc"):
+    for name in ("gather", "gather_crc", "download", "copy", "upload"):
         real = getattr(rt, name)
 
         def recording(*args, _real=real, _name=name):

@@ -32,6 +32,10 @@ ptx, _ = cuda.compile_ptx(gather.gather_kernel_source, "void(int64[:, ::1], uint
 open(f"{sys.argv[1]}/gather.ptx", "w").write(ptx)
 ptx, _ = cuda.compile_ptx(gather.scatter_kernel_source, "void(int64[:, ::1], uint8[::1], uint64[::1])", cc=(9, 0))
 open(f"{sys.argv[1]}/scatter.ptx", "w").write(ptx)
+from gpuckpt.kernels import gather_crc
+ptx, _ = cuda.compile_ptx(gather_crc.gather_crc_kernel_source(256, 32),
+                          "void(int64[:, ::1], uint8[::1], uint64[::1], boolean, uint32[::1])", cc=(9, 0))
+open(f"{sys.argv[1]}/gather_crc.ptx", "w").write(ptx)
 """
 
 
@@ -103,6 +107,14 @@ def test_gather_kernel_reads_through_pointers(ptx_dir):
     ptx = (ptx_dir / "gather.ptx").read_text()
     assert ".target sm_90" in ptx
     assert re.search(r"\bld(\.global)?\.u64\b", ptx) and re.search(r"\bld(\.global)?\.u8\b", ptx)
+
+
+def test_fused_gather_crc_reads_through_pointers_and_reduces_in_shared_memory(ptx_dir):
+    ptx = (ptx_dir / "gather_crc.ptx").read_text()
+    assert ".target sm_90" in ptx
+    assert re.search(r"\bld(\.global)?\.u64\b", ptx) and re.search(r"\bst(\.global)?\.u64\b", ptx)  # word path
+    assert "ld.shared.u32" in ptx and "atom.shared.xor.b32" in ptx  # shared tables, shared reduction
+    assert "atom.global" not in ptx  # one value per row: no global atomics, no zeroed output
 
 
 def test_scatter_kernel_stores_through_pointers(ptx_dir):
