@@ -85,20 +85,23 @@ class Run(NamedTuple):
 
 
 def coalesce_runs(targets: Sequence[ReadTarget], task_bytes: int, small_limit: int,
-                  gap_bytes: int = GAP_BYTES) -> tuple[list[Run], list[int]]:
+                  gap_bytes: int = GAP_BYTES) -> tuple[list[Run], list[int], list[int]]:
     """Group the small targets (non-empty, at most ``small_limit`` bytes) into runs: consecutive in file
     order, in one shard, at most ``task_bytes`` each, holes of up to ``gap_bytes`` read into scratch.
 
-    Returns the runs and the indices of the empty targets (nothing to read; their CRC is that of no
-    bytes). Raises InvalidArgumentError naming the key when a destination's size is not its length.
-    A run's items point straight at the destinations' memory: no copy is made anywhere.
+    Returns the runs, the indices of the empty targets (nothing to read; their CRC is that of no bytes)
+    and those of the larger ones. Raises InvalidArgumentError naming the key when a destination's size
+    is not its length, before anything is read. A run's items point straight at the destinations'
+    memory: no copy is made anywhere.
     """
-    for key, _, _, length, _, dest in targets:
+    order: list[int] = []
+    empty: list[int] = []
+    large: list[int] = []
+    for i, (key, _, _, length, _, dest) in enumerate(targets):
         if dest.nbytes != length:
             raise InvalidArgumentError(f"buffer of {dest.nbytes} bytes for {length} stored bytes of key {key!r}",
                                        key=key)
-    order = [i for i, t in enumerate(targets) if 0 < t[3] <= small_limit]
-    empty = [i for i, t in enumerate(targets) if not t[3]]
+        (order if 0 < length <= small_limit else empty if not length else large).append(i)
     if any(_after(targets[a], targets[b]) for a, b in zip(order, order[1:])):
         order.sort(key=lambda i: (targets[i][1], targets[i][2]))  # plans come in file order already
     runs: list[Run] = []
@@ -118,7 +121,7 @@ def coalesce_runs(targets: Sequence[ReadTarget], task_bytes: int, small_limit: i
         items.append((dest, i, stored))
         end = offset + length
         size += length
-    return runs, empty
+    return runs, empty, large
 
 
 def _after(a: ReadTarget, b: ReadTarget) -> bool:
@@ -233,9 +236,7 @@ class FileSystemReader:
         task_bytes = task_bytes or READ_TASK_BYTES
         for shard in {t[1] for t in targets}:
             self._open(shard)
-        small_limit = min(task_bytes, READ_CACHE_BYTES)
-        large = [i for i, t in enumerate(targets) if t[3] > small_limit]
-        runs, empty = coalesce_runs(targets, task_bytes, small_limit)
+        runs, empty, large = coalesce_runs(targets, task_bytes, min(task_bytes, READ_CACHE_BYTES))
         failed: dict[int, DataLossError] = {}
         if runs:
             outcomes = list(read_pool().map(self._run, runs)) if len(runs) > 1 else [self._run(runs[0])]

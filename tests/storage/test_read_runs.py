@@ -30,8 +30,8 @@ def _layout(runs) -> list[list[tuple[int, int]]]:
 
 def test_contiguous_ranges_make_one_run_and_empty_ones_are_set_apart() -> None:
     targets = [_t("a", 0, 0, 10), _t("e", 0, 10, 0), _t("b", 0, 10, 5), _t("c", 0, 15, 7)]
-    runs, empty = coalesce_runs(targets, 1 << 20, 1 << 20)
-    assert empty == [1]
+    runs, empty, large = coalesce_runs(targets, 1 << 20, 1 << 20)
+    assert empty == [1] and large == []
     assert [(r.shard, r.offset) for r in runs] == [(0, 0)]
     assert _layout(runs) == [[(0, 10), (2, 5), (3, 7)]]
     assert all(buf is targets[i].dest for buf, i, _ in runs[0].items)  # the destinations themselves: no copy
@@ -39,14 +39,15 @@ def test_contiguous_ranges_make_one_run_and_empty_ones_are_set_apart() -> None:
 
 def test_small_holes_are_read_into_scratch_and_large_ones_cut_the_run() -> None:
     targets = [_t("a", 0, 0, 10), _t("b", 0, 110, 10), _t("c", 0, 120 + GAP_BYTES + 1, 4)]
-    runs, _ = coalesce_runs(targets, 1 << 30, 1 << 20)
+    runs, _, _ = coalesce_runs(targets, 1 << 30, 1 << 20)
     assert _layout(runs) == [[(0, 10), (-1, 100), (1, 10)], [(2, 4)]]
     assert runs[1].offset == 120 + GAP_BYTES + 1
 
 
 def test_shards_order_overlaps_and_the_task_size_cut_runs() -> None:
     targets = [_t("b1", 1, 0, 8), _t("a2", 0, 8, 8), _t("a1", 0, 0, 8), _t("again", 0, 8, 8), _t("a3", 0, 16, 8)]
-    runs, _ = coalesce_runs(targets, 16, 16)
+    runs, _, large = coalesce_runs(targets + [_t("big", 0, 24, 17)], 16, 16)
+    assert large == [5]
     # file order: shard 0 first; "again" reads a2's bytes once more, so it starts a run; 16 bytes a run at most
     assert [(r.shard, r.offset) for r in runs] == [(0, 0), (0, 8), (1, 0)]
     assert _layout(runs) == [[(2, 8), (1, 8)], [(3, 8), (4, 8)], [(0, 8)]]
@@ -74,7 +75,7 @@ def test_read_run_fills_multidimensional_and_ml_dtypes_arrays_and_checks_each(tm
                   crc.masked_crc32c(data[258:266]) ^ 1]  # c's stored CRC is wrong
         targets = [ReadTarget("a", 0, 0, 128, stored[0], a), ReadTarget("b", 0, 228, 30, stored[1], b),
                    ReadTarget("c", 0, 258, 8, stored[2], c)]
-        runs, _ = coalesce_runs(targets, 1 << 20, 1 << 20)
+        runs, _, _ = coalesce_runs(targets, 1 << 20, 1 << 20)
         assert _layout(runs) == [[(0, 128), (-1, 100), (1, 30), (2, 8)]]
         bad, whole = read_run(fd, runs[0], batch_bytes=64)  # several preadv calls, CRCs between them
     finally:
@@ -89,7 +90,7 @@ def test_read_run_stops_where_the_file_ends_and_says_how_far_it_read(tmp_path) -
     try:
         targets = [ReadTarget(k, 0, o, 50, crc.masked_crc32c(data[o:o + 50]), np.zeros(50, np.uint8))
                    for k, o in (("a", 0), ("b", 50), ("c", 100), ("d", 150))]
-        runs, _ = coalesce_runs(targets, 1 << 20, 1 << 20)
+        runs, _, _ = coalesce_runs(targets, 1 << 20, 1 << 20)
         bad, whole = read_run(fd, runs[0], batch_bytes=1 << 20)
     finally:
         os.close(fd)
@@ -113,7 +114,7 @@ def test_short_reads_are_continued(tmp_path, monkeypatch) -> None:
             targets.append(ReadTarget(f"k{i}", 0, offset, dest.nbytes,
                                       crc.masked_crc32c(data[offset:offset + dest.nbytes]), dest))
             offset += dest.nbytes
-        runs, _ = coalesce_runs(targets, 1 << 20, 1 << 20)
+        runs, _, _ = coalesce_runs(targets, 1 << 20, 1 << 20)
         assert read_run(fd, runs[0]) == ([], 4)
     finally:
         os.close(fd)
