@@ -53,6 +53,7 @@ class Target(NamedTuple):
 
 
 _DTYPES: dict[np.dtype, Any] = {}
+_ASK = object()  # RestoreSession._sink: ask the object for its destination
 _new = tuple.__new__  # NamedTuples built without their generated ``__new__`` (one Request and Target per tensor)
 
 
@@ -185,8 +186,9 @@ class RestoreSession:
         for t in targets:
             offered = t.obj._restore_destinations().get(t.name)
             request = t.request
-            if offered is t.value and type(offered) is ndarray and request.block is None \
-                    and offered.dtype == request.dtype.numpy:  # not a string; byte order as stored
+            layout = request.dtype.numpy  # None for strings
+            if offered is t.value and type(offered) is ndarray and request.block is None and layout is not None \
+                    and offered.dtype == layout:  # the stored byte order, too
                 flags = offered.flags
                 if flags.c_contiguous and flags.writeable:
                     append(_new(_Sink, (offered, None, True)))
@@ -194,11 +196,11 @@ class RestoreSession:
             append(sink(t, offered))
         return out
 
-    def _sink(self, t: Target, offered: Any = None) -> _Sink:
+    def _sink(self, t: Target, offered: Any = _ASK) -> _Sink:
         """The destination's own memory when the object offers it (``offered``, or asked for here) and
         atomicity is not asked, else a new array."""
         if not self.atomic and not t.request.dtype.is_string:
-            if offered is None:
+            if offered is _ASK:
                 offered = t.obj._restore_destinations().get(t.name)
             if type(offered) is np.ndarray:
                 flags = offered.flags
