@@ -26,11 +26,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def worker(workload: str, scale: int) -> None:
     """Build and write the workload, then restore it once per line read from stdin, printing CPU and wall ms."""
-    sys.path.insert(0, HERE)
     import numpy as np
-    from bench_io import api_state
 
-    import gpuckpt
+    import gpuckpt  # first: from this worker's PYTHONPATH (bench_io puts this checkout on sys.path)
+
+    sys.path.insert(0, HERE)
+    from bench_io import api_state
 
     state = api_state(workload, scale)
     src = gpuckpt.Checkpoint(state=gpuckpt.Module())

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
@@ -122,6 +122,11 @@ def coalesce_runs(targets: Sequence[ReadTarget], task_bytes: int, small_limit: i
         end = offset + length
         size += length
     return runs, empty, large
+
+
+def _call(job: tuple[Callable[[Any], Any], Any]) -> Any:
+    function, argument = job
+    return function(argument)
 
 
 def _after(a: ReadTarget, b: ReadTarget) -> bool:
@@ -232,24 +237,30 @@ class FileSystemReader:
 
         Small targets (up to ``READ_CACHE_BYTES`` and ``task_bytes``) are read in runs (see
         :func:`coalesce_runs`) and checked on the thread that read them; larger ones are cut into
-        pieces whose CRCs are joined (:meth:`_read_large`)."""
+        pieces whose CRCs are joined (:meth:`_large_tasks`). Runs and pieces share the pool."""
         task_bytes = task_bytes or READ_TASK_BYTES
         for shard in {t[1] for t in targets}:
             self._open(shard)
         runs, empty, large = coalesce_runs(targets, task_bytes, min(task_bytes, READ_CACHE_BYTES))
+        large_targets = [targets[i] for i in large]
+        tasks, split = self._large_tasks(large_targets, task_bytes)
+        jobs: list[tuple[Callable[[Any], Any], Any]] = [(self._run, r) for r in runs]
+        jobs += [(self._run_task, t) for t in tasks]
+        if len(jobs) > 1:
+            outcomes = list(read_pool().map(_call, jobs))
+        else:
+            outcomes = [_call(job) for job in jobs]
         failed: dict[int, DataLossError] = {}
-        if runs:
-            outcomes = list(read_pool().map(self._run, runs)) if len(runs) > 1 else [self._run(runs[0])]
-            for run, (bad, cut, error) in zip(runs, outcomes):
-                for i in bad:
-                    failed[i] = self.crc_error(targets[i].key, run.shard, targets[i].crc32c)
-                if cut < len(run.items):
-                    self._fail_rest(targets, run, cut, error, failed)
+        for run, (bad, cut, error) in zip(runs, outcomes):
+            for i in bad:
+                failed[i] = self.crc_error(targets[i].key, run.shard, targets[i].crc32c)
+            if cut < len(run.items):
+                self._fail_rest(targets, run, cut, error, failed)
         for i in empty:
             if targets[i].crc32c != _EMPTY_CRC:
                 failed[i] = self.crc_error(targets[i].key, targets[i].shard, targets[i].crc32c)
         if large:
-            report = self._read_large([targets[i] for i in large], task_bytes)
+            report = self._verify(large_targets, tasks, outcomes[len(runs):], split)
             failed.update((large[j], error) for j, error in report.failed)
         return ReadReport(tuple(sorted(failed.items())))
 
@@ -277,13 +288,15 @@ class FileSystemReader:
         for i in rest:
             failed[i] = exc
 
-    def _read_large(self, targets: Sequence[ReadTarget], task_bytes: int) -> ReadReport:
-        """Targets larger than a small one: cut into pieces of at most ``task_bytes``, read in tasks on
-        the pool, each piece checksummed ``READ_CACHE_BYTES`` at a time and the CRCs joined."""
+    @staticmethod
+    def _large_tasks(targets: Sequence[ReadTarget], task_bytes: int) -> tuple[list[list[_Piece]], set[int]]:
+        """Targets larger than a small one, as tasks for :meth:`_run_task`: cut into pieces of at most
+        ``task_bytes`` (each checksummed ``READ_CACHE_BYTES`` at a time, the CRCs joined), adjacent pieces
+        grouped. Returns the tasks and the targets read in several pieces."""
         pieces: list[_Piece] = []
         append = pieces.append
-        split: set[int] = set()  # targets larger than a task, read in several pieces
-        for i, (key, shard, offset, length, _, dest) in enumerate(targets):
+        split: set[int] = set()
+        for i, (_, shard, offset, length, _, dest) in enumerate(targets):
             dest = _flat(dest)
             if length <= task_bytes:
                 append((shard, offset, i, dest))
@@ -293,12 +306,7 @@ class FileSystemReader:
                 append((shard, offset + start, i, dest[start : start + task_bytes]))
         if any(a[0] > b[0] or a[0] == b[0] and a[1] > b[1] for a, b in zip(pieces, pieces[1:])):
             pieces.sort(key=lambda p: (p[0], p[1]))  # plans come in file order already
-        tasks = _group_tasks(pieces, task_bytes)
-        if len(tasks) > 1:
-            results = list(read_pool().map(self._run_task, tasks))
-        else:
-            results = [self._run_task(t) for t in tasks]
-        return self._verify(targets, tasks, results, split)
+        return _group_tasks(pieces, task_bytes), split
 
     def _verify(self, targets: Sequence[ReadTarget], tasks: list[list[_Piece]], results: list,
                 split: set[int]) -> ReadReport:
