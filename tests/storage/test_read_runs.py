@@ -229,3 +229,16 @@ def test_sliced_tensors_between_whole_ones_read_through_scratch_and_in_place(tmp
     assert list(failed) == [1] and failed[1].key == "w" and "'w'" in str(failed[1])
     assert np.array_equal(dests[0], a) and np.array_equal(dests[2], b)
     assert not dests[1][1:].any()  # the failed slice's bytes were never copied out of scratch
+
+
+@pytest.mark.parametrize("kind", ["strided", "read-only"])
+def test_read_tensors_refuses_destinations_it_cannot_read_into_naming_the_key(tmp_path, kind) -> None:
+    prefix, _ = _saved(tmp_path, [16])
+    if kind == "strided":
+        out = np.zeros(32, np.uint8)[::2]
+    else:
+        out = np.zeros(16, np.uint8)
+        out.flags.writeable = False
+    with gpuckpt.CheckpointReader(prefix) as reader, pytest.raises(InvalidArgumentError, match="'v000/"):
+        reader.read_tensors([("v000/.ATTRIBUTES/VARIABLE_VALUE", out)])
+    assert not out.any()
