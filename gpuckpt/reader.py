@@ -89,17 +89,18 @@ class CheckpointReader:
         self.read_tensors([(key, out)])
 
     def read_tensors(self, pairs: Sequence[tuple[str, np.ndarray]]) -> None:
-        """Fill many C-contiguous numeric arrays (of their entries' dtype and shape) at once, in
+        """Fill many writable C-contiguous numeric arrays (of their entries' dtype and shape) at once, in
         place, every CRC verified; DataLossError names the first key that fails."""
         requests = []
         for key, out in pairs:
             entry = self.entry(key)
             if entry.dtype.is_string or out.dtype != entry.dtype.numpy or tuple(out.shape) != entry.shape \
-                    or not out.flags.c_contiguous:
+                    or not out.flags.c_contiguous or not out.flags.writeable:
+                kind = "non-contiguous " if not out.flags.c_contiguous else "read-only " if not out.flags.writeable \
+                    else ""
                 raise InvalidArgumentError(
                     f"cannot read key {key!r} ({entry.dtype.name} {list(entry.shape)}) into a "
-                    f"{'non-contiguous ' if not out.flags.c_contiguous else ''}{out.dtype} array of shape "
-                    f"{list(out.shape)}", key=key)
+                    f"{kind}{out.dtype} array of shape {list(out.shape)}", key=key)
             requests.append(Request(key, repr(key), entry.dtype, entry.shape))
         plan = self._plan(requests)
         self._run(plan.reads, [out for _, out in pairs])

@@ -122,6 +122,7 @@ def build_restore_plan(index: BundleIndex, requests: Sequence[Request], shard_si
     reads: list[ReadItem] = []
     strings: list[StringItem] = []
     sizes = bounds.sizes
+    append, new = reads.append, tuple.__new__
     for i, (r, entry) in enumerate(zip(requests, found)):
         assert entry is not None
         if not entry.slices and r.block is None and entry.dtype.numpy is not None:
@@ -129,7 +130,8 @@ def build_restore_plan(index: BundleIndex, requests: Sequence[Request], shard_si
             size = sizes.get(entry.shard_id)
             if size is None or entry.offset + entry.size > size:
                 bounds.check(entry, r.key)
-            reads.append(ReadItem(i, r.key, entry.shard_id, entry.offset, entry.size, entry.crc32c, entry.shape))
+            append(new(ReadItem, (i, r.key, entry.shard_id, entry.offset, entry.size, entry.crc32c, entry.shape,
+                                  None, None)))  # without ReadItem's generated __new__: one per tensor
             continue
         if entry.dtype.is_string:
             if entry.is_sliced or r.block is not None:

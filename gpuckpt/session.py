@@ -25,6 +25,7 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
+from . import gcpause
 from .arrays import aligned_empty, as_device_array, is_device_array, value_spec
 from .engine.cpu import read_host
 from .engine.select import EngineCache, gpu_usable
@@ -52,6 +53,8 @@ class Target(NamedTuple):
 
 
 _DTYPES: dict[np.dtype, Any] = {}
+_ASK = object()  # RestoreSession._sink: ask the object for its destination
+_new = tuple.__new__  # NamedTuples built without their generated ``__new__`` (one Request and Target per tensor)
 
 
 def target(node_id: int, obj: Trackable, name: str, key: str, label: Any, value: Any) -> Target:
@@ -60,7 +63,7 @@ def target(node_id: int, obj: Trackable, name: str, key: str, label: Any, value:
         dtype = _DTYPES.get(value.dtype)
         if dtype is None:
             dtype = _DTYPES[value.dtype] = value_spec(value).dtype
-        return Target(node_id, obj, name, Request(key, label, dtype, value.shape), value)
+        return _new(Target, (node_id, obj, name, _new(Request, (key, label, dtype, value.shape, None)), value))
     spec = value_spec(value)
     return Target(node_id, obj, name, Request(key, label, spec.dtype, spec.shape), value)
 
@@ -114,7 +117,8 @@ class RestoreSession:
     def start(self, root: Trackable, attached: Sequence[tuple[str, Trackable]] = ()) -> None:
         """Match, plan, read and assign; every file is closed before this returns."""
         try:
-            self.strategy.start(self, root, attached)
+            with gcpause.paused():
+                self.strategy.start(self, root, attached)
         finally:
             self.storage.close()
 
@@ -122,15 +126,18 @@ class RestoreSession:
         """Restore every target and read the ``pending`` requests (values for objects that do not exist
         yet) into new host arrays, which are returned. Raises before changing anything on a
         mismatch; see the module docstring for corrupt bytes."""
-        targets = [t for t in targets if restore_order.claim(t.obj, self.uid)]  # else a newer restore set it
+        claim, uid = restore_order.claim, self.uid
+        targets = [t for t in targets if claim(t.obj, uid)]  # else a newer restore set it
         requests = [t.request for t in targets] + list(pending)
         plan = build_restore_plan(self.storage.index, requests, self.storage.shard_size, prefix=self.prefix,
                                   shard_path=self.storage.shard_path)
-        sinks = [self._sink(t) for t in targets] + [_fresh(r) for r in pending]
-        for r in plan.reads:  # the GPU ring fills whole tensors; a sliced one is assembled on the host
-            if not r.in_place and sinks[r.request].device is not None:
-                sinks[r.request] = _fresh(requests[r.request])
-        failed, untouched = self._read(plan, sinks)
+        sinks = self._sinks(targets) + [_fresh(r) for r in pending]
+        on_device = any(s.device is not None for s in sinks)
+        if on_device:  # the GPU ring fills whole tensors; a sliced one is assembled on the host
+            for r in plan.reads:
+                if not r.in_place and sinks[r.request].device is not None:
+                    sinks[r.request] = _fresh(requests[r.request])
+        failed, untouched = self._read(plan, sinks, on_device)
         values: list[Any] = [None] * len(requests)
         for item in plan.strings:
             if item.request not in failed:
@@ -138,8 +145,8 @@ class RestoreSession:
                     values[item.request] = self._read_string(item)
                 except DataLossError as exc:
                     failed[item.request] = exc
-        for i, sink in enumerate(sinks):
-            if values[i] is None:
+        for i, sink in enumerate(sinks):  # what _assign hands over (values not read in place) and pending values
+            if values[i] is None and (not sink.in_place or i >= len(targets)):
                 values[i] = sink.host if sink.host is not None else sink.device
         if failed and self.atomic:
             raise failed[min(failed)]
@@ -150,10 +157,12 @@ class RestoreSession:
             raise _partial(self.prefix, requests, restored, failed, untouched)
         return values[len(targets):]
 
-    def _read(self, plan: RestorePlan, sinks: Sequence[_Sink]) -> tuple[dict[int, DataLossError], frozenset[int]]:
+    def _read(self, plan: RestorePlan, sinks: Sequence[_Sink],
+              any_device: bool = True) -> tuple[dict[int, DataLossError], frozenset[int]]:
         """Run the plan's numeric reads: host destinations by the CPU engine, device ones through the
-        GPU ring. Returns the failures and the requests whose destination was left untouched."""
-        on_device = [r for r in plan.reads if sinks[r.request].device is not None]
+        GPU ring (``any_device``: whether any sink is on a device). Returns the failures and the
+        requests whose destination was left untouched."""
+        on_device = [r for r in plan.reads if sinks[r.request].device is not None] if any_device else []
         host = [r for r in plan.reads if sinks[r.request].device is None] if on_device else plan.reads
         failed = read_host(self.storage, host, [s.host for s in sinks])
         untouched: frozenset[int] = frozenset()
@@ -167,10 +176,32 @@ class RestoreSession:
             untouched = outcome.untouched
         return failed, untouched
 
-    def _sink(self, t: Target) -> _Sink:
-        """The destination's own memory when the object offers it (and atomicity is not asked), else a new array."""
-        if not self.atomic and not t.request.dtype.is_string:
+    def _sinks(self, targets: Sequence[Target]) -> list[_Sink]:
+        """Each target's sink (see :meth:`_sink`); the common case, a host array that is the very value the
+        request was made from (so of its shape) in the stored layout, is decided here with fewer checks."""
+        if self.atomic:
+            return [_fresh(t.request) for t in targets]
+        out: list[_Sink] = []
+        append, ndarray, sink = out.append, np.ndarray, self._sink
+        for t in targets:
             offered = t.obj._restore_destinations().get(t.name)
+            request = t.request
+            layout = request.dtype.numpy  # None for strings
+            if offered is t.value and type(offered) is ndarray and request.block is None and layout is not None \
+                    and offered.dtype == layout:  # the stored byte order, too
+                flags = offered.flags
+                if flags.c_contiguous and flags.writeable:
+                    append(_new(_Sink, (offered, None, True)))
+                    continue
+            append(sink(t, offered))
+        return out
+
+    def _sink(self, t: Target, offered: Any = _ASK) -> _Sink:
+        """The destination's own memory when the object offers it (``offered``, or asked for here) and
+        atomicity is not asked, else a new array."""
+        if not self.atomic and not t.request.dtype.is_string:
+            if offered is _ASK:
+                offered = t.obj._restore_destinations().get(t.name)
             if type(offered) is np.ndarray:
                 flags = offered.flags
                 if flags.c_contiguous and flags.writeable and offered.dtype == t.request.dtype.numpy \
@@ -295,15 +326,16 @@ def open_session(prefix: str, *, skip_slots: bool = False, engines: EngineCache 
     from .namebased import NameBasedMatching
     from .restorer import ObjectGraphMatching
 
-    storage = FileSystemReader(prefix)
-    try:
-        if OBJECT_GRAPH_KEY in storage.index.entries:
-            strategy: MatchStrategy = ObjectGraphMatching.from_storage(storage, skip_slots=skip_slots)
-        else:
-            strategy = NameBasedMatching(skip_slots=skip_slots)
-    except BaseException:
-        storage.close()
-        raise
+    with gcpause.paused():  # the index and the object graph: one record per tensor and per object
+        storage = FileSystemReader(prefix)
+        try:
+            if OBJECT_GRAPH_KEY in storage.index.entries:
+                strategy: MatchStrategy = ObjectGraphMatching.from_storage(storage, skip_slots=skip_slots)
+            else:
+                strategy = NameBasedMatching(skip_slots=skip_slots)
+        except BaseException:
+            storage.close()
+            raise
     return RestoreSession(storage, strategy, engines=engines, io_device=io_device, atomic=atomic,
                           ring_bytes=ring_bytes)
 

@@ -103,20 +103,13 @@ def read_host(storage, items: Sequence[ReadItem], dests: Sequence[np.ndarray | N
     block alone), and only verified bytes are copied out of them.
     """
     failed: dict[int, DataLossError] = {}
-    in_place = [item for item in items if item.in_place]
-    if in_place:
-        flat: dict[int, memoryview] = {}
-        targets = []
-        for item in in_place:
-            view = flat.get(item.request)
-            if view is None:
-                dest = dests[item.request]
-                assert dest is not None  # planned reads name only requests with a host destination
-                view = flat[item.request] = _bytes_of(dest)
-            targets.append(ReadTarget(item.key, item.shard, item.offset, item.length, item.crc32c, view))
+    in_place = [item for item in items if item.src is None]
+    if in_place:  # the destinations themselves are the read buffers (any C-contiguous array serves preadv)
+        targets = [ReadTarget(item.key, item.shard, item.offset, item.length, item.crc32c, dests[item.request])
+                   for item in in_place]
         for i, error in storage.read_verified(targets).failed:
             failed.setdefault(in_place[i].request, error)
-    for group in _scratch_groups([item for item in items if not item.in_place]):
+    for group in _scratch_groups([item for item in items if item.src is not None]):
         group_dests = [_host_dest(dests, item.request) for item in group]
         buffers = [aligned_empty(item.block_shape, dest.dtype) for item, dest in zip(group, group_dests)]
         targets = [ReadTarget(item.key, item.shard, item.offset, item.length, item.crc32c,
@@ -127,15 +120,6 @@ def read_host(storage, items: Sequence[ReadItem], dests: Sequence[np.ndarray | N
             if item.request not in failed:
                 dest[item.dst] = buf[item.src]
     return failed
-
-
-def _bytes_of(array: np.ndarray) -> memoryview:
-    """The bytes of a C-contiguous array, as a flat writable memoryview (the buffer protocol's cast is
-    twice as fast as NumPy's reshape and view; NumPy's path serves empty arrays and ml_dtypes)."""
-    try:
-        return memoryview(array).cast("B")  # type: ignore[arg-type]  # ndarray exports the buffer protocol
-    except (TypeError, ValueError):
-        return array.reshape(-1).view(np.uint8).data
 
 
 def _host_dest(dests: Sequence[np.ndarray | None], request: int) -> np.ndarray:

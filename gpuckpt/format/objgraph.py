@@ -7,6 +7,7 @@ exact bytes (docs/format.md §9.2), provided ``has_checkpoint_values`` is set on
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from google.protobuf.message import DecodeError
 
@@ -16,16 +17,17 @@ from . import proto
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 
 
-@dataclass(frozen=True)
-class ChildRef:
-    """An edge: the child node ``node_id`` is called ``local_name`` by its parent."""
+class ChildRef(NamedTuple):
+    """An edge: the child node ``node_id`` is called ``local_name`` by its parent.
+
+    This and the three records below are NamedTuples, not frozen dataclasses: a graph has a node, an
+    edge and an attribute per variable, and a tuple costs a fraction of a dataclass to build."""
 
     node_id: int
     local_name: str
 
 
-@dataclass(frozen=True)
-class AttributeRef:
+class AttributeRef(NamedTuple):
     """A saved tensor of a node: attribute ``name``, stored under ``checkpoint_key``."""
 
     name: str
@@ -33,8 +35,7 @@ class AttributeRef:
     checkpoint_key: str
 
 
-@dataclass(frozen=True)
-class SlotRef:
+class SlotRef(NamedTuple):
     """Optimizer state: node ``slot_variable_node_id`` holds ``slot_name`` of another node."""
 
     original_variable_node_id: int
@@ -42,8 +43,7 @@ class SlotRef:
     slot_variable_node_id: int
 
 
-@dataclass(frozen=True)
-class GraphNode:
+class GraphNode(NamedTuple):
     """One object. ``has_checkpoint_values`` is None when a (pre-2.x) writer left it out."""
 
     children: tuple[ChildRef, ...] = ()
@@ -126,40 +126,31 @@ def _check_unique_keys(graph: ObjectGraph, path: str | None) -> None:
                         path=path, key=duplicate)
 
 
-_new = object.__new__
-
-
-def _make(cls, **fields):
-    """An instance of the frozen dataclass ``cls`` without its ``__init__``'s one ``object.__setattr__`` per
-    field (a graph has a node, an edge and an attribute per variable: this halves their cost)."""
-    obj = _new(cls)
-    obj.__dict__.update(fields)
-    return obj
+_new = tuple.__new__
 
 
 def _node(node, index: int, count: int, path: str | None) -> GraphNode:
-    """One node, its references checked against the node count."""
+    """One node, its references checked against the node count (records built by ``tuple.__new__``,
+    without the keyword handling of their constructors: one node and one attribute per variable)."""
     children: tuple[ChildRef, ...] = ()
     attributes: tuple[AttributeRef, ...] = ()
     slots: tuple[SlotRef, ...] = ()
     if node.children:
-        children = tuple([_make(ChildRef, node_id=c.node_id, local_name=c.local_name) for c in node.children])
-        ids = [c.node_id for c in children]
+        children = tuple([_new(ChildRef, (c.node_id, c.local_name)) for c in node.children])
+        ids = [c[0] for c in children]
         if min(ids) < 0 or max(ids) >= count:
             _bad_reference(index, ids, count, path)
     if node.attributes:
-        attributes = tuple([_make(AttributeRef, name=a.name, full_name=a.full_name, checkpoint_key=a.checkpoint_key)
-                            for a in node.attributes])
+        attributes = tuple([_new(AttributeRef, (a.name, a.full_name, a.checkpoint_key)) for a in node.attributes])
     if node.slot_variables:
         slots = tuple([SlotRef(s.original_variable_node_id, s.slot_name, s.slot_variable_node_id)
                        for s in node.slot_variables])
         ids = [i for s in slots for i in (s.original_variable_node_id, s.slot_variable_node_id)]
         if min(ids) < 0 or max(ids) >= count:
             _bad_reference(index, ids, count, path)
-    return _make(GraphNode, children=children, attributes=attributes, slot_variables=slots,
-                 has_checkpoint_values=node.has_checkpoint_values.value if node.HasField("has_checkpoint_values")
-                 else None,
-                 registered_saver=node.registered_saver.name if node.HasField("registered_saver") else None)
+    return _new(GraphNode, (children, attributes, slots,
+                            node.has_checkpoint_values.value if node.HasField("has_checkpoint_values") else None,
+                            node.registered_saver.name if node.HasField("registered_saver") else None))
 
 
 def _bad_reference(index: int, ids: list[int], count: int, path: str | None) -> None:

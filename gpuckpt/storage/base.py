@@ -12,15 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from ..errors import DataLossError
 from ..format.bundle import BundleIndex
 
 
 class ReadTarget(NamedTuple):
-    """One stored byte range to read into ``dest`` (a writable buffer of exactly ``length`` bytes),
-    whose masked CRC32C must equal ``crc32c``; ``key`` names it in errors. A NamedTuple: a restore
+    """One stored byte range to read into ``dest`` (a writable C-contiguous buffer of exactly ``length``
+    bytes: a memoryview, or a NumPy array read into directly), whose masked CRC32C must equal
+    ``crc32c``; ``key`` names it in errors. A NamedTuple: a restore
     makes one per tensor, at a third of a frozen dataclass's cost."""
 
     key: str
@@ -28,7 +29,7 @@ class ReadTarget(NamedTuple):
     offset: int
     length: int
     crc32c: int
-    dest: memoryview
+    dest: Any  # a writable C-contiguous buffer (memoryview, ndarray)
 
 
 @dataclass(frozen=True)

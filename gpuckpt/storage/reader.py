@@ -17,8 +17,9 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NamedTuple
 
 from ..errors import DataLossError, DataLossReason, InvalidArgumentError
 from ..format import crc
@@ -69,6 +70,135 @@ def _group_tasks(pieces: list[_Piece], task_bytes: int) -> list[list[_Piece]]:
     return tasks
 
 
+_EMPTY_CRC = crc.mask(0)  # the stored CRC of an empty tensor
+GAP_BYTES = 64 << 10  # a hole this small between two wanted ranges is read into scratch rather than cut a run
+_SCRATCH = memoryview(bytearray(GAP_BYTES))  # gap bytes land here and are never read (shared by every thread)
+
+
+class Run(NamedTuple):
+    """One range of one shard read by vectored reads: ``items`` are ``(buffer, target index, stored CRC)``
+    back to back from ``offset``; an index of -1 marks a gap read into scratch and not checked."""
+
+    shard: int
+    offset: int
+    items: list[tuple[Any, int, int]]
+
+
+def coalesce_runs(targets: Sequence[ReadTarget], task_bytes: int, small_limit: int,
+                  gap_bytes: int = GAP_BYTES) -> tuple[list[Run], list[int], list[int]]:
+    """Group the small targets (non-empty, at most ``small_limit`` bytes) into runs: consecutive in file
+    order, in one shard, at most ``task_bytes`` each, holes of up to ``gap_bytes`` read into scratch.
+
+    Returns the runs, the indices of the empty targets (nothing to read; their CRC is that of no bytes)
+    and those of the larger ones. Raises InvalidArgumentError naming the key when a destination's size
+    is not its length, before anything is read. A run's items point straight at the destinations'
+    memory: no copy is made anywhere.
+    """
+    order: list[int] = []
+    empty: list[int] = []
+    large: list[int] = []
+    for i, (key, _, _, length, _, dest) in enumerate(targets):
+        if dest.nbytes != length:
+            raise InvalidArgumentError(f"buffer of {dest.nbytes} bytes for {length} stored bytes of key {key!r}",
+                                       key=key)
+        (order if 0 < length <= small_limit else empty if not length else large).append(i)
+    if any(_after(targets[a], targets[b]) for a, b in zip(order, order[1:])):
+        order.sort(key=lambda i: (targets[i][1], targets[i][2]))  # plans come in file order already
+    runs: list[Run] = []
+    items: list[tuple[Any, int, int]] = []
+    shard = end = -1
+    size = 0
+    for i in order:
+        _, t_shard, offset, length, stored, dest = targets[i]
+        gap = offset - end
+        if t_shard != shard or gap < 0 or gap > gap_bytes or size + gap + length > task_bytes:
+            items = []
+            runs.append(Run(t_shard, offset, items))
+            shard, size = t_shard, 0
+        elif gap:
+            items.append((_SCRATCH[:gap], -1, 0))
+            size += gap
+        items.append((dest, i, stored))
+        end = offset + length
+        size += length
+    return runs, empty, large
+
+
+def _call(job: tuple[Callable[[Any], Any], Any]) -> Any:
+    function, argument = job
+    return function(argument)
+
+
+def _after(a: ReadTarget, b: ReadTarget) -> bool:
+    return a[1] > b[1] or a[1] == b[1] and a[2] > b[2]
+
+
+def read_run(fd: int, run: Run, batch_bytes: int = READ_CACHE_BYTES) -> tuple[list[int], int]:
+    """Read ``run`` from ``fd`` with ``os.preadv`` (up to ``IOV_MAX`` buffers and about ``batch_bytes``
+    a call, so each batch is checksummed while still in the CPU cache), then one CRC32C per target on
+    its own destination. Returns the targets whose CRC differs and the number of items read whole
+    (``len(run.items)`` unless the file ended first; the rest were not checked)."""
+    items = run.items
+    offset = run.offset
+    bad: list[int] = []
+    crc32c = crc.crc32c
+    start = 0
+    count = len(items)
+    while start < count:
+        stop, size = start, 0
+        while stop < count and stop - start < _IOV_MAX and size < batch_bytes:
+            size += items[stop][0].nbytes
+            stop += 1
+        done = _preadv_all(fd, [item[0] for item in items[start:stop]], offset, size)
+        if done < size:  # the file ended: check what was read whole, report where it ended
+            stop = _whole_items(items, start, stop, done)
+        for buf, i, stored in items[start:stop]:
+            if i >= 0:
+                c = crc32c(buf)
+                if ((((c >> 15) | (c << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF != stored:
+                    bad.append(i)
+        if done < size:
+            return bad, stop
+        offset += size
+        start = stop
+    return bad, count
+
+
+def _preadv_all(fd: int, bufs: list[Any], offset: int, size: int) -> int:
+    """Fill ``bufs`` (``size`` bytes in all) from ``offset``; the bytes read, fewer only at the file's end."""
+    n = os.preadv(fd, bufs, offset)
+    if n == size or n == 0:
+        return n
+    done = n
+    views = advance([_flat(b) for b in bufs], n)  # a short read: go on from where it stopped
+    while views:
+        n = os.preadv(fd, views, offset + done)
+        if n == 0:
+            break
+        done += n
+        views = advance(views, n)
+    return done
+
+
+def _whole_items(items: list[tuple[Any, int, int]], start: int, stop: int, done: int) -> int:
+    """The end of the items of ``items[start:stop]`` that lie wholly in the first ``done`` bytes."""
+    for j in range(start, stop):
+        done -= items[j][0].nbytes
+        if done < 0:
+            return j
+    return stop
+
+
+def _flat(buf: Any) -> memoryview:
+    """A flat byte view of a C-contiguous buffer (a memoryview or a NumPy array, ml_dtypes included)."""
+    if isinstance(buf, memoryview) and buf.ndim == 1 and buf.itemsize == 1:
+        return buf
+    try:
+        return memoryview(buf).cast("B")
+    except (TypeError, ValueError):
+        return buf.reshape(-1).view("uint8").data
+
+
 class FileSystemReader:
     """A :class:`gpuckpt.storage.base.StorageReader` over POSIX files (see the module docstring)."""
 
@@ -103,32 +233,80 @@ class FileSystemReader:
 
     # -- 3. reading ------------------------------------------------------------------------
     def read_verified(self, targets: Sequence[ReadTarget], *, task_bytes: int | None = None) -> ReadReport:
-        """Fill every target's destination and check its CRC; report the targets that failed."""
+        """Fill every target's destination and check its CRC; report the targets that failed.
+
+        Small targets (up to ``READ_CACHE_BYTES`` and ``task_bytes``) are read in runs (see
+        :func:`coalesce_runs`) and checked on the thread that read them; larger ones are cut into
+        pieces whose CRCs are joined (:meth:`_large_tasks`). Runs and pieces share the pool."""
         task_bytes = task_bytes or READ_TASK_BYTES
-        for shard in {t.shard for t in targets}:
+        for shard in {t[1] for t in targets}:
             self._open(shard)
+        runs, empty, large = coalesce_runs(targets, task_bytes, min(task_bytes, READ_CACHE_BYTES))
+        large_targets = [targets[i] for i in large]
+        tasks, split = self._large_tasks(large_targets, task_bytes)
+        jobs: list[tuple[Callable[[Any], Any], Any]] = [(self._run, r) for r in runs]
+        jobs += [(self._run_task, t) for t in tasks]
+        if len(jobs) > 1:
+            outcomes = list(read_pool().map(_call, jobs))
+        else:
+            outcomes = [_call(job) for job in jobs]
+        failed: dict[int, DataLossError] = {}
+        for run, (bad, cut, error) in zip(runs, outcomes):
+            for i in bad:
+                failed[i] = self.crc_error(targets[i].key, run.shard, targets[i].crc32c)
+            if cut < len(run.items):
+                self._fail_rest(targets, run, cut, error, failed)
+        for i in empty:
+            if targets[i].crc32c != _EMPTY_CRC:
+                failed[i] = self.crc_error(targets[i].key, targets[i].shard, targets[i].crc32c)
+        if large:
+            report = self._verify(large_targets, tasks, outcomes[len(runs):], split)
+            failed.update((large[j], error) for j, error in report.failed)
+        return ReadReport(tuple(sorted(failed.items())))
+
+    def _run(self, run: Run) -> tuple[list[int], int, OSError | None]:
+        """Read and check one run (:func:`read_run`) on a pool thread; an OSError fails all of it."""
+        try:
+            fd, _ = self._files.open(run.shard)
+            bad, cut = read_run(fd, run)
+            return bad, cut, None
+        except OSError as exc:
+            return [], 0, exc
+
+    def _fail_rest(self, targets: Sequence[ReadTarget], run: Run, cut: int, error: OSError | None,
+                   failed: dict[int, DataLossError]) -> None:
+        """Every target of ``run`` from item ``cut`` on failed: the file could not be read, or ended there."""
+        rest = [i for _, i, _ in run.items[cut:] if i >= 0]
+        path = self.shard_path(run.shard)
+        if error is not None:
+            exc = DataLossError(f"cannot read data file {path!r}: {error.strerror}", path=path,
+                                key=targets[rest[0]].key)
+        else:
+            exc = DataLossError(f"data file {path!r} ended while reading key {targets[rest[0]].key!r} (it is "
+                                "shorter than when it was opened)", path=path, key=targets[rest[0]].key,
+                                reason=DataLossReason.TRUNCATED)
+        for i in rest:
+            failed[i] = exc
+
+    @staticmethod
+    def _large_tasks(targets: Sequence[ReadTarget], task_bytes: int) -> tuple[list[list[_Piece]], set[int]]:
+        """Targets larger than a small one, as tasks for :meth:`_run_task`: cut into pieces of at most
+        ``task_bytes`` (each checksummed ``READ_CACHE_BYTES`` at a time, the CRCs joined), adjacent pieces
+        grouped. Returns the tasks and the targets read in several pieces."""
         pieces: list[_Piece] = []
         append = pieces.append
-        split: set[int] = set()  # targets larger than a task, read in several pieces
-        for i, (key, shard, offset, length, _, dest) in enumerate(targets):
-            if dest.nbytes != length:
-                raise InvalidArgumentError(f"buffer of {dest.nbytes} bytes for {length} stored bytes of key "
-                                           f"{key!r}", key=key)
+        split: set[int] = set()
+        for i, (_, shard, offset, length, _, dest) in enumerate(targets):
+            dest = _flat(dest)
             if length <= task_bytes:
-                if length:
-                    append((shard, offset, i, dest))
+                append((shard, offset, i, dest))
                 continue
             split.add(i)
             for start in range(0, length, task_bytes):
                 append((shard, offset + start, i, dest[start : start + task_bytes]))
         if any(a[0] > b[0] or a[0] == b[0] and a[1] > b[1] for a, b in zip(pieces, pieces[1:])):
             pieces.sort(key=lambda p: (p[0], p[1]))  # plans come in file order already
-        tasks = _group_tasks(pieces, task_bytes)
-        if len(tasks) > 1:
-            results = list(read_pool().map(self._run_task, tasks))
-        else:
-            results = [self._run_task(t) for t in tasks]
-        return self._verify(targets, tasks, results, split)
+        return _group_tasks(pieces, task_bytes), split
 
     def _verify(self, targets: Sequence[ReadTarget], tasks: list[list[_Piece]], results: list,
                 split: set[int]) -> ReadReport:

@@ -1,0 +1,95 @@
+"""Compare ``Checkpoint.read`` of two gpuckpt trees on one workload, read by read, in the same conditions.
+
+On a shared, loaded machine two runs minutes apart differ by more than most changes do, so this
+starts one worker process per tree (each with its own ``PYTHONPATH``), has each build the same
+``bench_io`` workload and write it (fsync off), and then asks them for one restore each in turn,
+alternating, ``--reads`` times. It prints, per tree, the process CPU time (all threads) and the
+wall time of one ``Checkpoint.read`` into existing ``Variable``s: minimum and median.
+
+    python bench/bench_restore_ab.py /tmp/before /tmp/after [--workload small5000] [--scale 8] [--reads 15]
+
+Each tree is a directory holding ``gpuckpt/`` (for instance ``git archive <commit> gpuckpt | tar -x -C DIR``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def worker(workload: str, scale: int) -> None:
+    """Build and write the workload, then restore it once per line read from stdin, printing CPU and wall ms."""
+    import numpy as np
+
+    import gpuckpt  # first: from this worker's PYTHONPATH (bench_io puts this checkout on sys.path)
+
+    sys.path.insert(0, HERE)
+    from bench_io import api_state
+
+    state = api_state(workload, scale)
+    src = gpuckpt.Checkpoint(state=gpuckpt.Module())
+    tgt = gpuckpt.Checkpoint(state=gpuckpt.Module())
+    for name, value in state.items():
+        setattr(src.state, name.replace("/", "_"), gpuckpt.Variable(value))
+        setattr(tgt.state, name.replace("/", "_"), gpuckpt.Variable(np.zeros_like(value)))
+    with tempfile.TemporaryDirectory() as work:
+        path = src.write(os.path.join(work, "c"), options=gpuckpt.CheckpointOptions(fsync=False))
+        tgt.read(path)
+        print("ready", gpuckpt.__file__, flush=True)
+        for _ in sys.stdin:
+            wall, cpu = time.perf_counter(), time.process_time()
+            tgt.read(path)
+            print(f"{(time.process_time() - cpu) * 1e3:.2f} {(time.perf_counter() - wall) * 1e3:.2f}", flush=True)
+        for name, value in state.items():
+            assert np.array_equal(getattr(tgt.state, name.replace("/", "_")).numpy(), value), name
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("trees", nargs="+", help="directories holding a gpuckpt/ package each")
+    ap.add_argument("--workload", default="small5000", choices=("gpt2", "small5000", "mixed"))
+    ap.add_argument("--scale", type=int, default=8)
+    ap.add_argument("--reads", type=int, default=15)
+    args = ap.parse_args()
+    workers = []
+    for tree in args.trees:
+        env = dict(os.environ, PYTHONPATH=os.path.abspath(tree))
+        proc = subprocess.Popen([sys.executable, __file__, "--worker", args.workload, str(args.scale)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+                                cwd=tempfile.gettempdir())
+        assert proc.stdin is not None and proc.stdout is not None
+        print(proc.stdout.readline().strip())
+        workers.append(proc)
+    times: dict[str, list[tuple[float, float]]] = {tree: [] for tree in args.trees}
+    for _ in range(args.reads):
+        for tree, proc in zip(args.trees, workers):
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write("read\n")
+            proc.stdin.flush()
+            cpu, wall = map(float, proc.stdout.readline().split())
+            times[tree].append((cpu, wall))
+    for proc in workers:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        if proc.wait() != 0:
+            raise SystemExit("a worker failed (its restored values differ?)")
+    for tree, pairs in times.items():
+        cpu = [c for c, _ in pairs]
+        wall = [w for _, w in pairs]
+        print(f"{tree}: Checkpoint.read of {args.workload}: CPU min {min(cpu):.1f} "
+              f"median {statistics.median(cpu):.1f} ms; wall min {min(wall):.1f} "
+              f"median {statistics.median(wall):.1f} ms")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--worker":
+        worker(sys.argv[2], int(sys.argv[3]))
+    else:
+        main()
