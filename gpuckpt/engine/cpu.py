@@ -129,12 +129,12 @@ def _host_dest(dests: Sequence[np.ndarray | None], request: int) -> np.ndarray:
     return dest
 
 
-def _scratch_groups(items: Sequence[ReadItem]) -> list[list[ReadItem]]:
-    """Scratch reads in groups of at most ``SCRATCH_BYTES`` (a larger block alone)."""
+def _scratch_groups(items: Sequence[ReadItem], limit: int = SCRATCH_BYTES) -> list[list[ReadItem]]:
+    """Consecutive reads in groups of at most ``limit`` bytes (a larger block alone)."""
     groups: list[list[ReadItem]] = []
     size = 0
     for item in items:
-        if not groups or size + item.length > SCRATCH_BYTES:
+        if not groups or size + item.length > limit:
             groups.append([])
             size = 0
         groups[-1].append(item)
@@ -156,14 +156,7 @@ def verify_host(storage, items: Sequence[ReadItem]) -> dict[int, DataLossError]:
     A distributed restore verifies everything this way before any rank writes into a variable
     (``distributed/restore.py``).
     """
-    jobs: list[list[ReadItem]] = []
-    size = 0
-    for item in items:
-        if not jobs or size + item.length > VERIFY_JOB_BYTES:
-            jobs.append([])
-            size = 0
-        jobs[-1].append(item)
-        size += item.length
+    jobs = _scratch_groups(items, VERIFY_JOB_BYTES)
 
     def run(job: list[ReadItem]) -> list[tuple[int, DataLossError]]:
         window = np.empty(max(1, min(VERIFY_WINDOW_BYTES, max(item.length for item in job))), np.uint8).data
