@@ -20,8 +20,8 @@ Stages, each closed by an agreement of every rank (``comm.agree``):
    failure on any rank (missing key, mismatch, unreadable index) fails every rank with
    ``DistributedError`` and no variable changed anywhere.
 2. **verify**: every planned range read and its CRC checked, before any rank writes into a
-   variable: ranges bound for the variables' own memory are read into one reused scratch buffer
-   (``engine/cpu.py``'s ``verify_host``, at most 64 MiB whatever the checkpoint's size) and only
+   variable: ranges bound for the variables' own memory are read through a 512 KiB window per
+   reader thread (``engine/cpu.py``'s ``verify_host``, whatever the checkpoint's size) and only
    checked, the others (device tensors, strings, values kept for later objects) read into their
    new buffers. A failure on any rank (a bad CRC, an I/O error, a rank that died or stalled)
    fails every rank with ``DistributedError`` and no variable changed anywhere: all or nothing,
