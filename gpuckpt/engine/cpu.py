@@ -129,8 +129,9 @@ def _host_dest(dests: Sequence[np.ndarray | None], request: int) -> np.ndarray:
     return dest
 
 
-def _scratch_groups(items: Sequence[ReadItem], limit: int = SCRATCH_BYTES) -> list[list[ReadItem]]:
-    """Consecutive reads in groups of at most ``limit`` bytes (a larger block alone)."""
+def _scratch_groups(items: Sequence[ReadItem], limit: int | None = None) -> list[list[ReadItem]]:
+    """Consecutive reads in groups of at most ``limit`` bytes (default ``SCRATCH_BYTES``; a larger block alone)."""
+    limit = SCRATCH_BYTES if limit is None else limit
     groups: list[list[ReadItem]] = []
     size = 0
     for item in items:
