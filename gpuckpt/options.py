@@ -69,7 +69,8 @@ class CheckpointOptions:
     policy. ``fsync``: flush data and directory entries to disk before the commit.
     ``atomic_restore``: a restore reads every value into new buffers and assigns only once
     all of them verified (all or nothing, at the cost of a copy of the state in host memory);
-    by default values are read straight into the variables (see docs/api.md, "Failed restores").
+    by default values are read straight into the variables (see docs/api.md, "Failed restores";
+    a distributed restore first verifies every value on every rank, docs/distributed.md).
     ``restore_ring_bytes``: device memory a GPU restore may hold (its staging ring).
     """
 
