@@ -335,6 +335,13 @@ class FakeRuntime:
             if b.device != stream.device:
                 raise WrongDeviceError(f"memory of device {b.device} used on {stream}")
 
+    def _check_rows(self, table: np.ndarray, stream: FakeStream, kernel: str, access: str) -> None:
+        """WrongDeviceError if a row of a pointer table addresses memory of another device than the stream's."""
+        for address in table[:, 0]:
+            owner = self.device_of(int(address))
+            if owner is not None and owner != stream.device:
+                raise WrongDeviceError(f"{kernel} on {stream} {access} memory of device {owner}")
+
     def upload(self, host: np.ndarray, dev: FakeBuffer, stream: FakeStream) -> None:
         self._check(stream, dev)
         staged = np.array(host, copy=True)  # pageable: the driver copies it before returning
@@ -347,10 +354,7 @@ class FakeRuntime:
 
         def run() -> None:
             table = table_dev.array[:nrows]
-            for src in table[:, 0]:
-                owner = self.device_of(int(src))
-                if owner is not None and owner != stream.device:
-                    raise WrongDeviceError(f"gather on {stream} reads memory of device {owner}")
+            self._check_rows(table, stream, "gather", "reads")
             gather.gather_host(table, slot.array)
 
         self._enqueue(stream, "run", run)
@@ -365,10 +369,7 @@ class FakeRuntime:
 
         def run() -> None:
             table = table_dev.array[:nrows]
-            for src in table[:, 0]:
-                owner = self.device_of(int(src))
-                if owner is not None and owner != stream.device:
-                    raise WrongDeviceError(f"gather on {stream} reads memory of device {owner}")
+            self._check_rows(table, stream, "gather", "reads")
             gather_crc.gather_crc_host(table, slot.array, values.array)
 
         self._enqueue(stream, "run", run)
@@ -381,10 +382,7 @@ class FakeRuntime:
 
         def run() -> None:
             table = table_dev.array[:nrows]
-            for dst in table[:, 0]:
-                owner = self.device_of(int(dst))
-                if owner is not None and owner != stream.device:
-                    raise WrongDeviceError(f"scatter on {stream} writes memory of device {owner}")
+            self._check_rows(table, stream, "scatter", "writes")
             gather.scatter_host(table, slot.array)
 
         self._enqueue(stream, "run", run)
