@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import gpuckpt
 from gpuckpt.storage import commit, recovery
 from gpuckpt.testing.faults import FaultyIO
 
@@ -125,3 +126,13 @@ def test_a_process_that_exits_right_after_an_overwrite_leaves_no_replaced_files(
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["pending", "True"]  # the deletion was still queued when the script ended
     assert aside(tmp_path) == [] and read(tmp_path / "ck") == NEW
+
+
+def test_checkpoint_sync_waits_for_the_deletions(tmp_path: Path, held: HeldUnlinks) -> None:
+    waiter = threading.Thread(target=gpuckpt.Checkpoint().sync)
+    waiter.start()
+    waiter.join(0.2)
+    assert waiter.is_alive() and len(aside(tmp_path)) == 3
+    held.release.set()
+    waiter.join(30)
+    assert not waiter.is_alive() and aside(tmp_path) == []
