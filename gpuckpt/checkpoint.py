@@ -29,6 +29,7 @@ from .reader import latest_checkpoint
 from .save_cache import SaveCache
 from .session import open_session
 from .status import CheckpointLoadStatus, InitializationOnlyStatus, NameBasedSaverStatus, load_status
+from .storage import commit as storage_commit
 from .storage import filesystem
 from .trackable.base import Trackable, as_trackable, is_trackable
 from .trackable.module import AutoTrackable
@@ -307,10 +308,14 @@ class Checkpoint(AutoTrackable):
     def sync(self) -> None:
         """Wait until every save started by this object is committed; raise a background save's error.
 
-        TensorFlow's ``sync`` also waits; it raises a background error only on its next save.
+        TensorFlow's ``sync`` also waits; it raises a background error only on its next save. The
+        files that overwrites replaced are deleted by then too (``storage.commit.settle``).
         """
-        if self._self_async is not None:
-            self._self_async.sync()
+        try:
+            if self._self_async is not None:
+                self._self_async.sync()
+        finally:
+            storage_commit.settle()
 
     # -- restoring --------------------------------------------------------------------
 

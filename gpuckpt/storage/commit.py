@@ -11,20 +11,27 @@ writer's files → ``run`` | ``rollback``):
    index first, so it becomes invisible rather than pointing at new data, and the directory is
    fsynced; data files are renamed to their final names and the directory fsynced; the index is
    written, fsynced, renamed into place, and the directory fsynced once more; only then are the
-   aside files deleted. Each directory fsync orders the renames before it ahead of those after
-   it on disk, so no power cut can leave an index naming data that is not in place.
+   aside files deleted, by the process's background deleter, so ``run`` returns without waiting
+   for the unlinks (:func:`settle` waits for them; a commit at a prefix first waits for that
+   prefix's pending deletions, so a prefix never has two writers' aside files). Each directory
+   fsync orders the renames before it ahead of those after it on disk, so no power cut can leave
+   an index naming data that is not in place.
 3. ``rollback`` (after any failure) removes the new files placed (index first) and puts the
    aside files back (data first, index last), stopping at the first step that fails, since each
    later one assumes it; what it could not undo is left to a sweep (``storage.recovery``).
 
 A ``<token>`` is ``<pid>-<host tag>-<random>`` (:func:`writer_token`): a sweep removes or puts
 back such files only once that writer is gone: its process has exited, or (in this process) its
-commit gave up with files it could not clean up (:func:`abandoned`). Every system call goes
-through the ``StorageConfig``'s ``PosixIO``, so fault injection reaches each step.
+commit gave up with files it could not clean up (:func:`abandoned`). A pending deletion's files
+carry its living writer's token, so no sweep touches them; one that fails abandons the token
+(logged) for a sweep to settle, and the queue is drained at interpreter exit. Every system call
+goes through the ``StorageConfig``'s ``PosixIO``, so fault injection reaches each step.
 """
 
 from __future__ import annotations
 
+import atexit
+import collections
 import glob
 import hashlib
 import logging
@@ -32,15 +39,20 @@ import os
 import re
 import secrets
 import socket
+import threading
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from ..errors import CheckpointError
 from ..options import StorageConfig
+from .posixio import PosixIO
 
 log = logging.getLogger(__name__)
 
 HOST_TAG = hashlib.blake2s(socket.gethostname().encode(), digest_size=4).hexdigest()
 LEFTOVER = re.compile(r"(?P<original>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)-(?P<host>[0-9a-f]{8})-[0-9a-f]{8}")
+EXIT_WAIT_S = 60.0  # how long interpreter exit waits for pending deletions of replaced files
 _abandoned: set[str] = set()  # tokens of this process's writers that gave up with files left behind
 
 
@@ -119,6 +131,7 @@ class AtomicCommit:
     def run(self, files: Sequence[tuple[str, str]], index_bytes: bytes) -> None:
         """Rename finished data files (``(temporary, final)`` pairs, already fsynced) into place, then
         write the index atomically; on failure roll back and raise a CheckpointError naming the index."""
+        settle(prefix=self.prefix)  # an earlier overwrite's aside files go first: one writer's aside files per prefix
         try:
             self._announce()
             self._move_old_aside()
@@ -185,14 +198,11 @@ class AtomicCommit:
             io.fsync_dir(self.directory)
 
     def _discard_aside(self) -> None:
-        """After the commit: delete the old checkpoint's files (a failure only leaves debris for a sweep)."""
-        left: list[str] = []
-        for moved, _ in self._aside:
-            _unlink_or_note(self.storage.io, moved, left)
+        """After the commit: hand the old checkpoint's files to the background deleter."""
+        if self._aside:
+            _DELETER.submit(_Discard(self.prefix, self.token, tuple(moved for moved, _ in self._aside),
+                                     self.storage.io))
         self._aside.clear()
-        if left:
-            abandon(self.token)
-            log.warning("committed %s but could not delete the files it replaced: %s", self.prefix, "; ".join(left))
 
     def _put_back(self, left: list[str]) -> None:
         """Return the old checkpoint's files, data first and index last; stop at the first that fails."""
@@ -209,6 +219,99 @@ class AtomicCommit:
         if left:
             message += "; the rollback left " + "; ".join(left) + " (a later sweep settles them)"
         return CheckpointError(message, path=self.index, errno=exc.errno)
+
+
+@dataclass(frozen=True)
+class _Discard:
+    """The aside files (in the order moved) of one committed overwrite, to delete after its commit."""
+
+    prefix: str
+    token: str
+    paths: tuple[str, ...]
+    io: PosixIO
+
+    def run(self) -> None:
+        """Delete the files; a failure abandons the token so a sweep settles what is left, and is logged."""
+        left: list[str] = []
+        try:
+            for path in self.paths:
+                _unlink_or_note(self.io, path, left)
+        except Exception as exc:  # an unexpected error must not stop the deleter
+            left.append(f"deletion stopped ({exc!r})")
+        if left:
+            abandon(self.token)
+            log.warning("committed %s but could not delete the files it replaced: %s", self.prefix, "; ".join(left))
+
+
+class _Deleter:
+    """One daemon thread, started on first use, that deletes committed overwrites' aside files in order."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._jobs: collections.deque[_Discard] = collections.deque()
+        self._pending: collections.Counter[str] = collections.Counter()  # prefix -> jobs queued or running
+        self._thread: threading.Thread | None = None
+
+    def submit(self, job: _Discard) -> None:
+        with self._cond:
+            self._jobs.append(job)
+            self._pending[job.prefix] += 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name="gpuckpt-deleter", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def settle(self, timeout: float | None, prefix: str | None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            if threading.current_thread() is self._thread:
+                return not self._busy(prefix)  # the deleter never waits for itself
+            while self._busy(prefix):
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            return True
+
+    def _busy(self, prefix: str | None) -> bool:
+        return bool(self._jobs) if prefix is None else self._pending[prefix] > 0
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._jobs:
+                    self._cond.wait()
+                job = self._jobs[0]  # stays queued while it runs, so settle() waits for it
+            job.run()
+            with self._cond:
+                self._jobs.popleft()
+                self._pending[job.prefix] -= 1
+                if not self._pending[job.prefix]:
+                    del self._pending[job.prefix]
+                self._cond.notify_all()
+
+
+_DELETER = _Deleter()
+
+
+def settle(timeout: float | None = None, *, prefix: str | os.PathLike | None = None) -> bool:
+    """Wait until the replaced files of committed overwrites (of ``prefix`` only, if given) are deleted;
+    return whether they are (False: ``timeout`` seconds passed first). Failed deletions are logged."""
+    return _DELETER.settle(timeout, None if prefix is None else os.fspath(prefix))
+
+
+def _drain_at_exit() -> None:
+    if not settle(EXIT_WAIT_S):
+        log.warning("exiting with replaced checkpoint files not yet deleted; a later sweep removes them")
+
+
+def _forget_in_child() -> None:
+    global _DELETER
+    _DELETER = _Deleter()  # the parent's thread and queue stay the parent's; it deletes those files
+
+
+atexit.register(_drain_at_exit)
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def _strerror(exc: OSError) -> str:

@@ -43,6 +43,7 @@ from .commit import (
     AtomicCommit,
     abandon,
     owner_alive,
+    settle,
     shard_files,
     token_of,
     writer_token,
@@ -234,10 +235,12 @@ def remove_checkpoint(prefix: str | os.PathLike, storage: StorageConfig | None =
     since such a writer may start at any moment, each data file is deleted only if it is still the
     file the index named (same inode, noted before the index was removed): it is first renamed to
     a temporary name of this deletion, checked, and deleted, or else put back if that name is free.
-    If the directory fsync fails, the data files are still deleted before the error is raised.
+    If the directory fsync fails, the data files are still deleted before the error is raised. An
+    overwrite's replaced files of this prefix still pending deletion are waited for first.
     """
     storage = storage or StorageConfig()
     prefix = os.fspath(prefix)
+    settle(prefix=prefix)
     index = prefix + ".index"
     owned = {path: _inode(path) for path in shard_files(prefix)}  # while the index still names them
     failure: CheckpointError | None = None

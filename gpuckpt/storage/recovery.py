@@ -12,10 +12,12 @@ A writer killed mid-save leaves, beside the last committed checkpoint, at most:
   ``Checkpoint.save`` beside a manager takes no lock, but creates that file before its data).
 
 Temporary and aside names carry their writer's PID and host tag (``filesystem.writer_token``),
-so the sweep touches them only once that process is gone; files of a live writer, or of a
-writer on another host, are left alone. Orphan data files carry no owner; they are removed only
-under :class:`DirectoryLock`, which every manager holds across its whole save, and only when no
-live writer's index temporary file announces a commit at their prefix.
+so the sweep touches them only once that process is gone (or, in this process, once that writer
+abandoned them; a committed overwrite's aside files awaiting the background deleter are not);
+files of a live writer, or of a writer on another host, are left alone. Orphan data files carry
+no owner; they are removed only under :class:`DirectoryLock`, which every manager holds across
+its whole save, and only when no live writer's index temporary file announces a commit at their
+prefix.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from dataclasses import dataclass
 
 from ..errors import CheckpointError, DataLossError, DataLossReason, io_error
 from ..options import StorageConfig
-from .commit import LEFTOVER, owner_alive, shard_files, token_of
+from .commit import LEFTOVER, owner_alive, settle, shard_files, token_of
 from .filesystem import commit_in_flight, make_dirs
 from .posixio import PosixIO
 
@@ -113,10 +115,12 @@ def clean_leftovers(directory: str | os.PathLike, checkpoint_name: str | None = 
     Best effort: a file that cannot be removed is logged and left for the next sweep. With
     ``checkpoint_name``, data files of ``<checkpoint_name>-<N>`` without an index are removed
     too, which is safe only while holding the :class:`DirectoryLock`. Renames and unlinks go
-    through ``storage.io``.
+    through ``storage.io``. It first waits for this process's pending deletions of replaced files
+    (``commit.settle``), which no sweep may touch, so the directory it sees is clean.
     """
     io = (storage or StorageConfig()).io
     directory = os.fspath(directory)
+    settle()
     dead = [item for item in leftovers(directory) if not item.alive]
     acted: list[str] = []
     by_token: dict[str, list[Leftover]] = defaultdict(list)

@@ -22,7 +22,7 @@ import pytest
 
 import gpuckpt
 from gpuckpt.errors import CommittedSaveError
-from gpuckpt.storage import filesystem, recovery
+from gpuckpt.storage import commit, filesystem, recovery
 from gpuckpt.testing import crashes, faults
 from gpuckpt.testing.faults import FaultyIO
 
@@ -54,6 +54,7 @@ class Scenario:
         self.state.checkpoint.save_counter.assign(step)  # the model checks that it agrees with the values
         path = self.state.checkpoint.write(self.directory / crashes.NAME, options=options)
         self.written = step
+        assert commit.settle(60)  # the replaced files are deleted in the background: see (and break) those unlinks too
         return path
 
     def latest(self) -> str:

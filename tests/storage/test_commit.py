@@ -104,6 +104,7 @@ def test_an_overwrite_puts_the_old_files_aside_index_first_and_deletes_them_last
     write(tmp_path / "ck", OLD)
     io = ScriptedIO()
     write(tmp_path / "ck", NEW, io)
+    assert commit.settle(30)  # the unlinks run on the background deleter, after write returned
     calls = shape(io.log)
     start = calls.index("open marker")
     assert calls[start:] == ["open marker", "replace aside-index", "replace aside-data", "replace aside-data",
