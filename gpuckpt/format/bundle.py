@@ -15,7 +15,7 @@ from functools import cached_property
 from google.protobuf.message import DecodeError
 
 from ..errors import DataLossError, DataLossReason
-from . import dtypes, proto, sstable
+from . import dtypes, index_template, proto, sstable
 from .dtypes import DType
 
 _UNSUPPORTED_ENUMS = {20: "resource", 21: "variant"}
@@ -227,7 +227,14 @@ def parse_index(data, path: str | None = None) -> BundleIndex:
     shard ids, the byte ranges of stored entries (no two overlap), and the slices of each partitioned
     tensor (each names a slice entry of its shape and dtype; together they cover the tensor exactly once).
     """
-    table = sstable.read_table(data, path)
+    raw = index_template.whole_file(data)
+    layout = None
+    if raw is not None:
+        reused = index_template.reuse(raw, path)
+        if reused is not None:
+            return reused
+        data, layout = sstable.BytesSource(raw), sstable.TableLayout()
+    table = sstable.read_table(data, path, layout)
     if not table or table[0][0] != b"":
         raise DataLossError(f"{path!r} has no bundle header entry", path=path)
     num_shards = _decode_header(table[0][1], path)
@@ -251,7 +258,33 @@ def parse_index(data, path: str | None = None) -> BundleIndex:
                                 reason=DataLossReason.BAD_ENTRY)
     index = BundleIndex(num_shards, entries, slice_entries)
     validate_index(index, path)
+    if raw is not None and layout is not None:
+        _remember(raw, layout, table, index)
     return index
+
+
+def _remember(raw: bytes, layout: sstable.TableLayout, table: list[tuple[bytes, bytes]], index: BundleIndex) -> None:
+    """Keep ``index`` as the template of the next index file of its structure (``index_template``)."""
+    keys: list[str | bytes] = []
+    found: list[BundleEntry] = []
+    for raw_key, _ in itertools.islice(table, 1, None):
+        if raw_key[:1] == b"\x00":
+            keys.append(raw_key)
+            found.append(index.slice_entries[raw_key])
+        else:
+            key = raw_key.decode("utf-8", errors="surrogateescape")
+            keys.append(key)
+            found.append(index.entries[key])
+    index_template.remember(raw, layout, table, keys, found, index)
+
+
+def with_crc(entry: BundleEntry, crc32c: int) -> BundleEntry:
+    """``entry`` with another CRC (built as :func:`_entry` builds entries)."""
+    out = _new(BundleEntry)
+    fields = out.__dict__
+    fields.update(entry.__dict__)
+    fields["crc32c"] = crc32c
+    return out
 
 
 def stored_entries(index: BundleIndex) -> list[tuple[str, BundleEntry]]:

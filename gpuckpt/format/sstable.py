@@ -100,8 +100,9 @@ def _handle(offset: int, size: int) -> bytes:
 
 @dataclass
 class TableLayout:
-    """Where ``build_table`` put things: each entry's value (offset in the table, in entry order) and
-    each data block (offset, length of its body and type byte, which its trailing CRC covers)."""
+    """Where ``build_table`` put things, or ``read_table`` found them: each entry's value (offset in the
+    table, in entry order) and each data block (offset, length of its body and type byte, which its
+    trailing CRC covers)."""
 
     values: list[int] = field(default_factory=list)
     data_blocks: list[tuple[int, int]] = field(default_factory=list)
@@ -207,7 +208,7 @@ class FileSource:
                                 reason=_BAD_INDEX)
 
 
-def _read_block(table, offset: int, size: int, path: str | None) -> memoryview:
+def read_block(table, offset: int, size: int, path: str | None) -> memoryview:
     """The CRC-checked bytes of one block; every bound is checked before use."""
     table = table if isinstance(table, FileSource | BytesSource) else BytesSource(table)
     end = offset + size
@@ -241,8 +242,10 @@ def _iter_block(block: memoryview, path: str | None) -> Iterator[tuple[bytes, by
     return iter(entries)
 
 
-def _decode_block(block: memoryview, path: str | None, out: list[tuple[bytes, bytes]], *, ordered: bool = True) -> None:
-    """Append the entries of one block to ``out``; ``ordered``: check that keys keep increasing after ``out``'s last.
+def _decode_block(block: memoryview, path: str | None, out: list[tuple[bytes, bytes]], *, ordered: bool = True,
+                  values_at: list[int] | None = None, at: int = 0) -> None:
+    """Append the entries of one block to ``out``; ``ordered``: check that keys keep increasing after ``out``'s last;
+    ``values_at``: append where each value starts in the file (the block starting at file offset ``at``).
 
     Prefix compression lets a few bytes name long keys, so the bytes of the keys built are capped at
     ``KEY_EXPANSION`` times the block (TF's restarts bound real tables far below). The loop is the
@@ -293,15 +296,18 @@ def _decode_block(block: memoryview, path: str | None, out: list[tuple[bytes, by
         if ordered:
             last = key
         append((key, data[pos : pos + value_len]))
+        if values_at is not None:
+            values_at.append(at + pos)
         pos += value_len
 
 
-def read_table(data, path: str | None = None) -> list[tuple[bytes, bytes]]:
+def read_table(data, path: str | None = None, layout: TableLayout | None = None) -> list[tuple[bytes, bytes]]:
     """Decode every (key, value) of an SSTable, checking the footer, each block CRC and key order.
 
     ``data`` is the table's bytes or a :class:`FileSource`. The footer is read first, then only the
     blocks it names; data blocks must lie before the index block, in order and without overlap, so no
-    byte of the file is read twice and memory stays bounded by the file's real length.
+    byte of the file is read twice and memory stays bounded by the file's real length. ``layout``, if
+    given, receives where the data blocks and the values lie in the file (as ``build_table`` fills it).
     """
     table = data if isinstance(data, FileSource | BytesSource) else BytesSource(data)
     if table.size < FOOTER_SIZE:
@@ -316,9 +322,9 @@ def read_table(data, path: str | None = None) -> list[tuple[bytes, bytes]]:
     index_offset, index_size, _ = _read_handle(footer, pos, FOOTER_SIZE - 8, path)
     if index_offset + index_size + TRAILER_SIZE > footer_at or meta_offset + meta_size + TRAILER_SIZE > footer_at:
         raise DataLossError(f"index file {path!r} is corrupt: block handle out of range", path=path, reason=_BAD_INDEX)
-    _read_block(table, meta_offset, meta_size, path)  # unused, but its CRC guards the footer's first bytes
+    read_block(table, meta_offset, meta_size, path)  # unused, but its CRC guards the footer's first bytes
     entries: list[tuple[bytes, bytes]] = []
-    index_block = _read_block(table, index_offset, index_size, path)
+    index_block = read_block(table, index_offset, index_size, path)
     next_free = 0
     for _, handle in _iter_block(index_block, path):
         offset, size, _ = _read_handle(handle, 0, len(handle), path)
@@ -326,5 +332,10 @@ def read_table(data, path: str | None = None) -> list[tuple[bytes, bytes]]:
             raise DataLossError(f"index file {path!r} is corrupt: data block handle out of range or out of order",
                                 path=path, reason=_BAD_INDEX)
         next_free = offset + size + TRAILER_SIZE
-        _decode_block(_read_block(table, offset, size, path), path, entries)
+        if layout is None:
+            _decode_block(read_block(table, offset, size, path), path, entries)
+        else:
+            layout.data_blocks.append((offset, size + 1))
+            _decode_block(read_block(table, offset, size, path), path, entries, values_at=layout.values, at=offset)
     return entries
+

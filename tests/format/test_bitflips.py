@@ -125,7 +125,7 @@ def _block_boundaries(index: bytes) -> set[int]:
     meta_offset, meta_size, pos = sstable._read_handle(table, footer, len(index) - 8, None)
     index_offset, index_size, _ = sstable._read_handle(table, pos, len(index) - 8, None)
     handles = [(meta_offset, meta_size), (index_offset, index_size)]
-    for _, value in sstable._iter_block(sstable._read_block(table, index_offset, index_size, None), None):
+    for _, value in sstable._iter_block(sstable.read_block(table, index_offset, index_size, None), None):
         handles.append(sstable._read_handle(value, 0, len(value), None)[:2])
     cuts = {footer}
     for offset, size in handles:
