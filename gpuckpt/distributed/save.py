@@ -26,7 +26,7 @@ import os
 import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -164,7 +164,7 @@ def write_shard(prefix: str, tensors: Sequence[Tensor], rank: int, num_ranks: in
     except BaseException:
         writer.abort()
         raise
-    pieces = tuple(Stored(t.key, replace(entries[str(i)], shard_id=rank), box) for i, (t, box) in enumerate(mine))
+    pieces = tuple(Stored(t.key, entries[str(i)]._replace(shard_id=rank), box) for i, (t, box) in enumerate(mine))
     return Report(
         rank, pieces, tuple(files),
         replicated=tuple(_signature(t) for t in tensors

@@ -11,6 +11,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
+from typing import NamedTuple
 
 from google.protobuf.message import DecodeError
 
@@ -32,9 +33,12 @@ class Extent:
     length: int | None
 
 
-@dataclass(frozen=True)
-class BundleEntry:
-    """Where and how one tensor (or one slice of it) is stored. ``crc32c`` is the masked CRC."""
+class BundleEntry(NamedTuple):
+    """Where and how one tensor (or one slice of it) is stored. ``crc32c`` is the masked CRC.
+
+    A NamedTuple, not a frozen dataclass: an index holds one per tensor, and a tuple is one object for
+    the cycle collector to track instead of two (the instance and its ``__dict__``), built by ``tuple.__new__``.
+    """
 
     dtype: DType
     shape: tuple[int, ...]
@@ -148,19 +152,15 @@ def _corrupt(path: str | None, key: str | None, why: str) -> DataLossError:
                          reason=DataLossReason.BAD_ENTRY)
 
 
-_new = object.__new__
+_new = tuple.__new__
 # enum -> (dtype, item size) of the dtypes whose entries take decode_entry's fast path
 _NUMERIC = {e: (d, d.itemsize) for e, d in dtypes.BY_ENUM.items() if not d.is_string}
 
 
 def _entry(dtype: DType, shape: tuple[int, ...], shard_id: int, offset: int, size: int, crc32c: int,
            slices: tuple[tuple[Extent, ...], ...]) -> BundleEntry:
-    """A BundleEntry built without the frozen ``__init__``'s one ``object.__setattr__`` per field (an index
-    holds one entry per tensor; this halves their cost). Same type, same fields, same equality."""
-    entry = _new(BundleEntry)
-    entry.__dict__.update(dtype=dtype, shape=shape, shard_id=shard_id, offset=offset, size=size, crc32c=crc32c,
-                          slices=slices)
-    return entry
+    """A BundleEntry built without the generated ``__new__``'s argument handling (one entry per tensor)."""
+    return _new(BundleEntry, (dtype, shape, shard_id, offset, size, crc32c, slices))
 
 
 def decode_entry(raw: bytes, *, path: str | None = None, key: str | None = None) -> BundleEntry:
@@ -280,11 +280,8 @@ def _remember(raw: bytes, layout: sstable.TableLayout, table: list[tuple[bytes, 
 
 def with_crc(entry: BundleEntry, crc32c: int) -> BundleEntry:
     """``entry`` with another CRC (built as :func:`_entry` builds entries)."""
-    out = _new(BundleEntry)
-    fields = out.__dict__
-    fields.update(entry.__dict__)
-    fields["crc32c"] = crc32c
-    return out
+    dtype, shape, shard_id, offset, size, _, slices = entry
+    return _new(BundleEntry, (dtype, shape, shard_id, offset, size, crc32c, slices))
 
 
 def stored_entries(index: BundleIndex) -> list[tuple[str, BundleEntry]]:

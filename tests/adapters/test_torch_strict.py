@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import warnings
 from pathlib import Path
@@ -197,7 +196,7 @@ def _forge_slot_shape(path: str, shape: tuple[int, ...]) -> None:
     index = bundle.parse_index(index_path.read_bytes())
     key = "model/h/0/bias/.OPTIMIZER_SLOT/optimizer/exp_avg/.ATTRIBUTES/VARIABLE_VALUE"
     entries = dict(index.entries)
-    entries[key] = dataclasses.replace(entries[key], shape=shape)
+    entries[key] = entries[key]._replace(shape=shape)
     index_path.write_bytes(bundle.build_index(index.num_shards, entries))
 
 
