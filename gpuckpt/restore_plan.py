@@ -109,22 +109,13 @@ def build_restore_plan(index: BundleIndex, requests: Sequence[Request], shard_si
     bytes cannot be where the index says; nothing is read here.
     """
     entries = index.entries
-    get = entries.get
-    found = [get(r.key) for r in requests]
-    if None in found:
-        r = requests[found.index(None)]
-        raise DataLossError(f"checkpoint {prefix or 'checkpoint'} lists key {r.key!r} for {r.label} but has "
-                            "no such tensor", path=prefix, key=r.key)
-    if any(e.dtype is not r.dtype or e.shape != r.shape or r.block is not None  # type: ignore[union-attr]
-           for r, e in zip(requests, found)):
-        check_requests(entries, requests, prefix=prefix)
+    found = _entries_checked(entries, requests, prefix)
     bounds = _Bounds(shard_size, shard_path)
     reads: list[ReadItem] = []
     strings: list[StringItem] = []
     sizes = bounds.sizes
     append, new = reads.append, tuple.__new__
     for i, (r, entry) in enumerate(zip(requests, found)):
-        assert entry is not None
         if not entry.slices and r.block is None and entry.dtype.numpy is not None:
             # the common case: one whole numeric tensor, read in place
             size = sizes.get(entry.shard_id)
@@ -148,6 +139,26 @@ def build_restore_plan(index: BundleIndex, requests: Sequence[Request], shard_si
     if any(a.shard > b.shard or a.shard == b.shard and a.offset > b.offset for a, b in zip(reads, reads[1:])):
         reads.sort(key=_file_order)
     return RestorePlan(tuple(requests), tuple(reads), tuple(strings))
+
+
+def _entries_checked(entries: Mapping[str, BundleEntry], requests: Sequence[Request], prefix: str
+                     ) -> list[BundleEntry]:
+    """Each request's entry; DataLossError for a key the index lacks, else InvalidArgumentError listing every
+    request whose dtype or shape differs from its entry's (or whose block does not fit), before anything is read."""
+    found: list[BundleEntry] = []
+    append, get = found.append, entries.get
+    same = True
+    for r in requests:
+        entry = get(r.key)
+        if entry is None:
+            raise DataLossError(f"checkpoint {prefix or 'checkpoint'} lists key {r.key!r} for {r.label} but has "
+                                "no such tensor", path=prefix, key=r.key)
+        if same and (entry.dtype is not r.dtype or entry.shape != r.shape or r.block is not None):
+            same = False
+        append(entry)
+    if not same:
+        check_requests(entries, requests, prefix=prefix)
+    return found
 
 
 def _file_order(item: ReadItem) -> tuple[int, int]:

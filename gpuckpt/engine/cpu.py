@@ -105,7 +105,8 @@ def read_host(storage, items: Sequence[ReadItem], dests: Sequence[np.ndarray | N
     failed: dict[int, DataLossError] = {}
     in_place = [item for item in items if item.src is None]
     if in_place:  # the destinations themselves are the read buffers (any C-contiguous array serves preadv)
-        targets = [ReadTarget(item.key, item.shard, item.offset, item.length, item.crc32c, dests[item.request])
+        new = tuple.__new__  # one ReadTarget per tensor, without its generated __new__
+        targets = [new(ReadTarget, (item.key, item.shard, item.offset, item.length, item.crc32c, dests[item.request]))
                    for item in in_place]
         for i, error in storage.read_verified(targets).failed:
             failed.setdefault(in_place[i].request, error)
