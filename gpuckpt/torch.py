@@ -154,21 +154,40 @@ class TorchTensor(_Adapter):
     def __init__(self, tensor: "torch.Tensor", full_name: str = ""):
         super().__init__(tensor)
         self._full_name = full_name
+        self._last: tuple[Any, weakref.ref] | None = None  # (what the view was of, the view), see _view
 
     @property
     def tensor(self) -> "torch.Tensor":
         return self.obj
 
     def _serialize_tensors(self) -> Mapping[str, Any]:
-        return {VARIABLE_VALUE: tensor_view(_dtensor.local_tensor(self.tensor, self._full_name), self._full_name)}
+        return {VARIABLE_VALUE: self._view()}
 
     def _restore_destinations(self) -> Mapping[str, Any]:
         """The tensor's own memory (a DTensor's local shard), for restores that read in place: a NumPy
         view of a CPU tensor, or the CUDA tensor itself (bfloat16/float8: its integer view on the device)."""
-        t = _dtensor.local_tensor(self.tensor, self._full_name).detach()
-        if t.device.type in ("cpu", "cuda"):
-            return {VARIABLE_VALUE: tensor_view(t, self._full_name)}
-        return {}
+        t = _dtensor.local_tensor(self.tensor, self._full_name)
+        return {VARIABLE_VALUE: self._view(t)} if t.is_cpu or t.is_cuda else {}
+
+    def _view(self, t: "torch.Tensor | None" = None) -> Any:
+        """``tensor_view`` of ``t``, the (local) tensor. A save or restore asks for it several times per
+        tensor, so the last view is handed out again while something still holds it (it is kept only
+        weakly, so no memory outlives its users) and the tensor still has the same memory, layout, dtype
+        and type."""
+        if t is None:
+            t = _dtensor.local_tensor(self.tensor, self._full_name)
+        of = (t.data_ptr(), t.is_cuda, t.dtype, type(t), t.shape, t.stride())
+        last = self._last
+        if last is not None and last[0] == of:
+            view = last[1]()
+            if view is not None:
+                return view
+        view = tensor_view(t, self._full_name)
+        try:
+            self._last = (of, weakref.ref(view))
+        except TypeError:  # a view that takes no weak reference is made afresh each time
+            self._last = None
+        return view
 
     def _restore_tensors(self, values: Mapping[str, Any]) -> None:
         copy_into(_dtensor.local_tensor(self.tensor, self._full_name), values[VARIABLE_VALUE])
@@ -209,22 +228,21 @@ def tensor_view(tensor: "torch.Tensor", name: str = "") -> Any:
     """
     _refuse_subclasses(tensor, name)
     t = tensor.detach()
-    if t.device.type == "meta":
+    device = t.device.type
+    if device == "meta":
         raise InvalidArgumentError(f"cannot checkpoint or restore {name or 'a tensor'} on the meta device: it has "
                                    "no storage; materialize the module first (module.to_empty(device=...)), then "
                                    "restore into it")
-    if t.device.type == "cuda" and t.dtype not in _VIEWED:
-        return t
-    if t.device.type not in ("cpu", "cuda"):
+    if device not in ("cpu", "cuda"):
         raise InvalidArgumentError(f"cannot checkpoint a tensor on device {t.device}: gpuckpt saves CPU and "
                                    "CUDA tensors")
-    if t.device.type == "cuda":
-        through, ml = _VIEWED[t.dtype]
+    viewed = _VIEWED.get(t.dtype)
+    if viewed is None:
+        return t if device == "cuda" else t.numpy()
+    through, ml = viewed
+    if device == "cuda":
         return RetypedDeviceArray(t.view(through), ml)
-    if t.dtype in _VIEWED:
-        through, ml = _VIEWED[t.dtype]
-        return t.view(through).numpy().view(ml)
-    return t.numpy()
+    return t.view(through).numpy().view(ml)
 
 
 def copy_into(tensor: "torch.Tensor", value: Any) -> None:
@@ -293,8 +311,15 @@ class TorchModule(_Adapter):
         module = self.module
         skipped = module._non_persistent_buffers_set
         tensors = [*module._parameters.items(), *((n, b) for n, b in module._buffers.items() if n not in skipped)]
-        children: list[tuple[str, Trackable]] = [(name, trackable(t, self._prefix + name))
-                                                  for name, t in tensors if t is not None]
+        children: list[tuple[str, Trackable]] = []
+        append, known = children.append, _ADAPTERS.get
+        for name, t in tensors:  # listed several times a save or restore: known adapters skip trackable()'s checks
+            if t is None:
+                continue
+            adapter = known(id(t))
+            if adapter is None or adapter._ref() is not t:
+                adapter = trackable(t, self._prefix + name)
+            append((name, adapter))
         children += [(name, trackable(m, self._prefix + name)) for name, m in module._modules.items() if m is not None]
         return children
 
