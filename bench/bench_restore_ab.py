@@ -4,9 +4,11 @@ On a shared, loaded machine two runs minutes apart differ by more than most chan
 starts one worker process per tree (each with its own ``PYTHONPATH``), has each build the same
 ``bench_io`` workload and write it (fsync off), and then asks them for one restore each in turn,
 alternating, ``--reads`` times. It prints, per tree, the process CPU time (all threads) and the
-wall time of one ``Checkpoint.read`` into existing ``Variable``s: minimum and median.
+wall time of one ``Checkpoint.read`` into existing ``Variable``s (``--adapter torch``: into the parameters
+of an ``nn.Module``, through the PyTorch adapter): minimum and median.
 
     python bench/bench_restore_ab.py /tmp/before /tmp/after [--workload small5000] [--scale 8] [--reads 15]
+                                     [--adapter {variables,torch}]
 
 Each tree is a directory holding ``gpuckpt/`` (for instance ``git archive <commit> gpuckpt | tar -x -C DIR``).
 """
@@ -24,7 +26,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def worker(workload: str, scale: int) -> None:
+def worker(workload: str, scale: int, adapter: str) -> None:
     """Build and write the workload, then restore it once per line read from stdin, printing CPU and wall ms."""
     import numpy as np
 
@@ -34,11 +36,7 @@ def worker(workload: str, scale: int) -> None:
     from bench_io import api_state
 
     state = api_state(workload, scale)
-    src = gpuckpt.Checkpoint(state=gpuckpt.Module())
-    tgt = gpuckpt.Checkpoint(state=gpuckpt.Module())
-    for name, value in state.items():
-        setattr(src.state, name.replace("/", "_"), gpuckpt.Variable(value))
-        setattr(tgt.state, name.replace("/", "_"), gpuckpt.Variable(np.zeros_like(value)))
+    src, tgt = _holders(state, adapter)
     with tempfile.TemporaryDirectory() as work:
         path = src.write(os.path.join(work, "c"), options=gpuckpt.CheckpointOptions(fsync=False))
         tgt.read(path)
@@ -48,7 +46,38 @@ def worker(workload: str, scale: int) -> None:
             tgt.read(path)
             print(f"{(time.process_time() - cpu) * 1e3:.2f} {(time.perf_counter() - wall) * 1e3:.2f}", flush=True)
         for name, value in state.items():
-            assert np.array_equal(getattr(tgt.state, name.replace("/", "_")).numpy(), value), name
+            assert np.array_equal(_value_of(tgt, name, adapter), value), name
+
+
+def _holders(state, adapter: str):
+    """Two checkpoints of the workload's tensors: one holding its values, one zeros of the same shapes."""
+    import numpy as np
+
+    import gpuckpt
+
+    if adapter == "torch":
+        import torch
+
+        def module(values):
+            m = torch.nn.Module()
+            for name, value in values.items():
+                m.register_parameter(name.replace("/", "_"),
+                                     torch.nn.Parameter(torch.from_numpy(value.copy()), requires_grad=False))
+            return m
+
+        return (gpuckpt.Checkpoint(state=module(state)),
+                gpuckpt.Checkpoint(state=module({k: np.zeros_like(v) for k, v in state.items()})))
+    src = gpuckpt.Checkpoint(state=gpuckpt.Module())
+    tgt = gpuckpt.Checkpoint(state=gpuckpt.Module())
+    for name, value in state.items():
+        setattr(src.state, name.replace("/", "_"), gpuckpt.Variable(value))
+        setattr(tgt.state, name.replace("/", "_"), gpuckpt.Variable(np.zeros_like(value)))
+    return src, tgt
+
+
+def _value_of(checkpoint, name: str, adapter: str):
+    value = getattr(checkpoint.state, name.replace("/", "_"))
+    return value.detach().numpy() if adapter == "torch" else value.numpy()
 
 
 def main() -> None:
@@ -57,11 +86,12 @@ def main() -> None:
     ap.add_argument("--workload", default="small5000", choices=("gpt2", "small5000", "mixed"))
     ap.add_argument("--scale", type=int, default=8)
     ap.add_argument("--reads", type=int, default=15)
+    ap.add_argument("--adapter", default="variables", choices=("variables", "torch"))
     args = ap.parse_args()
     workers = []
     for tree in args.trees:
         env = dict(os.environ, PYTHONPATH=os.path.abspath(tree))
-        proc = subprocess.Popen([sys.executable, __file__, "--worker", args.workload, str(args.scale)],
+        proc = subprocess.Popen([sys.executable, __file__, "--worker", args.workload, str(args.scale), args.adapter],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
                                 cwd=tempfile.gettempdir())
         assert proc.stdin is not None and proc.stdout is not None
@@ -83,13 +113,13 @@ def main() -> None:
     for tree, pairs in times.items():
         cpu = [c for c, _ in pairs]
         wall = [w for _, w in pairs]
-        print(f"{tree}: Checkpoint.read of {args.workload}: CPU min {min(cpu):.1f} "
+        print(f"{tree}: Checkpoint.read of {args.workload} ({args.adapter}): CPU min {min(cpu):.1f} "
               f"median {statistics.median(cpu):.1f} ms; wall min {min(wall):.1f} "
               f"median {statistics.median(wall):.1f} ms")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "--worker":
-        worker(sys.argv[2], int(sys.argv[3]))
+    if len(sys.argv) == 5 and sys.argv[1] == "--worker":
+        worker(sys.argv[2], int(sys.argv[3]), sys.argv[4])
     else:
         main()
