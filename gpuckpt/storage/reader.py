@@ -97,12 +97,20 @@ def coalesce_runs(targets: Sequence[ReadTarget], task_bytes: int, small_limit: i
     order: list[int] = []
     empty: list[int] = []
     large: list[int] = []
-    for i, (key, _, _, length, _, dest) in enumerate(targets):
+    in_order = True
+    last = (-1, -1)
+    for i, (key, shard, offset, length, _, dest) in enumerate(targets):
         if dest.nbytes != length:
             raise InvalidArgumentError(f"buffer of {dest.nbytes} bytes for {length} stored bytes of key {key!r}",
                                        key=key)
-        (order if 0 < length <= small_limit else empty if not length else large).append(i)
-    if any(_after(targets[a], targets[b]) for a, b in zip(order, order[1:])):
+        if 0 < length <= small_limit:
+            order.append(i)
+            if in_order:
+                in_order = last <= (shard, offset)
+                last = (shard, offset)
+        else:
+            (large if length else empty).append(i)
+    if not in_order:
         order.sort(key=lambda i: (targets[i][1], targets[i][2]))  # plans come in file order already
     runs: list[Run] = []
     items: list[tuple[Any, int, int]] = []
@@ -127,10 +135,6 @@ def coalesce_runs(targets: Sequence[ReadTarget], task_bytes: int, small_limit: i
 def _call(job: tuple[Callable[[Any], Any], Any]) -> Any:
     function, argument = job
     return function(argument)
-
-
-def _after(a: ReadTarget, b: ReadTarget) -> bool:
-    return a[1] > b[1] or a[1] == b[1] and a[2] > b[2]
 
 
 def read_run(fd: int, run: Run, batch_bytes: int = READ_CACHE_BYTES) -> tuple[list[int], int]:
