@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from . import saver
+from . import gcpause, saver
 from . import strict as strict_restore
 from .engine.capture import CapturePool
 from .engine.select import EngineCache
@@ -232,7 +232,8 @@ class Checkpoint(AutoTrackable):
             self._stage(path, options, source, persist, undo, give_back_async)
             return
         try:
-            persist(source.values(), {})
+            with gcpause.paused():  # thousands of per-tensor records, as in a restore
+                persist(source.values(), {})
         except BaseException as exc:
             if not isinstance(exc, CommittedSaveError):  # only then does the checkpoint stay listed
                 undo()
@@ -266,7 +267,8 @@ class Checkpoint(AutoTrackable):
             undo()
             raise
         try:
-            captured = self._self_captures.capture(source.values(), checksum=source.checksums)
+            with gcpause.paused():  # the caller's part only: the background write runs with the collector on
+                captured = self._self_captures.capture(source.values(), checksum=source.checksums)
         except BaseException:
             undo()
             background.cancel()

@@ -64,3 +64,25 @@ def test_a_restore_and_a_failed_one_leave_the_collector_on(tmp_path) -> None:
     with pytest.raises(gpuckpt.CheckpointError):
         gpuckpt.Checkpoint(v=gpuckpt.Variable(np.zeros(5))).read(prefix)
     assert gc.isenabled()
+
+
+def test_a_save_pauses_the_collector_on_the_callers_thread_only(tmp_path, monkeypatch) -> None:
+    """A synchronous save runs paused; an asynchronous one only while capturing, its write with it on."""
+    from gpuckpt import saver
+
+    seen: list[tuple[str, bool]] = []
+    real = saver.write_tensors
+
+    def recording(*args, **kwargs):
+        seen.append((threading.current_thread().name, gc.isenabled()))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(saver, "write_tensors", recording)
+    checkpoint = gpuckpt.Checkpoint(v=gpuckpt.Variable(np.arange(5.0)))
+    checkpoint.write(str(tmp_path / "sync"))
+    assert seen == [(threading.current_thread().name, False)] and gc.isenabled()
+    seen.clear()
+    checkpoint.write(str(tmp_path / "async"), options=gpuckpt.CheckpointOptions(enable_async=True))
+    checkpoint.sync()
+    assert len(seen) == 1 and seen[0][0] != threading.current_thread().name and seen[0][1]
+    assert gc.isenabled()
