@@ -3,14 +3,16 @@
 Each comparison alternates the sides round by round and keeps each side's best time.
 
     python bench/bench_io.py [--size-mib 1024] [--no-fsync] [--no-tf] [--dir DIR]
-    python bench/bench_io.py --api {gpt2,small5000,mixed} [--scale 8] [--no-fsync] [--repeat 3]
+    python bench/bench_io.py --api {gpt2,small5000,mixed} [--scale 8] [--no-fsync] [--no-tf] [--repeat 3]
 
 ``--api`` measures what users run: ``Checkpoint.write`` of ``Variable``s and ``Checkpoint.read``
 into existing ``Variable``s (every CRC verified), beside plain writes (+fsync) and reads of the
-same bytes into aligned buffers and safetensors' ``save_file``/``load_file``, warm and cold,
-and prints the fixed cost per 1,000 tensors (gpuckpt's time minus plain I/O's). Repeated restores
-reuse the last index's template and decoded object graph, as an evaluation loop does; the first
-restore in a fresh process (a resume), which reuses nothing, is timed separately. Workloads:
+same bytes into aligned buffers, safetensors' ``save_file``/``load_file``, PyTorch DCP and the
+PyTorch adapter (when torch is installed) and TensorFlow's ``tf.train.Checkpoint`` (its own
+rounds, after the others; ``--no-tf`` skips it), warm and cold, and prints the fixed cost per
+1,000 tensors (gpuckpt's time minus plain I/O's). Repeated restores reuse the last index's
+template and decoded object graph, as an evaluation loop does; the first restore in a fresh
+process (a resume), which reuses nothing, is timed separately. Workloads:
 ``gpt2`` (GPT-2 small's 148 parameters with Adam's ``exp_avg``, ``exp_avg_sq`` and scalar
 ``step`` each: 592 tensors, 1.49 GB at ``--scale 1``; ``--scale N`` divides each tensor's first
 dimension, keeping the tensor count), ``small5000`` (5,000 tensors of 1-16 KiB plus 4 large)
@@ -202,7 +204,7 @@ def _torch_sides(state: dict[str, np.ndarray], fsync: bool, options) -> dict:
                         "restore PyTorch DCP": (lambda p: dcp.load(target_sd, checkpoint_id=p), "save PyTorch DCP")}}
 
 
-def bench_api(workload: str, scale: int, fsync: bool, repeat: int, work: str) -> None:
+def bench_api(workload: str, scale: int, fsync: bool, repeat: int, work: str, with_tf: bool = True) -> None:
     """The ``--api`` comparison (see the module docstring)."""
     from safetensors.numpy import load_file, save_file
 
@@ -260,6 +262,8 @@ def bench_api(workload: str, scale: int, fsync: bool, repeat: int, work: str) ->
             name: (lambda paths=paths: drop_cache(paths)) if cold else None for name, paths in files.items()}))
     for name, value in state.items():
         assert np.array_equal(getattr(target.state, name.replace("/", "_")).numpy(), value), name
+    if with_tf:  # after the others (its own rounds): importing TensorFlow changes nothing they measure
+        results.update(bench_tf(state, work, fsync, repeat))
     report(results, nbytes)
     per_k = 1000 / len(state) * 1e3
     print(f"fixed cost per 1,000 tensors beyond plain I/O: save {(results['save gpuckpt'] - results['save plain']) * per_k:.1f} ms, "
@@ -274,9 +278,10 @@ def bench_api(workload: str, scale: int, fsync: bool, repeat: int, work: str) ->
     first = min(firsts)
     print(f"host RSS of a restore beyond the restored values (peak - before, fresh process): "
           f"{rss / 2**20:.1f} MiB for {nbytes / 2**20:.0f} MiB of values")
+    plain_warm = results["restore plain (warm)"]
     print(f"first restore in a fresh process (page cache warm; nothing reused from an earlier read): "
-          f"{first * 1e3:.1f} ms, {nbytes / first / 1e9:.2f} GB/s, {results['restore plain (warm)'] / first:.2f}x plain "
-          f"(warm), fixed cost {(first - results['restore plain (warm)']) * per_k:.1f} ms per 1,000 tensors")
+          f"{first * 1e3:.1f} ms, {nbytes / first / 1e9:.2f} GB/s, {plain_warm / first:.2f}x plain "
+          f"(warm), fixed cost {(first - plain_warm) * per_k:.1f} ms per 1,000 tensors")
     for kind in ("save", "restore"):
         for mode in (("",) if kind == "save" else (" (warm)", " (cold)")):
             ours_t = results[f"{kind} gpuckpt{mode}"]
@@ -323,7 +328,7 @@ def main() -> int:
     if args.api:
         work = tempfile.mkdtemp(prefix="gpuckpt-bench-", dir=args.dir)
         try:
-            bench_api(args.api, args.scale, fsync, args.repeat, work)
+            bench_api(args.api, args.scale, fsync, args.repeat, work, with_tf=not args.no_tf)
         finally:
             shutil.rmtree(work)
         return 0
