@@ -332,13 +332,18 @@ class Checkpoint(AutoTrackable):
         options = options or CheckpointOptions()
         if self._self_async is not None:
             self._self_async.wait()  # restore what is committed; a background error stays for sync()
-        session = open_session(os.fspath(save_path), skip_slots=options.experimental_skip_slot_variables,
-                               engines=self._self_engines, io_device=options.io_device,
-                               atomic=options.atomic_restore, ring_bytes=options.restore_ring_bytes)
-        root, attached = self._root(), self._attached()
-        if strict:
-            strict_restore.check(session, root, attached)
-        session.start(root, attached)
+        with gcpause.paused():  # open, strict check and start: one pause (each also pauses on its own)
+            session = open_session(os.fspath(save_path), skip_slots=options.experimental_skip_slot_variables,
+                                   engines=self._self_engines, io_device=options.io_device,
+                                   atomic=options.atomic_restore, ring_bytes=options.restore_ring_bytes)
+            root, attached = self._root(), self._attached()
+            if strict:
+                try:
+                    strict_restore.check(session, root, attached)
+                except BaseException:
+                    session.storage.close()
+                    raise
+            session.start(root, attached)
         return load_status(session, self._live_objects)
 
     def restore(self, save_path: str | os.PathLike | None,

@@ -263,3 +263,12 @@ def test_a_dropped_reader_closes_its_files_and_joins_no_thread(tmp_path) -> None
     finally:
         gc.enable()
     assert threads <= {t.ident for t in threading.enumerate()}  # the pool lives on, nothing was joined
+
+
+def test_a_strict_restore_that_refuses_closes_its_files_before_raising(tmp_path) -> None:
+    torch = pytest.importorskip("torch")
+    path = gpuckpt.Checkpoint(model=torch.nn.Linear(3, 2)).write(tmp_path / "ck")
+    with pytest.raises(gpuckpt.UnmatchedStateError) as raised:
+        gpuckpt.Checkpoint(model=torch.nn.Linear(3, 2, bias=False)).read(path)
+    assert raised.traceback  # its frames (and the session in them) are still alive here
+    assert not [fd for fd in _fds() if fd.startswith(str(tmp_path))]
