@@ -29,14 +29,15 @@ _RETRY_SLEEP_S = 0.002
 class ShardFiles:
     """Read-only file descriptors of one checkpoint's data shards, opened on first use.
 
-    ``ends`` maps a shard to the ``(end, key)`` of each entry stored in it, sorted: a shard shorter
-    than its entries claim is refused when opened, naming the first key cut off, before anything is read.
+    ``extents`` maps a shard to the ``(offset, end, key)`` of each entry stored in it, sorted (the
+    validated index's ``BundleIndex.extents``): a shard shorter than its entries claim is refused when
+    opened, naming the first key cut off, before anything is read.
     """
 
-    def __init__(self, prefix: str, num_shards: int, ends: dict[int, list[tuple[int, str]]] | None = None):
+    def __init__(self, prefix: str, num_shards: int, extents: dict[int, list[tuple[int, int, str]]] | None = None):
         self.prefix = prefix
         self.num_shards = num_shards
-        self.ends = ends or {}
+        self.extents = extents or {}
         self._fds: dict[int, tuple[int, int]] = {}
 
     def path(self, shard: int) -> str:
@@ -53,10 +54,10 @@ class ShardFiles:
                 fd, st = open_regular(path, "data file")
             except (FileNotFoundError, NotADirectoryError):
                 raise NotFoundError(f"data file {path!r} of checkpoint {self.prefix!r} is missing", path=path) from None
-            ends = self.ends.get(shard, [])
-            if ends and st.st_size < ends[-1][0]:
+            extents = self.extents.get(shard, [])  # disjoint, so in the order of their ends too
+            if extents and st.st_size < extents[-1][1]:
                 os.close(fd)
-                end, key = next(item for item in ends if item[0] > st.st_size)
+                _, end, key = next(item for item in extents if item[1] > st.st_size)
                 raise DataLossError(f"entry for key {key!r} points past the end of data file {path!r} "
                                     f"(it ends at {end}, the file has {st.st_size} bytes): the file is truncated "
                                     "or the index corrupt", path=path, key=key, reason=DataLossReason.TRUNCATED)
@@ -65,7 +66,7 @@ class ShardFiles:
 
     def open_present(self) -> None:
         """Open every shard an entry uses that exists now; a missing one raises only when it is read."""
-        for shard in sorted(self.ends):
+        for shard in sorted(self.extents):
             try:
                 self.open(shard)
             except NotFoundError:
@@ -118,7 +119,7 @@ def open_consistent(prefix: str, parse: Callable[[Any, str], Any]) -> tuple[Any,
             raise NotFoundError(
                 f"checkpoint not found: no file {index_path!r} (failed to find any matching files for {prefix})",
                 path=index_path) from None
-        files = ShardFiles(prefix, index.num_shards, _shard_ends(index))
+        files = ShardFiles(prefix, index.num_shards, index.extents)
         try:
             _check_shard_count(prefix, index, index_path)
             files.open_present()
@@ -136,12 +137,6 @@ def open_consistent(prefix: str, parse: Callable[[Any, str], Any]) -> tuple[Any,
         if time.monotonic() >= deadline:
             raise NotFoundError(f"checkpoint {prefix!r} was replaced again and again while being opened; "
                                 "no version stayed in place long enough to read", path=index_path)
-
-
-def _shard_ends(index: Any) -> dict[int, list[tuple[int, str]]]:
-    """Per shard, the ``(end, key)`` of every non-empty entry stored in it, by end (the validated index's
-    ranges are disjoint, so their order by offset is their order by end)."""
-    return {shard: [(end, key) for _, end, key in ranges] for shard, ranges in index.extents.items()}
 
 
 def _check_shard_count(prefix: str, index: Any, index_path: str) -> None:
