@@ -71,6 +71,8 @@ def reuse(raw: bytes, path: str | None) -> BundleIndex | None:
     """The index ``raw`` parses to, built from a template of the same structure, or None if none fits."""
     with _lock:
         template = _templates.get(len(raw))
+        if template is not None:
+            _templates.move_to_end(len(raw))  # the least recently used is dropped first
     if template is None:
         return None
     buf = np.frombuffer(raw, np.uint8)

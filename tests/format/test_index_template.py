@@ -166,3 +166,13 @@ def test_checkpoint_reads_after_saves_of_new_values(tmp_path, decodes) -> None:
         if round_:
             assert len(decodes) == before
         assert all(getattr(target, f"v{i}").numpy()[0] == i + 100 * round_ for i in range(30))
+
+
+def test_the_least_recently_used_template_goes_first() -> None:
+    first = _index([1] * 3)
+    parse_index(first)
+    for count in range(4, 3 + index_template.SLOTS):
+        parse_index(_index([1] * count))
+    parse_index(_index([2] * 3))  # reuses, and so refreshes, the first template
+    parse_index(_index([1] * 50))  # one template more than the slots: the oldest unused one goes
+    assert len(first) in index_template._templates
