@@ -262,6 +262,7 @@ def bench_api(workload: str, scale: int, fsync: bool, repeat: int, work: str, wi
             name: (lambda paths=paths: drop_cache(paths)) if cold else None for name, paths in files.items()}))
     for name, value in state.items():
         assert np.array_equal(getattr(target.state, name.replace("/", "_")).numpy(), value), name
+    first, rss = _fresh_process_restores(ours, workload, scale, repeat)  # before TensorFlow's threads exist
     if with_tf:  # after the others (its own rounds): importing TensorFlow changes nothing they measure
         results.update(bench_tf(state, work, fsync, repeat))
     report(results, nbytes)
@@ -269,13 +270,6 @@ def bench_api(workload: str, scale: int, fsync: bool, repeat: int, work: str, wi
     print(f"fixed cost per 1,000 tensors beyond plain I/O: save {(results['save gpuckpt'] - results['save plain']) * per_k:.1f} ms, "
           f"restore warm {(results['restore gpuckpt (warm)'] - results['restore plain (warm)']) * per_k:.1f} ms, "
           f"cold {(results['restore gpuckpt (cold)'] - results['restore plain (cold)']) * per_k:.1f} ms")
-    firsts, rss = [], 0
-    for _ in range(repeat):
-        child = subprocess.run([sys.executable, __file__, "--rss-child", ours, workload, str(scale)],
-                               capture_output=True, text=True, check=True)
-        peak, seconds = child.stdout.split()[-2:]
-        rss, firsts = max(rss, int(peak)), firsts + [float(seconds)]
-    first = min(firsts)
     print(f"host RSS of a restore beyond the restored values (peak - before, fresh process): "
           f"{rss / 2**20:.1f} MiB for {nbytes / 2**20:.0f} MiB of values")
     plain_warm = results["restore plain (warm)"]
@@ -288,6 +282,18 @@ def bench_api(workload: str, scale: int, fsync: bool, repeat: int, work: str, wi
             peers = [(name.split(" ", 1)[1].replace(mode, ""), t) for name, t in results.items()
                      if name.startswith(kind + " ") and name.endswith(mode) and name != f"{kind} gpuckpt{mode}"]
             print(f"{kind}{mode}: gpuckpt " + ", ".join(f"{t / ours_t:.2f}x {peer.strip()}" for peer, t in peers))
+
+
+def _fresh_process_restores(path: str, workload: str, scale: int, repeat: int) -> tuple[float, int]:
+    """The fastest first restore of ``path`` in ``repeat`` fresh processes (seconds), and their largest
+    RSS beyond the restored values (bytes); see :func:`rss_child`."""
+    firsts, rss = [], 0
+    for _ in range(repeat):
+        child = subprocess.run([sys.executable, __file__, "--rss-child", path, workload, str(scale)],
+                               capture_output=True, text=True, check=True)
+        peak, seconds = child.stdout.split()[-2:]
+        rss, firsts = max(rss, int(peak)), firsts + [float(seconds)]
+    return min(firsts), rss
 
 
 def rss_child(path: str, workload: str, scale: int) -> None:
