@@ -15,8 +15,10 @@ restore (its status and any object still waiting) goes.
 
 from __future__ import annotations
 
+import threading
 import warnings
 import weakref
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,9 +27,9 @@ from . import prepare
 from .errors import DataLossError, InvalidArgumentError
 from .format.bundle import BundleEntry
 from .format.objgraph import OBJECT_GRAPH_KEY, ObjectGraph, SlotRef, decode
-from .graph import children_of, pretty_names
+from .graph import NodeLabel, NodeNames, children_of, pretty_names
 from .restore_plan import Request, check_requests
-from .session import RestoreSession, Target, read_stored_string, slot_node_ids, target
+from .session import RestoreSession, Target, read_stored_string, target
 from .storage.reader import FileSystemReader
 from .trackable import restore_order
 from .trackable.base import Trackable
@@ -138,6 +140,80 @@ def _match_slots(candidates: Sequence[SlotWait], bound: Mapping[int, Trackable],
     return slot_deferrals, waits
 
 
+@dataclass(frozen=True)
+class GraphFacts:
+    """What restores derive from a saved object graph alone, computed once per graph: immutable, so
+    the restores of one graph share it (:class:`GraphCache`)."""
+
+    names: NodeNames
+    labels: tuple[NodeLabel | None, ...]  # per node: the label of its requests (None: a node without values)
+    valued: frozenset[int]  # nodes with attributes
+    slot_nodes: frozenset[int]  # slot-variable nodes
+    registered_saver: tuple[int, str] | None  # the first node whose values a registered saver keeps
+
+
+def graph_facts(graph: ObjectGraph) -> GraphFacts:
+    """The :class:`GraphFacts` of ``graph``, in one pass over its nodes."""
+    names = pretty_names(graph)
+    labels: list[NodeLabel | None] = [None] * len(graph.nodes)
+    slot_nodes: set[int] = set()
+    registered: tuple[int, str] | None = None
+    for node_id, node in enumerate(graph.nodes):
+        if node.attributes:
+            labels[node_id] = names.label(node_id)
+        if node.slot_variables:
+            slot_nodes.update(ref.slot_variable_node_id for ref in node.slot_variables)
+        if node.registered_saver is not None and registered is None:
+            registered = (node_id, node.registered_saver)
+    valued = frozenset(i for i, label in enumerate(labels) if label is not None)
+    return GraphFacts(names, tuple(labels), valued, frozenset(slot_nodes), registered)
+
+
+class GraphCache:
+    """The last few object graphs decoded, by their exact bytes, with their :class:`GraphFacts` (LRU, thread-safe).
+
+    While a structure is unchanged its graph's bytes are identical from save to save (the save side
+    caches them, ``save_cache``), so repeated restores of it (an evaluation loop, a benchmark) decode
+    it once. Entries are looked up by the bytes themselves (a dict compares equal keys byte for byte;
+    a hash alone decides nothing); only graphs that decoded and validated are kept, so a corrupt graph
+    raises on every restore. Memory is bounded: ``capacity`` entries, none of more than ``max_bytes``.
+    """
+
+    def __init__(self, capacity: int = 4, max_bytes: int = 32 << 20):
+        self.capacity = capacity
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[bytes, tuple[ObjectGraph, GraphFacts]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def decode(self, data: object, *, path: str | None = None) -> tuple[ObjectGraph, GraphFacts]:
+        """``objgraph.decode(data)`` and its facts, reused when ``data`` equals bytes decoded before."""
+        cacheable = type(data) is bytes and len(data) <= self.max_bytes
+        if cacheable:
+            with self._lock:
+                entry = self._entries.get(data)  # type: ignore[call-overload]  # bytes, just checked
+                if entry is not None:
+                    self._entries.move_to_end(data)  # type: ignore[arg-type]
+                    return entry
+        graph = decode(data, path=path)
+        entry = (graph, graph_facts(graph))
+        if cacheable:
+            with self._lock:
+                self._entries[data] = entry  # type: ignore[index]
+                while len(self._entries) > self.capacity:
+                    self._entries.popitem(last=False)
+        return entry
+
+
+graphs = GraphCache()  # the process's cache of decoded object graphs (``Checkpoint.read``/``restore``)
+
+
 @dataclass
 class RestoreState:
     """What a session has done so far, by node id; statuses and the unused-values warning read it.
@@ -198,9 +274,10 @@ class ObjectGraphMatching:
     """One restore of an object-graph checkpoint into one object graph, deferred values included."""
 
     def __init__(self, saved: ObjectGraph, entries: Mapping[str, BundleEntry], prefix: str, *,
-                 skip_slots: bool = False):
+                 skip_slots: bool = False, facts: GraphFacts | None = None):
         self.saved = saved
-        self.names = pretty_names(saved)
+        self.facts = facts or graph_facts(saved)
+        self.names = self.facts.names
         self.entries = entries
         self.prefix = prefix
         self.skip_slots = skip_slots
@@ -211,7 +288,8 @@ class ObjectGraphMatching:
 
     @classmethod
     def from_storage(cls, storage: FileSystemReader, *, skip_slots: bool = False) -> ObjectGraphMatching:
-        return cls(_read_graph(storage), storage.index.entries, storage.prefix, skip_slots=skip_slots)
+        saved, facts = _read_graph(storage)
+        return cls(saved, storage.index.entries, storage.prefix, skip_slots=skip_slots, facts=facts)
 
     def start(self, session: RestoreSession, root: Trackable, attached: Sequence[tuple[str, Trackable]]) -> None:
         """Match from the root, restore everything that exists, and read what waits into memory.
@@ -227,8 +305,7 @@ class ObjectGraphMatching:
         values = session.restore_targets(targets, pending)
         self.pending = {r.key: v for r, v in zip(pending, values)}
         self._record_match(found, unused)
-        finalizer = weakref.finalize(self, _warn_unused, self.state, self.saved, self.names, self.prefix,
-                                     self.skip_slots)
+        finalizer = weakref.finalize(self, _warn_unused, self.state, self.facts, self.prefix, self.skip_slots)
         finalizer.atexit = False
 
     def resume(self, node_id: int, obj: Trackable) -> None:
@@ -255,7 +332,7 @@ class ObjectGraphMatching:
     def _targets(self, bindings: Sequence[tuple[int, Trackable]]) -> tuple[list[Target], dict[int, list[str]]]:
         out: list[Target] = []
         unused: dict[int, list[str]] = {}
-        nodes, label = self.saved.nodes, self.names.label
+        nodes, labels = self.saved.nodes, self.facts.labels
         for node_id, obj in bindings:
             attributes = nodes[node_id].attributes
             if not attributes:
@@ -264,32 +341,32 @@ class ObjectGraphMatching:
             for attr in attributes:
                 value = current.get(attr.name, _MISSING)
                 if value is not _MISSING:
-                    out.append(target(node_id, obj, attr.name, attr.checkpoint_key, label(node_id), value))
+                    out.append(target(node_id, obj, attr.name, attr.checkpoint_key, labels[node_id], value))
                 else:
                     unused.setdefault(node_id, []).append(attr.name)
         return out, unused
 
     def _pending_requests(self, found: Match) -> list[Request]:
         """What saved nodes that stay unbound hold: read now, assigned when their object appears."""
-        bound = {n for n, _ in found.bindings}
-        ignored = slot_node_ids(self.saved) if self.skip_slots else set()
+        facts = self.facts
+        unbound = facts.valued.difference([n for n, _ in found.bindings], self.bound,
+                                          facts.slot_nodes if self.skip_slots else ())
         out = []
-        for node_id, node in enumerate(self.saved.nodes):
-            if node_id in bound or node_id in ignored or node_id in self.bound:
-                continue
-            for attr in node.attributes:
+        for node_id in sorted(unbound):
+            for attr in self.saved.nodes[node_id].attributes:
                 entry = self.entries.get(attr.checkpoint_key)
                 if entry is not None:
-                    out.append(Request(attr.checkpoint_key, self.names.label(node_id), entry.dtype, entry.shape))
+                    out.append(Request(attr.checkpoint_key, facts.labels[node_id], entry.dtype, entry.shape))
         return out
 
     def _record_match(self, found: Match, unused: Mapping[int, list[str]]) -> None:
         """Remember what ``found`` bound, the slots and children that wait, and the attributes left unused."""
         state = self.state
         self.bound.update(found.bindings)
-        state.bound.update(node_id for node_id, _ in found.bindings)
-        for node_id, _ in found.bindings:
-            state.slot_waits.pop(node_id, None)
+        state.bound.update([node_id for node_id, _ in found.bindings])
+        if state.slot_waits:
+            for node_id, _ in found.bindings:
+                state.slot_waits.pop(node_id, None)
         for wait in found.slot_waits:
             state.slot_waits.setdefault(wait.ref.original_variable_node_id, []).append(wait)
         state.unused_attributes.update(unused)
@@ -302,7 +379,7 @@ class ObjectGraphMatching:
 
     def unresolved_nodes(self) -> list[int]:
         """Saved nodes with values that no live object received (slots ignored when skipped)."""
-        return _unresolved(self.saved, self.state, self.skip_slots)
+        return _unresolved(self.facts, self.state, self.skip_slots)
 
 
 @dataclass(frozen=True)
@@ -326,30 +403,29 @@ class _Deferred:
                 for a in self.matching.saved.nodes[self.node_id].attributes if a.checkpoint_key in entries}
 
 
-def _read_graph(storage: FileSystemReader) -> ObjectGraph:
-    graph = decode(read_stored_string(storage, OBJECT_GRAPH_KEY), path=storage.prefix)
-    for node_id, node in enumerate(graph.nodes):
-        if node.registered_saver is not None:
-            raise InvalidArgumentError(
-                f"checkpoint {storage.prefix}: node {node_id} uses the registered saver "
-                f"{node.registered_saver!r}, whose data lives outside the bundle; gpuckpt cannot restore it",
-                path=storage.prefix)
-    return graph
+def _read_graph(storage: FileSystemReader) -> tuple[ObjectGraph, GraphFacts]:
+    graph, facts = graphs.decode(read_stored_string(storage, OBJECT_GRAPH_KEY), path=storage.prefix)
+    if facts.registered_saver is not None:
+        node_id, saver = facts.registered_saver
+        raise InvalidArgumentError(
+            f"checkpoint {storage.prefix}: node {node_id} uses the registered saver "
+            f"{saver!r}, whose data lives outside the bundle; gpuckpt cannot restore it",
+            path=storage.prefix)
+    return graph, facts
 
 
-def _unresolved(saved: ObjectGraph, state: RestoreState, skip_slots: bool) -> list[int]:
-    ignored = slot_node_ids(saved) if skip_slots else set()
-    return [i for i, node in enumerate(saved.nodes)
-            if node.attributes and i not in state.bound and i not in ignored]
+def _unresolved(facts: GraphFacts, state: RestoreState, skip_slots: bool) -> list[int]:
+    """Saved nodes with values that no live object received, in node order."""
+    return sorted(facts.valued.difference(state.bound, facts.slot_nodes if skip_slots else ()))
 
 
-def _warn_unused(state: RestoreState, saved: ObjectGraph, names: Sequence[str], prefix: str,
-                 skip_slots: bool) -> None:
+def _warn_unused(state: RestoreState, facts: GraphFacts, prefix: str, skip_slots: bool) -> None:
     """At the end of a restore, name the values no object received (unless expect_partial)."""
     if state.expect_partial:
         return
+    names = facts.names
     lines = [f"Value in checkpoint could not be found in the restored object: {names[i]}"
-             for i in _unresolved(saved, state, skip_slots)]
+             for i in _unresolved(facts, state, skip_slots)]
     lines += [f"Unused attributes of {names[i]}: {attrs}" for i, attrs in state.unused_attributes.items()]
     if lines:
         warnings.warn(
