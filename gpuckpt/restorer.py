@@ -262,6 +262,15 @@ class _Bindings(Mapping):
     def values(self):  # live objects only
         return [obj for obj in (self.get(n) for n in self._refs) if obj is not None]
 
+    def live_ids(self) -> set[int]:
+        """``id()`` of every bound object still alive (what a status compares live objects with)."""
+        out = set()
+        for ref in self._refs.values():
+            obj = ref() if type(ref) is weakref.ref else ref
+            if obj is not None:
+                out.add(id(obj))
+        return out
+
     def update(self, pairs: Iterable[tuple[int, Trackable]]) -> None:
         for node_id, obj in pairs:
             try:

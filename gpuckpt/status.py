@@ -87,7 +87,7 @@ class CheckpointLoadStatus:
     def _unmatched_objects(self) -> list[str]:
         """``(root).path (repr)`` of live objects with values that no saved node is bound to."""
         live = self._live_objects()
-        bound = {id(obj) for obj in self._session.bound.values()}
+        bound = self._session.bound.live_ids()
         skipped = live.slots if self._session.skip_slots else frozenset()
         return [f"{pretty_path(live.paths[i])} ({obj!r})" for i, obj in enumerate(live.objects)
                 if id(obj) not in bound and i not in skipped and dict(obj._serialize_tensors())]
