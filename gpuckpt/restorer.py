@@ -88,28 +88,33 @@ def match(saved: ObjectGraph, start: Iterable[tuple[int, Trackable]], bound: Map
     """
     new: dict[int, Trackable] = {}
     deferrals: list[Deferral] = []
+    optimizers: list[int] = []  # matched nodes that list slot variables, in matching order
     queue = [(n, obj) for n, obj in start if n not in bound]
     new.update(queue)
     nodes = saved.nodes
     for node_id, obj in queue:
-        saved_children = nodes[node_id].children
+        node = nodes[node_id]
+        if node.slot_variables:
+            optimizers.append(node_id)
+        saved_children = node.children
         if not saved_children and (node_id != 0 or not attached) and untracked_edit(obj) is None:
             continue  # a leaf (every variable): nothing to pair, and children_of would only list
         live = dict(children_of(obj, attached if node_id == 0 else ()))
-        for child in saved_children:
-            if child.node_id in bound or child.node_id in new:
+        for child_id, local_name in saved_children:
+            if child_id in new or child_id in bound:
                 continue
-            found = live.get(child.local_name)
+            found = live.get(local_name)
             if found is not None:
-                new[child.node_id] = found
-                queue.append((child.node_id, found))
-            elif saved.nodes[child.node_id].holds_values:
-                deferrals.append(Deferral(obj, child.local_name, child.node_id))
+                new[child_id] = found
+                queue.append((child_id, found))
+            elif nodes[child_id].holds_values:
+                deferrals.append(Deferral(obj, local_name, child_id))
     slot_deferrals: list[SlotDeferral] = []
     waits: list[SlotWait] = []
     if not skip_slots:
-        candidates = [SlotWait(n, ref) for n, _ in queue for ref in saved.nodes[n].slot_variables]
-        candidates += [wait for n, _ in queue for wait in (slot_waits or {}).get(n, ())]
+        candidates = [SlotWait(n, ref) for n in optimizers for ref in nodes[n].slot_variables]
+        if slot_waits:
+            candidates += [wait for n, _ in queue for wait in slot_waits.get(n, ())]
         slot_deferrals, waits = _match_slots(candidates, bound, new)
     return Match(tuple(new.items()), tuple(deferrals), tuple(slot_deferrals), tuple(waits))
 
@@ -342,17 +347,18 @@ class ObjectGraphMatching:
         out: list[Target] = []
         unused: dict[int, list[str]] = {}
         nodes, labels = self.saved.nodes, self.facts.labels
+        append = out.append
         for node_id, obj in bindings:
             attributes = nodes[node_id].attributes
             if not attributes:
                 continue
             current = obj._serialize_tensors()
-            for attr in attributes:
-                value = current.get(attr.name, _MISSING)
+            for name, _, key in attributes:
+                value = current.get(name, _MISSING)
                 if value is not _MISSING:
-                    out.append(target(node_id, obj, attr.name, attr.checkpoint_key, labels[node_id], value))
+                    append(target(node_id, obj, name, key, labels[node_id], value))
                 else:
-                    unused.setdefault(node_id, []).append(attr.name)
+                    unused.setdefault(node_id, []).append(name)
         return out, unused
 
     def _pending_requests(self, found: Match) -> list[Request]:
