@@ -299,6 +299,7 @@ class ObjectGraphMatching:
         self.bound = _Bindings()
         self.pending: dict[str, Any] = {}  # verified values of saved nodes not bound yet, by key
         self.uid = 0  # the session's restore number (trackable.restore_order), set by start
+        self._matched: tuple[Match, Trackable, tuple[tuple[str, Trackable], ...]] | None = None  # see reuse_match
 
     @classmethod
     def from_storage(cls, storage: FileSystemReader, *, skip_slots: bool = False) -> ObjectGraphMatching:
@@ -311,8 +312,10 @@ class ObjectGraphMatching:
         Once that succeeded, a warning about values never used is issued when this goes away.
         """
         self.uid = session.uid
-        found = match(self.saved, [(0, root)], self.bound, slot_waits=self.state.slot_waits, attached=attached,
-                      skip_slots=self.skip_slots)
+        found = self._take_match(root, attached)
+        if found is None:
+            found = match(self.saved, [(0, root)], self.bound, slot_waits=self.state.slot_waits, attached=attached,
+                          skip_slots=self.skip_slots)
         prepare.run(self.saved, self.entries, self.names, found.bindings)  # e.g. JAX templates: casts, abstract leaves
         targets, unused = self._targets(found.bindings)
         pending = self._pending_requests(found)
@@ -321,6 +324,22 @@ class ObjectGraphMatching:
         self._record_match(found, unused)
         finalizer = weakref.finalize(self, _warn_unused, self.state, self.facts, self.prefix, self.skip_slots)
         finalizer.atexit = False
+
+    def reuse_match(self, found: Match, root: Trackable, attached: Sequence[tuple[str, Trackable]]) -> None:
+        """Let the next :meth:`start` from ``root`` use ``found``, a match of this graph from ``root`` with no
+        earlier bindings just made (``strict.check``'s, right before the restore), instead of matching again."""
+        self._matched = (found, root, tuple(attached))
+
+    def _take_match(self, root: Trackable, attached: Sequence[tuple[str, Trackable]]) -> Match | None:
+        """The match handed over by :meth:`reuse_match` if it was made from these objects, and this is the
+        first start (nothing bound, no slot waiting); it is used once."""
+        handed, self._matched = self._matched, None
+        if handed is None or self.bound or self.state.slot_waits:
+            return None
+        found, matched_root, matched_attached = handed
+        same = matched_root is root and len(matched_attached) == len(attached) and all(
+            name == other_name and obj is other for (name, obj), (other_name, other) in zip(matched_attached, attached))
+        return found if same else None
 
     def resume(self, node_id: int, obj: Trackable) -> None:
         """Restore a deferred node into ``obj``, which has just been attached, from the values in memory."""
