@@ -60,8 +60,8 @@ def check(session: RestoreSession, root: Trackable, attached: Sequence[tuple[str
         return  # a name-based (TF1) restore has no object graph to compare; its status reports what is missing
     if torch_adapter is None or not _has_torch(root, attached, torch_adapter):
         return
+    live = live_objects(root, attached)  # which objects exist (errors name their path); keys only if some are missing
     found = match(saved, [(0, root)], {}, attached=attached, skip_slots=session.skip_slots)
-    live = live_objects(root, attached)  # which objects exist; keys are made only to name missing values
     if _retie(session, live, found, torch_adapter):
         found = match(saved, [(0, root)], {}, attached=attached, skip_slots=session.skip_slots)
         live = live_objects(root, attached)
