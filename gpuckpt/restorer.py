@@ -161,17 +161,18 @@ def graph_facts(graph: ObjectGraph) -> GraphFacts:
     """The :class:`GraphFacts` of ``graph``, in one pass over its nodes."""
     names = pretty_names(graph)
     labels: list[NodeLabel | None] = [None] * len(graph.nodes)
+    valued: list[int] = []
     slot_nodes: set[int] = set()
     registered: tuple[int, str] | None = None
     for node_id, node in enumerate(graph.nodes):
         if node.attributes:
-            labels[node_id] = names.label(node_id)
+            labels[node_id] = NodeLabel(names, node_id)
+            valued.append(node_id)
         if node.slot_variables:
             slot_nodes.update(ref.slot_variable_node_id for ref in node.slot_variables)
         if node.registered_saver is not None and registered is None:
             registered = (node_id, node.registered_saver)
-    valued = frozenset(i for i, label in enumerate(labels) if label is not None)
-    return GraphFacts(names, tuple(labels), valued, frozenset(slot_nodes), registered)
+    return GraphFacts(names, tuple(labels), frozenset(valued), frozenset(slot_nodes), registered)
 
 
 class GraphCache:
