@@ -166,11 +166,13 @@ def _retie(session: RestoreSession, live: LiveObjects, found, adapter) -> bool:
     """Point live tensors back at the tensor they shared in the checkpoint; True if any was re-tied."""
     bound = dict(found.bindings)
     bound_ids = {id(obj) for obj in bound.values()}
+    unbound = [(obj, path) for obj, path in zip(live.objects, live.paths)
+               if isinstance(obj, adapter.TorchTensor) and id(obj) not in bound_ids and path]
+    if not unbound:
+        return False  # every live tensor is bound: no tie was lost
     by_path = {path: obj for obj, path in zip(live.objects, live.paths)}
     changed = False
-    for obj, path in zip(live.objects, live.paths):
-        if not isinstance(obj, adapter.TorchTensor) or id(obj) in bound_ids or not path:
-            continue
+    for obj, path in unbound:
         node_id = _saved_node(_saved_graph(session), path)
         other = bound.get(node_id) if node_id is not None else None
         parent = by_path.get(path[:-1])
