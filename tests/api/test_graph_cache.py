@@ -86,6 +86,19 @@ def test_graphs_larger_than_max_bytes_are_decoded_but_not_kept() -> None:
     assert cache.decode(data)[0] is not first and first == cache.decode(data)[0] and len(cache) == 0
 
 
+def test_the_bytes_kept_stay_under_max_bytes() -> None:
+    datas = [graph_bytes([f"v{i}_{j}" for j in range(3)]) for i in range(6)]
+    size = len(datas[0])
+    assert all(len(d) == size for d in datas)
+    cache = GraphCache(capacity=10, max_bytes=2 * size + 1)
+    decoded = [cache.decode(d)[0] for d in datas]
+    assert len(cache) == 2  # the two most recent fit
+    assert cache.decode(datas[-1])[0] is decoded[-1] and cache.decode(datas[-2])[0] is decoded[-2]
+    assert cache.decode(datas[0])[0] is not decoded[0]
+    cache.clear()
+    assert len(cache) == 0 and cache.decode(datas[0])[0] is not decoded[0]
+
+
 def test_concurrent_decodes_agree() -> None:
     cache = GraphCache(capacity=2)
     datas = [graph_bytes([f"v{i}", f"w{i}"]) for i in range(4)]
