@@ -204,20 +204,20 @@ class GraphCache:
 
     def decode(self, data: object, *, path: str | None = None) -> tuple[ObjectGraph, GraphFacts]:
         """``objgraph.decode(data)`` and its facts, reused when ``data`` equals bytes decoded before."""
-        cacheable = type(data) is bytes and len(data) <= self.max_bytes
-        if cacheable:
+        key = data if type(data) is bytes and len(data) <= self.max_bytes else None  # plain bytes: compared by value
+        if key is not None:
             with self._lock:
-                entry = self._entries.get(data)  # type: ignore[call-overload]  # bytes, just checked
+                entry = self._entries.get(key)
                 if entry is not None:
-                    self._entries.move_to_end(data)  # type: ignore[arg-type]
+                    self._entries.move_to_end(key)
                     return entry
         graph = decode(data, path=path)
         entry = (graph, graph_facts(graph))
-        if cacheable:
+        if key is not None:
             with self._lock:
-                if data not in self._entries:
-                    self._entries[data] = entry  # type: ignore[index]
-                    self._bytes += len(data)  # type: ignore[arg-type]
+                if key not in self._entries:
+                    self._entries[key] = entry
+                    self._bytes += len(key)
                 while len(self._entries) > self.capacity or self._bytes > self.max_bytes:
                     self._bytes -= len(self._entries.popitem(last=False)[0])
         return entry
