@@ -7,6 +7,9 @@ nodes no live object took yet are read in the same pass and kept in memory (boun
 pending), so no file stays open. They are assigned, after the same dtype and shape checks, when
 their object appears (deferred restoration).
 
+A checkpoint's object graph is decoded once per distinct graph: :data:`graphs` keeps the last
+few, by their exact bytes, with what restores derive from a graph alone (:class:`GraphFacts`).
+
 References: a live parent holds its deferred restorations, which hold this strategy, which
 refers to bound objects only weakly (as TensorFlow's restore coordinator does), so no cycle
 keeps a restored model alive: the unused-values warning fires when the last reference to the
@@ -297,7 +300,7 @@ class ObjectGraphMatching:
     def __init__(self, saved: ObjectGraph, entries: Mapping[str, BundleEntry], prefix: str, *,
                  skip_slots: bool = False, facts: GraphFacts | None = None):
         self.saved = saved
-        self.facts = facts or graph_facts(saved)
+        self.facts = facts if facts is not None else graph_facts(saved)
         self.names = self.facts.names
         self.entries = entries
         self.prefix = prefix

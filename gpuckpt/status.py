@@ -2,7 +2,8 @@
 
 Every check is computed from the session's match results and a fresh listing of the live
 objects (``graph.live_objects``: which objects exist, without the keys and nodes a save needs),
-so objects created after the restore, and deferred restorations, count as soon as they happen. Failures raise
+so objects created after the restore, and deferred restorations, count as soon as they happen; only
+objects the restore did not bind are asked for their values. Failures raise
 ``AssertionError`` naming objects by their ``(root).a.b`` paths and values by their keys.
 """
 
