@@ -197,8 +197,8 @@ def walk(root: Trackable, attached: Sequence[tuple[str, Trackable]] = ()) -> Liv
 
     ``attached`` are extra named edges from the root (TF's ``attached_dependencies``).
     """
-    objects, paths, edges = _bfs(root, attached)
-    slot_parents = _number_slots(objects, paths)
+    objects, paths, edges, ids = _bfs(root, attached)
+    slot_parents = _number_slots(objects, paths, ids)
     tensors = [dict(obj._serialize_tensors()) for obj in objects]
     nodes = []
     for node_id, obj in enumerate(objects):
@@ -223,28 +223,34 @@ class LiveObjects:
 
 def live_objects(root: Trackable, attached: Sequence[tuple[str, Trackable]] = ()) -> LiveObjects:
     """Every object reachable from ``root``, as ``walk`` finds them (the same errors), for checks that ask only
-    which objects exist (the restore statuses): no attribute, key or node is built."""
-    objects, paths, _ = _bfs(root, attached)
-    slots = _number_slots(objects, paths)
+    which objects exist (the restore statuses): no attribute, key, edge or node is built."""
+    objects, paths, _, ids = _bfs(root, attached, edges=False)
+    slots = _number_slots(objects, paths, ids)
     return LiveObjects(tuple(objects), tuple(paths), frozenset(slots.keys))
 
 
-def _bfs(root: Trackable, attached: Sequence[tuple[str, Trackable]]):
+_new = tuple.__new__  # ChildRef built without its generated ``__new__`` (one per edge)
+
+
+def _bfs(root: Trackable, attached: Sequence[tuple[str, Trackable]], *, edges: bool = True):
+    """Objects in breadth-first order from ``root`` with their paths, (``edges``) each one's children, and
+    the node id of each object by ``id()``."""
     ids = {id(root): 0}
     objects: list[Trackable] = [root]
     paths: list[tuple[str, ...]] = [()]
-    edges: list[list[ChildRef]] = []
+    refs_by_node: list[list[ChildRef]] = []
     for node_id, obj in enumerate(objects):
-        refs = []
+        refs: list[ChildRef] = []
         for name, child in named_children(obj, attached if node_id == 0 else (), paths[node_id]):
             child_id = ids.get(id(child))
             if child_id is None:
                 child_id = ids[id(child)] = len(objects)
                 objects.append(child)
                 paths.append((*paths[node_id], name))
-            refs.append(ChildRef(child_id, name))
-        edges.append(refs)
-    return objects, paths, edges
+            if edges:
+                refs.append(_new(ChildRef, (child_id, name)))
+        refs_by_node.append(refs)
+    return objects, paths, refs_by_node, ids
 
 
 def named_children(obj: Trackable, attached: Sequence[tuple[str, Trackable]],
@@ -254,7 +260,7 @@ def named_children(obj: Trackable, attached: Sequence[tuple[str, Trackable]],
     if problem is not None:
         raise InvalidArgumentError(f"cannot checkpoint {pretty_path(path)}: {problem}")
     try:
-        return children_of(obj, attached)
+        return [*obj._trackable_children(), *attached]  # children_of, its untracked_edit check just made
     except InvalidArgumentError as exc:
         raise InvalidArgumentError(f"{pretty_path(path)}: {exc}", path=exc.path, key=exc.key) from exc
 
@@ -265,12 +271,14 @@ class _Slots:
     keys: dict[int, tuple[int, int, str]]  # slot node id -> (variable id, optimizer id, slot name)
 
 
-def _number_slots(objects: list[Trackable], paths: list[tuple[str, ...]]) -> _Slots:
-    """Append slot variable nodes after the BFS nodes, in TF's order (docs/format.md §9.3)."""
-    ids = {id(obj): i for i, obj in enumerate(objects)}
+def _number_slots(objects: list[Trackable], paths: list[tuple[str, ...]], ids: dict[int, int]) -> _Slots:
+    """Append slot variable nodes after the BFS nodes, in TF's order (docs/format.md §9.3); ``ids`` (the
+    node id of each object by ``id()``) gains them too."""
     slots = _Slots(refs={}, keys={})
     for opt_id in range(len(objects)):
         declared = list(objects[opt_id]._slot_variables())
+        if not declared:
+            continue  # not an optimizer (every variable)
         for slot_name in dict.fromkeys(ref.slot_name for ref in declared):
             found = sorted(((ids[id(ref.original)], ref.slot) for ref in declared
                             if ref.slot_name == slot_name and id(ref.original) in ids), key=lambda t: t[0])

@@ -7,6 +7,9 @@ nodes no live object took yet are read in the same pass and kept in memory (boun
 pending), so no file stays open. They are assigned, after the same dtype and shape checks, when
 their object appears (deferred restoration).
 
+A checkpoint's object graph is decoded once per distinct graph: :data:`graphs` keeps the last
+few, by their exact bytes, with what restores derive from a graph alone (:class:`GraphFacts`).
+
 References: a live parent holds its deferred restorations, which hold this strategy, which
 refers to bound objects only weakly (as TensorFlow's restore coordinator does), so no cycle
 keeps a restored model alive: the unused-values warning fires when the last reference to the
@@ -15,8 +18,10 @@ restore (its status and any object still waiting) goes.
 
 from __future__ import annotations
 
+import threading
 import warnings
 import weakref
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,9 +30,9 @@ from . import prepare
 from .errors import DataLossError, InvalidArgumentError
 from .format.bundle import BundleEntry
 from .format.objgraph import OBJECT_GRAPH_KEY, ObjectGraph, SlotRef, decode
-from .graph import children_of, pretty_names
+from .graph import NodeLabel, NodeNames, children_of, pretty_names
 from .restore_plan import Request, check_requests
-from .session import RestoreSession, Target, read_stored_string, slot_node_ids, target
+from .session import RestoreSession, Target, read_stored_string, target
 from .storage.reader import FileSystemReader
 from .trackable import restore_order
 from .trackable.base import Trackable
@@ -86,28 +91,33 @@ def match(saved: ObjectGraph, start: Iterable[tuple[int, Trackable]], bound: Map
     """
     new: dict[int, Trackable] = {}
     deferrals: list[Deferral] = []
+    optimizers: list[int] = []  # matched nodes that list slot variables, in matching order
     queue = [(n, obj) for n, obj in start if n not in bound]
     new.update(queue)
     nodes = saved.nodes
     for node_id, obj in queue:
-        saved_children = nodes[node_id].children
+        node = nodes[node_id]
+        if node.slot_variables:
+            optimizers.append(node_id)
+        saved_children = node.children
         if not saved_children and (node_id != 0 or not attached) and untracked_edit(obj) is None:
             continue  # a leaf (every variable): nothing to pair, and children_of would only list
         live = dict(children_of(obj, attached if node_id == 0 else ()))
-        for child in saved_children:
-            if child.node_id in bound or child.node_id in new:
+        for child_id, local_name in saved_children:
+            if child_id in new or child_id in bound:
                 continue
-            found = live.get(child.local_name)
+            found = live.get(local_name)
             if found is not None:
-                new[child.node_id] = found
-                queue.append((child.node_id, found))
-            elif saved.nodes[child.node_id].holds_values:
-                deferrals.append(Deferral(obj, child.local_name, child.node_id))
+                new[child_id] = found
+                queue.append((child_id, found))
+            elif nodes[child_id].holds_values:
+                deferrals.append(Deferral(obj, local_name, child_id))
     slot_deferrals: list[SlotDeferral] = []
     waits: list[SlotWait] = []
     if not skip_slots:
-        candidates = [SlotWait(n, ref) for n, _ in queue for ref in saved.nodes[n].slot_variables]
-        candidates += [wait for n, _ in queue for wait in (slot_waits or {}).get(n, ())]
+        candidates = [SlotWait(n, ref) for n in optimizers for ref in nodes[n].slot_variables]
+        if slot_waits:
+            candidates += [wait for n, _ in queue for wait in slot_waits.get(n, ())]
         slot_deferrals, waits = _match_slots(candidates, bound, new)
     return Match(tuple(new.items()), tuple(deferrals), tuple(slot_deferrals), tuple(waits))
 
@@ -136,6 +146,87 @@ def _match_slots(candidates: Sequence[SlotWait], bound: Mapping[int, Trackable],
         else:
             new[ref.slot_variable_node_id] = slot
     return slot_deferrals, waits
+
+
+@dataclass(frozen=True)
+class GraphFacts:
+    """What restores derive from a saved object graph alone, computed once per graph: immutable, so
+    the restores of one graph share it (:class:`GraphCache`)."""
+
+    names: NodeNames
+    labels: tuple[NodeLabel | None, ...]  # per node: the label of its requests (None: a node without values)
+    valued: frozenset[int]  # nodes with attributes
+    slot_nodes: frozenset[int]  # slot-variable nodes
+    registered_saver: tuple[int, str] | None  # the first node whose values a registered saver keeps
+
+
+def graph_facts(graph: ObjectGraph) -> GraphFacts:
+    """The :class:`GraphFacts` of ``graph``, in one pass over its nodes."""
+    names = pretty_names(graph)
+    labels: list[NodeLabel | None] = [None] * len(graph.nodes)
+    valued: list[int] = []
+    slot_nodes: set[int] = set()
+    registered: tuple[int, str] | None = None
+    for node_id, node in enumerate(graph.nodes):
+        if node.attributes:
+            labels[node_id] = NodeLabel(names, node_id)
+            valued.append(node_id)
+        if node.slot_variables:
+            slot_nodes.update(ref.slot_variable_node_id for ref in node.slot_variables)
+        if node.registered_saver is not None and registered is None:
+            registered = (node_id, node.registered_saver)
+    return GraphFacts(names, tuple(labels), frozenset(valued), frozenset(slot_nodes), registered)
+
+
+class GraphCache:
+    """The last few object graphs decoded, by their exact bytes, with their :class:`GraphFacts` (LRU, thread-safe).
+
+    While a structure is unchanged its graph's bytes are identical from save to save (the save side
+    caches them, ``save_cache``), so repeated restores of it (an evaluation loop, a benchmark) decode
+    it once. Entries are looked up by the bytes themselves (a dict compares equal keys byte for byte;
+    a hash alone decides nothing); only graphs that decoded and validated are kept, so a corrupt graph
+    raises on every restore. Memory is bounded: at most ``capacity`` entries of together at most
+    ``max_bytes`` of graph bytes (a decoded graph takes about ten times its bytes; 5,000 variables
+    make about 0.5 MB), least recently used first out; a larger graph is decoded and not kept.
+    """
+
+    def __init__(self, capacity: int = 4, max_bytes: int = 8 << 20):
+        self.capacity = capacity
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[bytes, tuple[ObjectGraph, GraphFacts]] = OrderedDict()
+        self._bytes = 0  # of the keys kept
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
+
+    def decode(self, data: object, *, path: str | None = None) -> tuple[ObjectGraph, GraphFacts]:
+        """``objgraph.decode(data)`` and its facts, reused when ``data`` equals bytes decoded before."""
+        key = data if type(data) is bytes and len(data) <= self.max_bytes else None  # plain bytes: compared by value
+        if key is not None:
+            with self._lock:
+                entry = self._entries.get(key)
+                if entry is not None:
+                    self._entries.move_to_end(key)
+                    return entry
+        graph = decode(data, path=path)
+        entry = (graph, graph_facts(graph))
+        if key is not None:
+            with self._lock:
+                if key not in self._entries:
+                    self._entries[key] = entry
+                    self._bytes += len(key)
+                while len(self._entries) > self.capacity or self._bytes > self.max_bytes:
+                    self._bytes -= len(self._entries.popitem(last=False)[0])
+        return entry
+
+
+graphs = GraphCache()  # the process's cache of decoded object graphs (``Checkpoint.read``/``restore``)
 
 
 @dataclass
@@ -186,6 +277,15 @@ class _Bindings(Mapping):
     def values(self):  # live objects only
         return [obj for obj in (self.get(n) for n in self._refs) if obj is not None]
 
+    def live_ids(self) -> set[int]:
+        """``id()`` of every bound object still alive (what a status compares live objects with)."""
+        out = set()
+        for ref in self._refs.values():
+            obj = ref() if type(ref) is weakref.ref else ref
+            if obj is not None:
+                out.add(id(obj))
+        return out
+
     def update(self, pairs: Iterable[tuple[int, Trackable]]) -> None:
         for node_id, obj in pairs:
             try:
@@ -198,9 +298,10 @@ class ObjectGraphMatching:
     """One restore of an object-graph checkpoint into one object graph, deferred values included."""
 
     def __init__(self, saved: ObjectGraph, entries: Mapping[str, BundleEntry], prefix: str, *,
-                 skip_slots: bool = False):
+                 skip_slots: bool = False, facts: GraphFacts | None = None):
         self.saved = saved
-        self.names = pretty_names(saved)
+        self.facts = facts if facts is not None else graph_facts(saved)
+        self.names = self.facts.names
         self.entries = entries
         self.prefix = prefix
         self.skip_slots = skip_slots
@@ -208,10 +309,12 @@ class ObjectGraphMatching:
         self.bound = _Bindings()
         self.pending: dict[str, Any] = {}  # verified values of saved nodes not bound yet, by key
         self.uid = 0  # the session's restore number (trackable.restore_order), set by start
+        self._matched: tuple[Match, Trackable, tuple[tuple[str, Trackable], ...]] | None = None  # see reuse_match
 
     @classmethod
     def from_storage(cls, storage: FileSystemReader, *, skip_slots: bool = False) -> ObjectGraphMatching:
-        return cls(_read_graph(storage), storage.index.entries, storage.prefix, skip_slots=skip_slots)
+        saved, facts = _read_graph(storage)
+        return cls(saved, storage.index.entries, storage.prefix, skip_slots=skip_slots, facts=facts)
 
     def start(self, session: RestoreSession, root: Trackable, attached: Sequence[tuple[str, Trackable]]) -> None:
         """Match from the root, restore everything that exists, and read what waits into memory.
@@ -219,17 +322,34 @@ class ObjectGraphMatching:
         Once that succeeded, a warning about values never used is issued when this goes away.
         """
         self.uid = session.uid
-        found = match(self.saved, [(0, root)], self.bound, slot_waits=self.state.slot_waits, attached=attached,
-                      skip_slots=self.skip_slots)
+        found = self._take_match(root, attached)
+        if found is None:
+            found = match(self.saved, [(0, root)], self.bound, slot_waits=self.state.slot_waits, attached=attached,
+                          skip_slots=self.skip_slots)
         prepare.run(self.saved, self.entries, self.names, found.bindings)  # e.g. JAX templates: casts, abstract leaves
         targets, unused = self._targets(found.bindings)
         pending = self._pending_requests(found)
         values = session.restore_targets(targets, pending)
         self.pending = {r.key: v for r, v in zip(pending, values)}
         self._record_match(found, unused)
-        finalizer = weakref.finalize(self, _warn_unused, self.state, self.saved, self.names, self.prefix,
-                                     self.skip_slots)
+        finalizer = weakref.finalize(self, _warn_unused, self.state, self.facts, self.prefix, self.skip_slots)
         finalizer.atexit = False
+
+    def reuse_match(self, found: Match, root: Trackable, attached: Sequence[tuple[str, Trackable]]) -> None:
+        """Let the next :meth:`start` from ``root`` use ``found``, a match of this graph from ``root`` with no
+        earlier bindings just made (``strict.check``'s, right before the restore), instead of matching again."""
+        self._matched = (found, root, tuple(attached))
+
+    def _take_match(self, root: Trackable, attached: Sequence[tuple[str, Trackable]]) -> Match | None:
+        """The match handed over by :meth:`reuse_match` if it was made from these objects, and this is the
+        first start (nothing bound, no slot waiting); it is used once."""
+        handed, self._matched = self._matched, None
+        if handed is None or self.bound or self.state.slot_waits:
+            return None
+        found, matched_root, matched_attached = handed
+        same = matched_root is root and len(matched_attached) == len(attached) and all(
+            name == other_name and obj is other for (name, obj), (other_name, other) in zip(matched_attached, attached))
+        return found if same else None
 
     def resume(self, node_id: int, obj: Trackable) -> None:
         """Restore a deferred node into ``obj``, which has just been attached, from the values in memory."""
@@ -255,41 +375,42 @@ class ObjectGraphMatching:
     def _targets(self, bindings: Sequence[tuple[int, Trackable]]) -> tuple[list[Target], dict[int, list[str]]]:
         out: list[Target] = []
         unused: dict[int, list[str]] = {}
-        nodes, label = self.saved.nodes, self.names.label
+        nodes, labels = self.saved.nodes, self.facts.labels
+        append = out.append
         for node_id, obj in bindings:
             attributes = nodes[node_id].attributes
             if not attributes:
                 continue
             current = obj._serialize_tensors()
-            for attr in attributes:
-                value = current.get(attr.name, _MISSING)
+            for name, _, key in attributes:
+                value = current.get(name, _MISSING)
                 if value is not _MISSING:
-                    out.append(target(node_id, obj, attr.name, attr.checkpoint_key, label(node_id), value))
+                    append(target(node_id, obj, name, key, labels[node_id], value))
                 else:
-                    unused.setdefault(node_id, []).append(attr.name)
+                    unused.setdefault(node_id, []).append(name)
         return out, unused
 
     def _pending_requests(self, found: Match) -> list[Request]:
         """What saved nodes that stay unbound hold: read now, assigned when their object appears."""
-        bound = {n for n, _ in found.bindings}
-        ignored = slot_node_ids(self.saved) if self.skip_slots else set()
+        facts = self.facts
+        unbound = facts.valued.difference([n for n, _ in found.bindings], self.bound,
+                                          facts.slot_nodes if self.skip_slots else ())
         out = []
-        for node_id, node in enumerate(self.saved.nodes):
-            if node_id in bound or node_id in ignored or node_id in self.bound:
-                continue
-            for attr in node.attributes:
+        for node_id in sorted(unbound):
+            for attr in self.saved.nodes[node_id].attributes:
                 entry = self.entries.get(attr.checkpoint_key)
                 if entry is not None:
-                    out.append(Request(attr.checkpoint_key, self.names.label(node_id), entry.dtype, entry.shape))
+                    out.append(Request(attr.checkpoint_key, facts.labels[node_id], entry.dtype, entry.shape))
         return out
 
     def _record_match(self, found: Match, unused: Mapping[int, list[str]]) -> None:
         """Remember what ``found`` bound, the slots and children that wait, and the attributes left unused."""
         state = self.state
         self.bound.update(found.bindings)
-        state.bound.update(node_id for node_id, _ in found.bindings)
-        for node_id, _ in found.bindings:
-            state.slot_waits.pop(node_id, None)
+        state.bound.update([node_id for node_id, _ in found.bindings])
+        if state.slot_waits:
+            for node_id, _ in found.bindings:
+                state.slot_waits.pop(node_id, None)
         for wait in found.slot_waits:
             state.slot_waits.setdefault(wait.ref.original_variable_node_id, []).append(wait)
         state.unused_attributes.update(unused)
@@ -302,7 +423,7 @@ class ObjectGraphMatching:
 
     def unresolved_nodes(self) -> list[int]:
         """Saved nodes with values that no live object received (slots ignored when skipped)."""
-        return _unresolved(self.saved, self.state, self.skip_slots)
+        return _unresolved(self.facts, self.state, self.skip_slots)
 
 
 @dataclass(frozen=True)
@@ -326,30 +447,29 @@ class _Deferred:
                 for a in self.matching.saved.nodes[self.node_id].attributes if a.checkpoint_key in entries}
 
 
-def _read_graph(storage: FileSystemReader) -> ObjectGraph:
-    graph = decode(read_stored_string(storage, OBJECT_GRAPH_KEY), path=storage.prefix)
-    for node_id, node in enumerate(graph.nodes):
-        if node.registered_saver is not None:
-            raise InvalidArgumentError(
-                f"checkpoint {storage.prefix}: node {node_id} uses the registered saver "
-                f"{node.registered_saver!r}, whose data lives outside the bundle; gpuckpt cannot restore it",
-                path=storage.prefix)
-    return graph
+def _read_graph(storage: FileSystemReader) -> tuple[ObjectGraph, GraphFacts]:
+    graph, facts = graphs.decode(read_stored_string(storage, OBJECT_GRAPH_KEY), path=storage.prefix)
+    if facts.registered_saver is not None:
+        node_id, saver = facts.registered_saver
+        raise InvalidArgumentError(
+            f"checkpoint {storage.prefix}: node {node_id} uses the registered saver "
+            f"{saver!r}, whose data lives outside the bundle; gpuckpt cannot restore it",
+            path=storage.prefix)
+    return graph, facts
 
 
-def _unresolved(saved: ObjectGraph, state: RestoreState, skip_slots: bool) -> list[int]:
-    ignored = slot_node_ids(saved) if skip_slots else set()
-    return [i for i, node in enumerate(saved.nodes)
-            if node.attributes and i not in state.bound and i not in ignored]
+def _unresolved(facts: GraphFacts, state: RestoreState, skip_slots: bool) -> list[int]:
+    """Saved nodes with values that no live object received, in node order."""
+    return sorted(facts.valued.difference(state.bound, facts.slot_nodes if skip_slots else ()))
 
 
-def _warn_unused(state: RestoreState, saved: ObjectGraph, names: Sequence[str], prefix: str,
-                 skip_slots: bool) -> None:
+def _warn_unused(state: RestoreState, facts: GraphFacts, prefix: str, skip_slots: bool) -> None:
     """At the end of a restore, name the values no object received (unless expect_partial)."""
     if state.expect_partial:
         return
+    names = facts.names
     lines = [f"Value in checkpoint could not be found in the restored object: {names[i]}"
-             for i in _unresolved(saved, state, skip_slots)]
+             for i in _unresolved(facts, state, skip_slots)]
     lines += [f"Unused attributes of {names[i]}: {attrs}" for i, attrs in state.unused_attributes.items()]
     if lines:
         warnings.warn(

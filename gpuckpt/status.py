@@ -2,7 +2,8 @@
 
 Every check is computed from the session's match results and a fresh listing of the live
 objects (``graph.live_objects``: which objects exist, without the keys and nodes a save needs),
-so objects created after the restore, and deferred restorations, count as soon as they happen. Failures raise
+so objects created after the restore, and deferred restorations, count as soon as they happen; only
+objects the restore did not bind are asked for their values. Failures raise
 ``AssertionError`` naming objects by their ``(root).a.b`` paths and values by their keys.
 """
 
@@ -87,7 +88,7 @@ class CheckpointLoadStatus:
     def _unmatched_objects(self) -> list[str]:
         """``(root).path (repr)`` of live objects with values that no saved node is bound to."""
         live = self._live_objects()
-        bound = {id(obj) for obj in self._session.bound.values()}
+        bound = self._session.bound.live_ids()
         skipped = live.slots if self._session.skip_slots else frozenset()
         return [f"{pretty_path(live.paths[i])} ({obj!r})" for i, obj in enumerate(live.objects)
                 if id(obj) not in bound and i not in skipped and dict(obj._serialize_tensors())]

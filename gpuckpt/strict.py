@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 from .errors import InvalidArgumentError
 from .format.objgraph import ObjectGraph
-from .graph import walk
-from .restorer import RestoreSession, match
+from .graph import LiveObjects, live_objects, named_children, walk
+from .restorer import ObjectGraphMatching, RestoreSession, match
 from .trackable.base import Trackable
 
 _SHOWN = 20
@@ -60,13 +60,13 @@ def check(session: RestoreSession, root: Trackable, attached: Sequence[tuple[str
         return  # a name-based (TF1) restore has no object graph to compare; its status reports what is missing
     if torch_adapter is None or not _has_torch(root, attached, torch_adapter):
         return
+    live = live_objects(root, attached)  # which objects exist (errors name their path); keys only if some are missing
     found = match(saved, [(0, root)], {}, attached=attached, skip_slots=session.skip_slots)
-    live = walk(root, attached)
     if _retie(session, live, found, torch_adapter):
         found = match(saved, [(0, root)], {}, attached=attached, skip_slots=session.skip_slots)
-        live = walk(root, attached)
+        live = live_objects(root, attached)
     bound = dict(found.bindings)
-    missing = _missing(session, live, bound, torch_adapter)
+    missing = _missing(session, live, bound, torch_adapter, root, attached)
     unexpected = _unexpected(session, found, bound, torch_adapter)
     if missing or unexpected:
         unmatched_top = [c.local_name for c in saved.nodes[0].children
@@ -76,6 +76,9 @@ def check(session: RestoreSession, root: Trackable, attached: Sequence[tuple[str
             message += (f"\nThe checkpoint's top-level objects {unmatched_top} match no live object (saved under "
                         "another name?).")
         raise UnmatchedStateError(message, path=session.prefix, missing=missing, unexpected=unexpected)
+    strategy = session.strategy
+    if isinstance(strategy, ObjectGraphMatching):
+        strategy.reuse_match(found, root, attached)  # the restore that follows binds what this matched
 
 
 def _is_torch(obj: object, adapter) -> bool:
@@ -83,31 +86,42 @@ def _is_torch(obj: object, adapter) -> bool:
                             adapter._ParamGroups, adapter._ParamGroup))
 
 
-def _has_torch(root: Trackable, attached, adapter) -> bool:
-    """Whether any torch object is reachable (a walk over dependencies only: no values are looked at)."""
-    from .saveable import reachable
+def _has_torch(root: Trackable, attached: Sequence[tuple[str, Trackable]], adapter) -> bool:
+    """Whether any torch object is reachable: a walk over dependencies that stops at the first one (no
+    values are looked at); where there is none it is ``saveable.reachable``, with the same errors."""
+    seen = {id(root)}
+    objects: list[Trackable] = [root]
+    paths: list[tuple[str, ...]] = [()]
+    for index, obj in enumerate(objects):
+        if _is_torch(obj, adapter):
+            return True
+        for name, child in named_children(obj, attached if index == 0 else (), paths[index]):
+            if id(child) not in seen:
+                seen.add(id(child))
+                objects.append(child)
+                paths.append((*paths[index], name))
+    return False
 
-    return any(_is_torch(obj, adapter) for obj in reachable(root, attached)[0])
 
+def _missing(session: RestoreSession, live: LiveObjects, bound: dict, adapter, root: Trackable,
+             attached: Sequence[tuple[str, Trackable]]) -> list[Difference]:
+    """Live torch values that no saved value is bound to.
 
-def _missing(session: RestoreSession, live, bound: dict, adapter) -> list[Difference]:
-    """Live torch values that no saved value is bound to."""
-    slots = {id(obj) for obj in _slots(live)} if session.skip_slots else set()
+    The live listing has no keys; only when some value is missing is the graph walked (as a save
+    walks it) for the keys that name them."""
+    skipped = live.slots if session.skip_slots else frozenset()
     bound_ids = {id(obj) for obj in bound.values()}
+    unbound = [i for i, obj in enumerate(live.objects) if _is_torch(obj, adapter) and id(obj) not in bound_ids
+               and i not in skipped and obj._serialize_tensors()]
+    if not unbound:
+        return []
+    walked = walk(root, attached)  # numbered as live_objects numbers: node i is live.objects[i]
     out = []
-    for obj, node, path in zip(live.objects, live.graph.nodes, live.paths):
-        if not _is_torch(obj, adapter) or id(obj) in bound_ids or not node.attributes:
-            continue
-        if id(obj) in slots:
-            continue
-        name = obj._checkpoint_full_name() or ".".join(path)
-        for attribute in node.attributes:
+    for i in unbound:
+        name = walked.objects[i]._checkpoint_full_name() or ".".join(walked.paths[i])
+        for attribute in walked.graph.nodes[i].attributes:
             out.append(Difference(attribute.checkpoint_key, name))
     return out
-
-
-def _slots(live) -> list:
-    return [live.objects[ref.slot_variable_node_id] for node in live.graph.nodes for ref in node.slot_variables]
 
 
 def _unexpected(session: RestoreSession, found, bound: dict, adapter) -> list[Difference]:
@@ -148,15 +162,17 @@ def _node_keys(session: RestoreSession, node_id: int) -> list[Difference]:
             for a in _saved_graph(session).nodes[node_id].attributes]
 
 
-def _retie(session: RestoreSession, live, found, adapter) -> bool:
+def _retie(session: RestoreSession, live: LiveObjects, found, adapter) -> bool:
     """Point live tensors back at the tensor they shared in the checkpoint; True if any was re-tied."""
     bound = dict(found.bindings)
     bound_ids = {id(obj) for obj in bound.values()}
+    unbound = [(obj, path) for obj, path in zip(live.objects, live.paths)
+               if isinstance(obj, adapter.TorchTensor) and id(obj) not in bound_ids and path]
+    if not unbound:
+        return False  # every live tensor is bound: no tie was lost
     by_path = {path: obj for obj, path in zip(live.objects, live.paths)}
     changed = False
-    for obj, path in zip(live.objects, live.paths):
-        if not isinstance(obj, adapter.TorchTensor) or id(obj) in bound_ids or not path:
-            continue
+    for obj, path in unbound:
         node_id = _saved_node(_saved_graph(session), path)
         other = bound.get(node_id) if node_id is not None else None
         parent = by_path.get(path[:-1])

@@ -131,23 +131,30 @@ _new = tuple.__new__
 
 def _node(node, index: int, count: int, path: str | None) -> GraphNode:
     """One node, its references checked against the node count (records built by ``tuple.__new__``,
-    without the keyword handling of their constructors: one node and one attribute per variable)."""
-    children: tuple[ChildRef, ...] = ()
-    attributes: tuple[AttributeRef, ...] = ()
-    slots: tuple[SlotRef, ...] = ()
-    if node.children:
-        children = tuple([_new(ChildRef, (c.node_id, c.local_name)) for c in node.children])
+    without the keyword handling of their constructors: one node and one attribute per variable).
+
+    Each repeated field is looked up once: every access to a field of a parsed message builds a
+    new wrapper, the larger part of the cost of a graph of thousands of leaves."""
+    children = node.children
+    if children:
+        children = tuple([_new(ChildRef, (c.node_id, c.local_name)) for c in children])
         ids = [c[0] for c in children]
         if min(ids) < 0 or max(ids) >= count:
             _bad_reference(index, ids, count, path)
-    if node.attributes:
-        attributes = tuple([_new(AttributeRef, (a.name, a.full_name, a.checkpoint_key)) for a in node.attributes])
-    if node.slot_variables:
-        slots = tuple([SlotRef(s.original_variable_node_id, s.slot_name, s.slot_variable_node_id)
-                       for s in node.slot_variables])
-        ids = [i for s in slots for i in (s.original_variable_node_id, s.slot_variable_node_id)]
+    else:
+        children = ()
+    attributes = node.attributes
+    attributes = tuple([_new(AttributeRef, (a.name, a.full_name, a.checkpoint_key)) for a in attributes]) \
+        if attributes else ()
+    slots = node.slot_variables
+    if slots:
+        slots = tuple([_new(SlotRef, (s.original_variable_node_id, s.slot_name, s.slot_variable_node_id))
+                       for s in slots])
+        ids = [i for s in slots for i in (s[0], s[2])]
         if min(ids) < 0 or max(ids) >= count:
             _bad_reference(index, ids, count, path)
+    else:
+        slots = ()
     return _new(GraphNode, (children, attributes, slots,
                             node.has_checkpoint_values.value if node.HasField("has_checkpoint_values") else None,
                             node.registered_saver.name if node.HasField("registered_saver") else None))
