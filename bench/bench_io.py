@@ -185,7 +185,8 @@ def _torch_sides(state: dict[str, np.ndarray], fsync: bool, options) -> dict:
     def module(values: dict[str, np.ndarray]):
         m = torch.nn.Module()
         for name, value in values.items():
-            m.register_parameter(name.replace("/", "_"), torch.nn.Parameter(torch.from_numpy(value), requires_grad=False))
+            tensor = torch.from_numpy(value).clone()  # in torch's own (64-byte aligned) memory, as a model's is
+            m.register_parameter(name.replace("/", "_"), torch.nn.Parameter(tensor, requires_grad=False))
         return m
 
     source = module(state)

@@ -62,7 +62,7 @@ def _holders(state, adapter: str):
             m = torch.nn.Module()
             for name, value in values.items():
                 m.register_parameter(name.replace("/", "_"),
-                                     torch.nn.Parameter(torch.from_numpy(value.copy()), requires_grad=False))
+                                     torch.nn.Parameter(torch.from_numpy(value).clone(), requires_grad=False))
             return m
 
         return (gpuckpt.Checkpoint(state=module(state)),
