@@ -33,6 +33,7 @@ class CudaTensorDouble:
 
     __module__ = "torch.testing_double"
     is_cuda = True
+    is_cpu = False
 
     def __init__(self, memory, dtype):
         self.memory, self.dtype, self.shape = memory, dtype, tuple(memory.shape)
@@ -40,6 +41,12 @@ class CudaTensorDouble:
 
     def detach(self):
         return self
+
+    def data_ptr(self) -> int:
+        return id(self.memory)  # stands for the memory's address (simulated arrays expose none)
+
+    def stride(self) -> tuple[int, ...]:
+        return tuple(s // self.memory.dtype.itemsize for s in self.memory.strides)
 
     def view(self, dtype):
         assert dtype == WIDTHS[self.dtype][0], dtype
