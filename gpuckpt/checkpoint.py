@@ -332,7 +332,7 @@ class Checkpoint(AutoTrackable):
         options = options or CheckpointOptions()
         if self._self_async is not None:
             self._self_async.wait()  # restore what is committed; a background error stays for sync()
-        with gcpause.paused():  # open, strict check and start: one pause (each also pauses on its own)
+        with gcpause.paused():  # open, strict check and start: thousands of per-tensor records
             session = open_session(os.fspath(save_path), skip_slots=options.experimental_skip_slot_variables,
                                    engines=self._self_engines, io_device=options.io_device,
                                    atomic=options.atomic_restore, ring_bytes=options.restore_ring_bytes)

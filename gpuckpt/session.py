@@ -25,7 +25,6 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from . import gcpause
 from .arrays import aligned_empty, as_device_array, is_device_array, value_spec
 from .engine.cpu import read_host
 from .engine.select import EngineCache, gpu_usable
@@ -117,8 +116,7 @@ class RestoreSession:
     def start(self, root: Trackable, attached: Sequence[tuple[str, Trackable]] = ()) -> None:
         """Match, plan, read and assign; every file is closed before this returns."""
         try:
-            with gcpause.paused():
-                self.strategy.start(self, root, attached)
+            self.strategy.start(self, root, attached)
         finally:
             self.storage.close()
 
@@ -326,16 +324,15 @@ def open_session(prefix: str, *, skip_slots: bool = False, engines: EngineCache 
     from .namebased import NameBasedMatching
     from .restorer import ObjectGraphMatching
 
-    with gcpause.paused():  # the index and the object graph: one record per tensor and per object
-        storage = FileSystemReader(prefix)
-        try:
-            if OBJECT_GRAPH_KEY in storage.index.entries:
-                strategy: MatchStrategy = ObjectGraphMatching.from_storage(storage, skip_slots=skip_slots)
-            else:
-                strategy = NameBasedMatching(skip_slots=skip_slots)
-        except BaseException:
-            storage.close()
-            raise
+    storage = FileSystemReader(prefix)
+    try:
+        if OBJECT_GRAPH_KEY in storage.index.entries:
+            strategy: MatchStrategy = ObjectGraphMatching.from_storage(storage, skip_slots=skip_slots)
+        else:
+            strategy = NameBasedMatching(skip_slots=skip_slots)
+    except BaseException:
+        storage.close()
+        raise
     return RestoreSession(storage, strategy, engines=engines, io_device=io_device, atomic=atomic,
                           ring_bytes=ring_bytes)
 
