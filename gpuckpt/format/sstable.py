@@ -332,10 +332,8 @@ def read_table(data, path: str | None = None, layout: TableLayout | None = None)
             raise DataLossError(f"index file {path!r} is corrupt: data block handle out of range or out of order",
                                 path=path, reason=_BAD_INDEX)
         next_free = offset + size + TRAILER_SIZE
-        if layout is None:
-            _decode_block(read_block(table, offset, size, path), path, entries)
-        else:
+        if layout is not None:
             layout.data_blocks.append((offset, size + 1))
-            _decode_block(read_block(table, offset, size, path), path, entries, values_at=layout.values, at=offset)
+        _decode_block(read_block(table, offset, size, path), path, entries,
+                      values_at=None if layout is None else layout.values, at=offset)
     return entries
-

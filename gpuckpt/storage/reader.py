@@ -145,7 +145,7 @@ def read_run(fd: int, run: Run, batch_bytes: int = READ_CACHE_BYTES) -> tuple[li
     items = run.items
     offset = run.offset
     bad: list[int] = []
-    crc32c = crc.crc32c
+    masked_crc32c = crc.masked_crc32c
     start = 0
     count = len(items)
     while start < count:
@@ -157,10 +157,8 @@ def read_run(fd: int, run: Run, batch_bytes: int = READ_CACHE_BYTES) -> tuple[li
         if done < size:  # the file ended: check what was read whole, report where it ended
             stop = _whole_items(items, start, stop, done)
         for buf, i, stored in items[start:stop]:
-            if i >= 0:
-                c = crc32c(buf)
-                if ((((c >> 15) | (c << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF != stored:
-                    bad.append(i)
+            if i >= 0 and masked_crc32c(buf) != stored:
+                bad.append(i)
         if done < size:
             return bad, stop
         offset += size
