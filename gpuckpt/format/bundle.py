@@ -261,23 +261,8 @@ def parse_index(data, path: str | None = None) -> BundleIndex:
     index = BundleIndex(num_shards, entries, slice_entries)
     validate_index(index, path)
     if raw is not None and layout is not None:
-        _remember(raw, layout, table, index)
+        index_template.remember(raw, layout, table, index)
     return index
-
-
-def _remember(raw: bytes, layout: sstable.TableLayout, table: list[tuple[bytes, bytes]], index: BundleIndex) -> None:
-    """Keep ``index`` as the template of the next index file of its structure (``index_template``)."""
-    keys: list[str | bytes] = []
-    found: list[BundleEntry] = []
-    for raw_key, _ in itertools.islice(table, 1, None):
-        if raw_key[:1] == b"\x00":
-            keys.append(raw_key)
-            found.append(index.slice_entries[raw_key])
-        else:
-            key = raw_key.decode("utf-8", errors="surrogateescape")
-            keys.append(key)
-            found.append(index.entries[key])
-    index_template.remember(raw, layout, table, keys, found, index)
 
 
 def with_crc(entry: BundleEntry, crc32c: int) -> BundleEntry:

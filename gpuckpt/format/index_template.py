@@ -45,9 +45,7 @@ class Template:
     masked: np.ndarray  # the file's bytes, the bytes at ``zeroed`` set to 0
     zeroed: np.ndarray  # positions of every replaceable CRC byte (4 per entry, in ``crc_of`` order), then trailers'
     blocks: tuple[tuple[int, int], ...]  # data blocks: offset and size (the trailer follows)
-    keys: tuple[str | bytes, ...]  # entry keys in table order (bytes: slice entries)
-    entries: tuple[BundleEntry, ...]
-    crc_of: np.ndarray  # per entry: its rank among the replaceable CRCs, or -1 (its bytes never differ)
+    crc_of: np.ndarray  # per entry, in table order: its rank among the replaceable CRCs, or -1 (bytes never differ)
     index: BundleIndex
     value_spans: tuple[tuple[int, int], ...]  # (start, end) of each value with a replaceable CRC: checked once
     checked: bool = False
@@ -89,10 +87,9 @@ def reuse(raw: bytes, path: str | None) -> BundleIndex | None:
     return _rebuild(template, crcs)
 
 
-def remember(raw: bytes, layout: sstable.TableLayout, table: Sequence[tuple[bytes, bytes]],
-             keys: Sequence[str | bytes], entries: Sequence[BundleEntry], index: BundleIndex) -> None:
-    """Keep a template of the index just parsed from ``raw`` (``layout`` and ``table`` from
-    ``sstable.read_table``; ``keys``/``entries``: every entry but the header's, in table order)."""
+def remember(raw: bytes, layout: sstable.TableLayout, table: Sequence[tuple[bytes, bytes]], index: BundleIndex) -> None:
+    """Keep a template of ``index``, just parsed from ``raw`` (``layout`` and ``table`` from ``sstable.read_table``)."""
+    entries = _in_table_order(index)
     spans: list[tuple[int, int]] = []
     crc_of = np.full(len(entries), -1, np.int64)
     for i, (start, (_, value), entry) in enumerate(zip(layout.values[1:], table[1:], entries)):
@@ -106,7 +103,7 @@ def remember(raw: bytes, layout: sstable.TableLayout, table: Sequence[tuple[byte
     masked = np.frombuffer(raw, np.uint8).copy()
     masked[zeroed] = 0
     blocks = tuple((offset, length - 1) for offset, length in layout.data_blocks)
-    template = Template(masked, zeroed, blocks, tuple(keys), tuple(entries), crc_of, index, tuple(spans))
+    template = Template(masked, zeroed, blocks, crc_of, index, tuple(spans))
     with _lock:
         _templates[len(raw)] = template
         _templates.move_to_end(len(raw))
@@ -135,21 +132,26 @@ def _check_spans(template: Template, raw: bytes) -> bool:
     return True
 
 
+def _in_table_order(index: BundleIndex) -> list[BundleEntry]:
+    """Every entry but the header's, in the table's key order: slice entries first (their keys start
+    with a zero byte, below every tensor key's first byte), then tensors, as ``parse_index`` met them."""
+    return [*index.slice_entries.values(), *index.entries.values()]
+
+
 def _rebuild(template: Template, crcs: list[int]) -> BundleIndex:
     """The template's index with each replaceable CRC taken from ``crcs``."""
     from .bundle import BundleIndex, with_crc
 
-    entries: dict[str, BundleEntry] = {}
-    slice_entries: dict[bytes, BundleEntry] = {}
-    for key, entry, rank in zip(template.keys, template.entries, template.crc_of.tolist()):
-        if rank >= 0:
-            entry = with_crc(entry, crcs[rank])
-        if type(key) is bytes:
-            slice_entries[key] = entry
-        else:
-            entries[key] = entry  # type: ignore[index]  # str keys
-    index = BundleIndex(template.index.num_shards, entries, slice_entries)
+    old = template.index
+    ranks = template.crc_of.tolist()
+    cut = len(old.slice_entries)
+
+    def renewed(items, ranks: list[int]) -> dict:
+        return {key: entry if rank < 0 else with_crc(entry, crcs[rank]) for (key, entry), rank in zip(items, ranks)}
+
+    index = BundleIndex(old.num_shards, renewed(old.entries.items(), ranks[cut:]),
+                        renewed(old.slice_entries.items(), ranks[:cut]))
     for derived in ("extents", "used_shards"):  # cached properties that do not depend on CRCs
-        if derived in template.index.__dict__:
-            index.__dict__[derived] = template.index.__dict__[derived]
+        if derived in old.__dict__:
+            index.__dict__[derived] = old.__dict__[derived]
     return index
