@@ -37,3 +37,18 @@ def fixtures_root() -> Path:
 
 def load_manifest(name: str) -> dict:
     return json.loads((FIXTURES / name / "manifest.json").read_text())
+
+
+def flip_stored_bits(prefix: str, key: str, at: int, bits: int) -> str:
+    """XOR ``bits`` into byte ``at`` of tensor ``key``'s stored bytes, in place; return the data file's path."""
+    from gpuckpt.storage.reader import FileSystemReader
+
+    with FileSystemReader(prefix) as reader:
+        entry = reader.index.entries[key]
+        path = reader.shard_path(entry.shard_id)
+    with open(path, "r+b") as f:
+        f.seek(entry.offset + at)
+        byte = f.read(1)
+        f.seek(entry.offset + at)
+        f.write(bytes([byte[0] ^ bits]))
+    return path

@@ -14,6 +14,7 @@ from gpuckpt.format.bundle import BundleEntry, Extent
 from gpuckpt.graph import pretty_names
 from gpuckpt.storage.base import ReadTarget
 from gpuckpt.storage.reader import FileSystemReader
+from tests.conftest import flip_stored_bits
 
 SIZES = [0, 1, 3, 7, 0, 4096, 1, 9999, 65537, 2]
 
@@ -51,22 +52,16 @@ def test_batched_reads_of_odd_sizes_and_empty_tensors_verify(tmp_path, task_byte
 
 def test_a_crc_mismatch_in_the_middle_of_a_batch_names_that_key_only(tmp_path) -> None:
     prefix, values = _saved(tmp_path)
+    key = "v05/.ATTRIBUTES/VARIABLE_VALUE"
+    path = flip_stored_bits(prefix, key, 100, 0xFF)
     with FileSystemReader(prefix) as reader:
-        key = "v05/.ATTRIBUTES/VARIABLE_VALUE"
-        e = reader.index.entries[key]
-        path = reader.shard_path(e.shard_id)
-    with open(path, "r+b") as f:
-        f.seek(e.offset + 100)
-        byte = f.read(1)
-        f.seek(e.offset + 100)
-        f.write(bytes([byte[0] ^ 0xFF]))
-    with FileSystemReader(prefix) as reader:
+        stored = reader.index.entries[key].crc32c
         targets, _ = _targets(reader, values)
         report = reader.read_verified(targets)
     assert [targets[i].key for i, _ in report.failed] == [key]
     error = report.failed[0][1]
     assert isinstance(error, gpuckpt.DataLossError) and error.key == key and key in str(error)
-    assert path in str(error) and f"{e.crc32c:#010x}" in str(error)
+    assert path in str(error) and f"{stored:#010x}" in str(error)
 
 
 def test_a_file_that_shrinks_after_open_fails_its_reads_as_data_loss(tmp_path) -> None:

@@ -17,6 +17,7 @@ from gpuckpt.format import crc
 from gpuckpt.storage import reader as reader_module
 from gpuckpt.storage.base import ReadTarget
 from gpuckpt.storage.reader import GAP_BYTES, FileSystemReader, coalesce_runs, read_run
+from tests.conftest import flip_stored_bits
 
 
 def _t(key: str, shard: int, offset: int, length: int, dest=None) -> ReadTarget:
@@ -147,14 +148,7 @@ def test_every_other_range_read_through_holes_verifies(tmp_path) -> None:
 
 def test_a_corrupt_range_inside_a_run_names_its_key_and_the_others_are_restored(tmp_path) -> None:
     prefix, values = _saved(tmp_path, [64] * 40)
-    with FileSystemReader(prefix) as reader:
-        e = reader.index.entries["v017/.ATTRIBUTES/VARIABLE_VALUE"]
-        path = reader.shard_path(e.shard_id)
-    with open(path, "r+b") as f:
-        f.seek(e.offset + 3)
-        byte = f.read(1)
-        f.seek(e.offset + 3)
-        f.write(bytes([byte[0] ^ 0x10]))
+    path = flip_stored_bits(prefix, "v017/.ATTRIBUTES/VARIABLE_VALUE", 3, 0x10)
     live = {k: gpuckpt.Variable(np.zeros(64, np.uint8)) for k in values}
     with pytest.raises(gpuckpt.PartialRestoreError) as info:
         gpuckpt.Checkpoint(**live).read(prefix)
