@@ -52,7 +52,6 @@ class Target(NamedTuple):
 
 
 _DTYPES: dict[np.dtype, Any] = {}
-_ASK = object()  # RestoreSession._sink: ask the object for its destination
 _new = tuple.__new__  # NamedTuples built without their generated ``__new__`` (one Request and Target per tensor)
 
 
@@ -176,13 +175,15 @@ class RestoreSession:
 
     def _sinks(self, targets: Sequence[Target]) -> list[_Sink]:
         """Each target's sink (see :meth:`_sink`); the common case, a host array that is the very value the
-        request was made from (so of its shape) in the stored layout, is decided here with fewer checks."""
+        request was made from (so of its shape) in the stored layout, is decided here with fewer checks.
+        Objects whose values are their destinations (``Trackable._values_are_destinations``) are not asked."""
         if self.atomic:
             return [_fresh(t.request) for t in targets]
         out: list[_Sink] = []
         append, ndarray, sink = out.append, np.ndarray, self._sink
         for t in targets:
-            offered = t.obj._restore_destinations().get(t.name)
+            obj = t.obj
+            offered = t.value if obj._values_are_destinations else obj._restore_destinations().get(t.name)
             request = t.request
             layout = request.dtype.numpy  # None for strings
             if offered is t.value and type(offered) is ndarray and request.block is None and layout is not None \
@@ -194,12 +195,10 @@ class RestoreSession:
             append(sink(t, offered))
         return out
 
-    def _sink(self, t: Target, offered: Any = _ASK) -> _Sink:
-        """The destination's own memory when the object offers it (``offered``, or asked for here) and
-        atomicity is not asked, else a new array."""
+    def _sink(self, t: Target, offered: Any) -> _Sink:
+        """The destination's own memory when the object offers it (``offered``: what it offers for
+        ``t.name``, or None) and atomicity is not asked, else a new array."""
         if not self.atomic and not t.request.dtype.is_string:
-            if offered is _ASK:
-                offered = t.obj._restore_destinations().get(t.name)
             if type(offered) is np.ndarray:
                 flags = offered.flags
                 if flags.c_contiguous and flags.writeable and offered.dtype == t.request.dtype.numpy \

@@ -160,6 +160,8 @@ class TorchTensor(_Adapter):
     def tensor(self) -> "torch.Tensor":
         return self.obj
 
+    _values_are_destinations = True  # the view is of the tensor's own memory (tensor_view raises for other devices)
+
     def _serialize_tensors(self) -> Mapping[str, Any]:
         return {VARIABLE_VALUE: self._view()}
 
@@ -226,6 +228,9 @@ def tensor_view(tensor: "torch.Tensor", name: str = "") -> Any:
 
     No copy is made, except for a non-contiguous CPU tensor (which the saver packs).
     """
+    kind = type(tensor)
+    if (kind is torch.nn.Parameter or kind is torch.Tensor) and tensor.is_cpu and tensor.dtype not in _VIEWED:
+        return tensor.detach().numpy()  # the common case, decided without the checks below (one per tensor)
     _refuse_subclasses(tensor, name)
     t = tensor.detach()
     device = t.device.type

@@ -17,6 +17,9 @@ the methods it needs (each has a do-nothing default):
     name: the object's own C-contiguous, writable NumPy array of the value's dtype and
     shape, or its device array. Values read there are verified in place and never passed
     to ``_restore_tensors``; attributes not offered (the default: none) go through it.
+    A class whose ``_serialize_tensors`` values *are* that memory (a variable's own array)
+    sets ``_values_are_destinations = True``, and a restore then uses those values without
+    asking (``tests/api/test_trackables.py`` checks that the two agree).
 ``_slot_variables() -> Sequence[SlotVariable]``
     For optimizers: per-variable state ("slots") keyed by the variable it belongs to.
     Saved as TF1-style ``slot_variables`` (docs/format.md §9.3/9.4); the slot-name order of the
@@ -79,6 +82,14 @@ class _DeferredState:
 
 class Trackable:
     """Base class of everything a checkpoint can hold; see the module docstring."""
+
+    _values_are_destinations: bool = False  # _restore_destinations() offers what _serialize_tensors() gives
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        overrides = "_restore_destinations" in cls.__dict__ or "_serialize_tensors" in cls.__dict__
+        if overrides and "_values_are_destinations" not in cls.__dict__:
+            cls._values_are_destinations = False  # a subclass that changes either one says again whether they agree
 
     def _trackable_children(self) -> Sequence[tuple[str, "Trackable"]]:
         """Named dependencies in their stable order; none by default."""

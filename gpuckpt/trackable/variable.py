@@ -184,6 +184,8 @@ class Variable(Trackable):
 
     # -- trackable protocol -----------------------------------------------------------
 
+    _values_are_destinations = True  # value() is the array (or device memory) a restore fills in place
+
     def _serialize_tensors(self) -> Mapping[str, Any]:
         return {VARIABLE_VALUE: self.value()}
 

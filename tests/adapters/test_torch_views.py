@@ -66,3 +66,17 @@ def test_restores_follow_a_replaced_tensor(tmp_path: Path) -> None:
     target.weight.data = torch.zeros(2, 3)
     checkpoint.read(path).assert_consumed()
     torch.testing.assert_close(target.weight, source.weight)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: torch.zeros(3, 4),
+    lambda: torch.nn.Parameter(torch.zeros(5, dtype=torch.bfloat16)),
+    lambda: torch.zeros(4, 3).t(),  # not contiguous: offered, and then restored through a copy
+    lambda: torch.zeros((), dtype=torch.int64),
+])
+def test_a_tensor_offers_the_memory_it_saves(make) -> None:
+    tensor = make()  # kept: the adapter holds it only weakly
+    adapter = gtorch.trackable(tensor)
+    assert type(adapter)._values_are_destinations  # a restore uses the saved view without asking
+    saved, offered = adapter._serialize_tensors()["VARIABLE_VALUE"], adapter._restore_destinations()["VARIABLE_VALUE"]
+    assert saved.dtype == offered.dtype and saved.shape == offered.shape and np.shares_memory(saved, offered)

@@ -71,3 +71,48 @@ def test_an_object_offering_nothing_is_asked_once_and_gets_a_new_array(tmp_path)
     live = Counting(np.zeros(5, np.int64))
     gpuckpt.Checkpoint(t=live).read(_saved(tmp_path, value))
     assert len(asked) == 1 and np.array_equal(live.received["x"], value)
+
+
+def _shares(a, b) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and np.shares_memory(a, b)
+
+
+def test_variables_offer_what_they_save_and_are_not_asked(tmp_path, monkeypatch) -> None:
+    live = [gpuckpt.Variable(np.zeros(5, np.int64)), gpuckpt.Variable(np.zeros((2, 3), np.float32))]
+    for v in live:  # the contract _values_are_destinations states, checked on the class that states it
+        assert _shares(v._restore_destinations()["VARIABLE_VALUE"], v._serialize_tensors()["VARIABLE_VALUE"])
+    saved = gpuckpt.Checkpoint(a=gpuckpt.Variable(np.arange(5, dtype=np.int64)),
+                               b=gpuckpt.Variable(np.ones((2, 3), np.float32))).write(str(tmp_path / "c"))
+    arrays = [v.value() for v in live]
+
+    def refuse(self):
+        raise AssertionError("asked for destinations its values already are")
+
+    monkeypatch.setattr(gpuckpt.Variable, "_restore_destinations", refuse)
+    gpuckpt.Checkpoint(a=live[0], b=live[1]).read(saved)
+    assert live[0].value() is arrays[0] and np.array_equal(arrays[0], np.arange(5))  # read in place
+    assert live[1].value() is arrays[1] and np.array_equal(arrays[1], np.ones((2, 3)))
+
+
+def test_a_subclass_that_changes_what_it_offers_is_asked_again(tmp_path) -> None:
+    handed = []
+
+    class Declining(gpuckpt.Variable):
+        def _restore_destinations(self):
+            return {}  # restore through _restore_tensors, never in place
+
+        def _restore_tensors(self, values):
+            handed.append(values["VARIABLE_VALUE"])
+            super()._restore_tensors(values)
+
+    class Restating(Declining):
+        _values_are_destinations = True
+
+    assert gpuckpt.Variable._values_are_destinations and not Declining._values_are_destinations
+    assert Restating._values_are_destinations and not Trackable._values_are_destinations
+    saved = gpuckpt.Checkpoint(v=gpuckpt.Variable(np.arange(4, dtype=np.float32))).write(str(tmp_path / "c"))
+    live = Declining(np.zeros(4, np.float32))
+    before = live.value()
+    gpuckpt.Checkpoint(v=live).read(saved)
+    assert len(handed) == 1 and handed[0] is not before  # read into a new array, then handed over
+    assert np.array_equal(live.numpy(), np.arange(4))
