@@ -1,14 +1,15 @@
-"""Compare ``Checkpoint.read`` of two gpuckpt trees on one workload, read by read, in the same conditions.
+"""Compare ``Checkpoint.read`` or ``write`` of gpuckpt trees on one workload, call by call, in the same conditions.
 
 On a shared, loaded machine two runs minutes apart differ by more than most changes do, so this
 starts one worker process per tree (each with its own ``PYTHONPATH``), has each build the same
 ``bench_io`` workload and write it (fsync off), and then asks them for one restore each in turn,
 alternating, ``--reads`` times. It prints, per tree, the process CPU time (all threads) and the
 wall time of one ``Checkpoint.read`` into existing ``Variable``s (``--adapter torch``: into the parameters
-of an ``nn.Module``, through the PyTorch adapter): minimum and median.
+of an ``nn.Module``, through the PyTorch adapter): minimum and median. ``--op save`` times one
+``Checkpoint.write`` of the same objects over the same path instead (fsync off: the structure's cost).
 
     python bench/bench_restore_ab.py /tmp/before /tmp/after [--workload small5000] [--scale 8] [--reads 15]
-                                     [--adapter {variables,torch}]
+                                     [--adapter {variables,torch}] [--op {read,save}]
 
 Each tree is a directory holding ``gpuckpt/`` (for instance ``git archive <commit> gpuckpt | tar -x -C DIR``).
 """
@@ -26,8 +27,9 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def worker(workload: str, scale: int, adapter: str) -> None:
-    """Build and write the workload, then restore it once per line read from stdin, printing CPU and wall ms."""
+def worker(workload: str, scale: int, adapter: str, op: str = "read") -> None:
+    """Build and write the workload, then restore (``op`` save: write) it once per line read from stdin,
+    printing CPU and wall ms."""
     import numpy as np
 
     import gpuckpt  # first: from this worker's PYTHONPATH (bench_io puts this checkout on sys.path)
@@ -38,12 +40,16 @@ def worker(workload: str, scale: int, adapter: str) -> None:
     state = api_state(workload, scale)
     src, tgt = _holders(state, adapter)
     with tempfile.TemporaryDirectory() as work:
-        path = src.write(os.path.join(work, "c"), options=gpuckpt.CheckpointOptions(fsync=False))
+        options = gpuckpt.CheckpointOptions(fsync=False)
+        path = src.write(os.path.join(work, "c"), options=options)
         tgt.read(path)
         print("ready", gpuckpt.__file__, flush=True)
         for _ in sys.stdin:
             wall, cpu = time.perf_counter(), time.process_time()
-            tgt.read(path)
+            if op == "save":
+                src.write(path, options=options)
+            else:
+                tgt.read(path)
             print(f"{(time.process_time() - cpu) * 1e3:.2f} {(time.perf_counter() - wall) * 1e3:.2f}", flush=True)
         for name, value in state.items():
             assert np.array_equal(_value_of(tgt, name, adapter), value), name
@@ -87,11 +93,13 @@ def main() -> None:
     ap.add_argument("--scale", type=int, default=8)
     ap.add_argument("--reads", type=int, default=15)
     ap.add_argument("--adapter", default="variables", choices=("variables", "torch"))
+    ap.add_argument("--op", default="read", choices=("read", "save"))
     args = ap.parse_args()
     workers = []
     for tree in args.trees:
         env = dict(os.environ, PYTHONPATH=os.path.abspath(tree))
-        proc = subprocess.Popen([sys.executable, __file__, "--worker", args.workload, str(args.scale), args.adapter],
+        proc = subprocess.Popen([sys.executable, __file__, "--worker", args.workload, str(args.scale), args.adapter,
+                                 args.op],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
                                 cwd=tempfile.gettempdir())
         assert proc.stdin is not None and proc.stdout is not None
@@ -113,13 +121,14 @@ def main() -> None:
     for tree, pairs in times.items():
         cpu = [c for c, _ in pairs]
         wall = [w for _, w in pairs]
-        print(f"{tree}: Checkpoint.read of {args.workload} ({args.adapter}): CPU min {min(cpu):.1f} "
+        call = "write" if args.op == "save" else "read"
+        print(f"{tree}: Checkpoint.{call} of {args.workload} ({args.adapter}): CPU min {min(cpu):.1f} "
               f"median {statistics.median(cpu):.1f} ms; wall min {min(wall):.1f} "
               f"median {statistics.median(wall):.1f} ms")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 5 and sys.argv[1] == "--worker":
-        worker(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+    if len(sys.argv) == 6 and sys.argv[1] == "--worker":
+        worker(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5])
     else:
         main()

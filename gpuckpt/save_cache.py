@@ -122,6 +122,8 @@ def _values_if_unchanged(s: Structure, root: Trackable, attached: Sequence[tuple
 def _same_edges(s: Structure, i: int, obj: Trackable, objects: list, attached: Sequence[tuple[str, Trackable]]
                 ) -> bool:
     """Whether a walked object still has the cached children and declared slots."""
+    if not attached and saveable.is_plain_leaf(obj):
+        return not s.edges[i] and not s.slots[i]  # it has none, and nothing to validate
     path = s.paths[i]
     saveable.validate_before_children(obj, path)
     children = named_children(obj, attached, path)

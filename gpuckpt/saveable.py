@@ -33,11 +33,31 @@ def check(root: Trackable, attached: Sequence[tuple[str, Trackable]] = ()) -> No
     check_objects(objects, paths)
 
 
+_LEAF_TYPES: dict[type, bool] = {}
+
+
+def is_plain_leaf(obj: Trackable) -> bool:
+    """Whether ``obj``'s class can never have dependencies or slots and has nothing for these checks to
+    look at (a ``Variable``): it keeps ``Trackable``'s own ``_trackable_children`` and ``_slot_variables``,
+    has no ``_checkpoint_validate``, and is neither a ``Module`` nor a tracked container. Decided once per class."""
+    cls = type(obj)
+    leaf = _LEAF_TYPES.get(cls)
+    if leaf is None:
+        leaf = _LEAF_TYPES[cls] = (
+            cls._trackable_children is Trackable._trackable_children
+            and cls._slot_variables is Trackable._slot_variables
+            and getattr(cls, "_checkpoint_validate", None) is None
+            and not issubclass(cls, (AutoTrackable, TrackedList, TrackedTuple, TrackedDict)))
+    return leaf
+
+
 def check_objects(objects: Sequence[Trackable], paths: Sequence[tuple[str, ...]]) -> None:
     """``check``'s tests of each reachable object (``objects[i]`` at ``paths[i]``), once the
     graph is known: plain public attributes, plain container items, ``_checkpoint_validate(path, ids)``."""
     ids = {id(obj) for obj in objects}
     for obj, path in zip(objects, paths):
+        if is_plain_leaf(obj):
+            continue
         if isinstance(obj, AutoTrackable):
             _check_attributes(obj, path)
         if isinstance(obj, (TrackedList, TrackedTuple, TrackedDict)):

@@ -179,3 +179,45 @@ def test_async_save_writes_the_captured_crcs_and_the_values_at_call_time(tmp_pat
     restored_ckpt.read(path).expect_partial()
     assert np.array_equal(restored.big.numpy(), expected)
     assert np.array_equal(restored.w.numpy(), np.arange(6, dtype=np.float32).reshape(2, 3))
+
+
+class Validating(gpuckpt.Variable):
+    """A variable that checks itself before every save (as state-dict objects do)."""
+
+    calls: list[str] = []
+
+    def _checkpoint_validate(self, path: str) -> None:
+        Validating.calls.append(path)
+
+
+class Parent(gpuckpt.Variable):
+    """A variable that declares a dependency of its own."""
+
+    def __init__(self, value, child: gpuckpt.Variable):
+        super().__init__(value)
+        self.child = child
+
+    def _trackable_children(self):
+        return [("child", self.child)]
+
+
+def test_only_classes_that_can_never_change_their_edges_skip_the_cached_save_checks() -> None:
+    from gpuckpt.saveable import is_plain_leaf
+
+    assert is_plain_leaf(gpuckpt.Variable(1.0)) and is_plain_leaf(Holder(np.zeros(2)))
+    assert not is_plain_leaf(Validating(1.0)) and not is_plain_leaf(Parent(1.0, gpuckpt.Variable(2.0)))
+    assert not is_plain_leaf(gpuckpt.Module()) and not is_plain_leaf(gpuckpt.trackable.TrackedList([]))
+
+
+def test_a_cached_save_still_validates_and_sees_new_edges_of_other_classes(tmp_path: Path, walks) -> None:
+    Validating.calls.clear()
+    parent = Parent(1.0, gpuckpt.Variable(2.0))
+    ckpt = gpuckpt.Checkpoint(v=Validating(3.0), p=parent)
+    for i in range(2):
+        ckpt.write(str(tmp_path / f"c{i}"))
+    assert len(Validating.calls) == 2 and len(walks) == 1  # validated on the cached save too
+    parent.child = gpuckpt.Variable(np.zeros(3, np.float32))  # a new object behind the same edge
+    ckpt.write(str(tmp_path / "c2"))
+    assert len(walks) == 2
+    reader = gpuckpt.CheckpointReader(str(tmp_path / "c2"))
+    assert reader.get_tensor("p/child/.ATTRIBUTES/VARIABLE_VALUE").shape == (3,)
