@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -20,9 +20,10 @@ from .format import dtypes, strings
 from .format.dtypes import DType
 
 
-@dataclass(frozen=True)
-class HostTensor:
-    """A host value ready to be written: numeric bytes as a flat uint8 view, or an encoded string payload."""
+class HostTensor(NamedTuple):
+    """A host value ready to be written: numeric bytes as a flat uint8 view, or an encoded string payload.
+
+    A NamedTuple, not a frozen dataclass: a save makes one per tensor, and this is cheaper to build."""
 
     dtype: DType
     shape: tuple[int, ...]

@@ -28,7 +28,7 @@ def tensors_for_engine(tensors: Mapping[str, object], options: CheckpointOptions
     keys = list(tensors)
     described = [_described(value, key, known_crcs) for key, value in tensors.items()]
     use_gpu = wants_gpu(described, options.io_device if options is not None else None)
-    if not use_gpu:
+    if not use_gpu and not all(type(t) is HostTensor for t in described):
         described = [to_host(t, k) for t, k in zip(described, keys)]
     return keys, described, use_gpu
 
