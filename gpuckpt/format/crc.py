@@ -8,7 +8,7 @@ rereading them, which is how parallel (GPU or multi-thread) checksums are assemb
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import crc32c as _crc32c
 
@@ -17,9 +17,8 @@ POLY = 0x82F63B78  # reflected Castagnoli polynomial
 _U32 = 0xFFFFFFFF
 
 
-def crc32c(data, value: int = 0) -> int:
-    """CRC-32C of ``data`` (any buffer), continuing from the CRC ``value`` of earlier bytes."""
-    return _crc32c.crc32c(data, value)
+# crc32c(data, value=0): the CRC-32C of any buffer, continuing from the CRC ``value`` of earlier bytes
+crc32c: Callable[..., int] = _crc32c.crc32c
 
 
 def mask(crc: int) -> int:
@@ -35,8 +34,9 @@ def unmask(masked: int) -> int:
 
 
 def masked_crc32c(data) -> int:
-    """``mask(crc32c(data))``: what TensorFlow writes beside a block or a tensor."""
-    return mask(crc32c(data))
+    """``mask(crc32c(data))``: what TensorFlow writes beside a block or a tensor (inlined: one call per tensor)."""
+    value = _crc32c.crc32c(data)
+    return ((((value >> 15) | (value << 17)) & _U32) + MASK_DELTA) & _U32
 
 
 def _gf2_times(a: int, b: int) -> int:
