@@ -198,22 +198,20 @@ class RestoreSession:
     def _sink(self, t: Target, offered: Any) -> _Sink:
         """The destination's own memory when the object offers it (``offered``: what it offers for
         ``t.name``, or None) and atomicity is not asked, else a new array."""
-        if not self.atomic and not t.request.dtype.is_string:
-            if type(offered) is np.ndarray:
-                flags = offered.flags
-                if flags.c_contiguous and flags.writeable and offered.dtype == t.request.dtype.numpy \
-                        and offered.shape == t.request.dest_shape:
-                    return _Sink(offered, None, True)
-            elif offered is not None:
-                if is_device_array(offered):
-                    if self._use_gpu():
-                        device = as_device_array(offered)
-                        if device.is_c_contiguous():
-                            return _Sink(None, device.reshape(device.size).view(np.uint8), True)
-                elif (isinstance(offered, np.ndarray) and offered.flags.c_contiguous and offered.flags.writeable
-                      and offered.dtype == t.request.dtype.numpy and offered.shape == t.request.dest_shape):
-                    return _Sink(offered, None, True)
-        return _fresh(t.request)
+        request = t.request
+        if self.atomic or request.dtype.is_string or offered is None:
+            return _fresh(request)
+        if type(offered) is not np.ndarray and is_device_array(offered):
+            if self._use_gpu():
+                device = as_device_array(offered)
+                if device.is_c_contiguous():
+                    return _Sink(None, device.reshape(device.size).view(np.uint8), True)
+        elif isinstance(offered, np.ndarray):
+            flags = offered.flags
+            if flags.c_contiguous and flags.writeable and offered.dtype == request.dtype.numpy \
+                    and offered.shape == request.dest_shape:
+                return _Sink(offered, None, True)
+        return _fresh(request)
 
     def _use_gpu(self) -> bool:
         """Whether device destinations are filled on the device (only asked when one exists)."""
