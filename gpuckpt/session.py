@@ -123,11 +123,14 @@ class RestoreSession:
         """Restore every target and read the ``pending`` requests (values for objects that do not exist
         yet) into new host arrays, which are returned. Raises before changing anything on a
         mismatch; see the module docstring for corrupt bytes."""
-        claim, uid = restore_order.claim, self.uid
-        targets = [t for t in targets if claim(t.obj, uid)]  # else a newer restore set it
+        superseded, uid = restore_order.superseded, self.uid
+        targets = [t for t in targets if not superseded(t.obj, uid)]  # else a newer restore set it
         requests = [t.request for t in targets] + list(pending)
         plan = build_restore_plan(self.storage.index, requests, self.storage.shard_size, prefix=self.prefix,
                                   shard_path=self.storage.shard_path)
+        record = restore_order.record  # claimed once the plan's checks passed: a refused restore claims nothing
+        for t in targets:
+            record(t.obj, uid)
         sinks = self._sinks(targets) + [_fresh(r) for r in pending]
         on_device = any(s.device is not None for s in sinks)
         if on_device:  # the GPU ring fills whole tensors; a sliced one is assembled on the host

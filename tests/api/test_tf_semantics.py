@@ -142,6 +142,19 @@ class TestOverlappingRestores:
         older.dep = dep
         assert float(dep.var.numpy()) == 12.0
 
+    def test_a_newer_restore_that_failed_its_checks_claims_nothing(self, tmp_path: Path,
+                                                                   paths: tuple[str, str]) -> None:
+        dep = self.load_dep()
+        older = gpuckpt.Checkpoint()
+        older.restore(paths[1])
+        mismatched = gpuckpt.Checkpoint(dep=dep, extra=gpuckpt.Variable(np.zeros(3, np.float32)))
+        with pytest.raises(gpuckpt.InvalidArgumentError, match="incompatible tensor with shape"):
+            mismatched.restore(gpuckpt.Checkpoint(extra=gpuckpt.Variable(np.zeros(2, np.float32)),
+                                                  dep=self.load_dep()).write(tmp_path / "other"))
+        assert float(dep.var.numpy()) == 0.0  # nothing assigned, so nothing claimed:
+        older.dep = dep
+        assert float(dep.var.numpy()) == 13.0  # the older restore's deferred value still lands
+
     def test_name_based_restore_counts_as_newest(self, tmp_path: Path, paths: tuple[str, str]) -> None:
         tf1 = write_tensors(tmp_path / "tf1", {"w": np.float32(7.0)})
         dep = gpuckpt.Module()
