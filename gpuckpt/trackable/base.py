@@ -19,7 +19,7 @@ the methods it needs (each has a do-nothing default):
     to ``_restore_tensors``; attributes not offered (the default: none) go through it.
     A class whose ``_serialize_tensors`` values *are* that memory (a variable's own array)
     sets ``_values_are_destinations = True``, and a restore then uses those values without
-    asking (``tests/api/test_trackables.py`` checks that the two agree).
+    asking (``tests/api/test_restore_destinations_fast.py`` checks that the two agree for ``Variable``).
 ``_slot_variables() -> Sequence[SlotVariable]``
     For optimizers: per-variable state ("slots") keyed by the variable it belongs to.
     Saved as TF1-style ``slot_variables`` (docs/format.md §9.3/9.4); the slot-name order of the

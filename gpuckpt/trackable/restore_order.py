@@ -39,7 +39,7 @@ def record(obj: Trackable, uid: int) -> None:
 
 def claim(obj: Trackable, uid: int) -> bool:
     """Record that restore ``uid`` assigns ``obj``; False (and nothing recorded) when a newer one did."""
-    if getattr(obj, _UID_ATTRIBUTE, 0) > uid:
+    if superseded(obj, uid):
         return False
-    object.__setattr__(obj, _UID_ATTRIBUTE, uid)
+    record(obj, uid)
     return True
