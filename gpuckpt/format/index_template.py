@@ -89,21 +89,26 @@ def reuse(raw: bytes, path: str | None) -> BundleIndex | None:
 
 def remember(raw: bytes, layout: sstable.TableLayout, table: Sequence[tuple[bytes, bytes]], index: BundleIndex) -> None:
     """Keep a template of ``index``, just parsed from ``raw`` (``layout`` and ``table`` from ``sstable.read_table``)."""
-    entries = _in_table_order(index)
-    spans: list[tuple[int, int]] = []
-    crc_of = np.full(len(entries), -1, np.int64)
-    for i, (start, (_, value), entry) in enumerate(zip(layout.values[1:], table[1:], entries)):
-        end = start + len(value)
-        if end - start >= 5 and raw[end - 5] == _CRC_TAG and int.from_bytes(raw[end - 4:end], "little") == entry.crc32c:
-            crc_of[i] = len(spans)
-            spans.append((start, end))
-    crc_bytes = [end - 4 for _, end in spans]
+    buf = np.frombuffer(raw, np.uint8)
+    starts = np.array(layout.values[1:], np.int64)
+    ends = starts + np.array([len(value) for _, value in table[1:]], np.int64)
+    stored = np.array([entry.crc32c for entry in _in_table_order(index)], np.int64)
+    # a value ends with the CRC field (its tag, then the entry's CRC, little-endian), checked for every entry at once
+    fits = ends - starts >= 5
+    tail = np.where(fits, ends, 5)[:, None] + np.arange(-5, 0)
+    fields = buf[tail]
+    fits &= (fields[:, 0] == _CRC_TAG) & (np.ascontiguousarray(fields[:, 1:]).view("<u4")[:, 0] == stored)
+    replaceable = np.flatnonzero(fits)
+    crc_of = np.full(len(starts), -1, np.int64)
+    crc_of[replaceable] = np.arange(len(replaceable))
+    spans = tuple(zip(starts[replaceable].tolist(), ends[replaceable].tolist()))
     trailer_bytes = [offset + length for offset, length in layout.data_blocks]  # after the body and type byte
-    zeroed = (np.array(crc_bytes + trailer_bytes, np.int64)[:, None] + np.arange(4)).ravel()
-    masked = np.frombuffer(raw, np.uint8).copy()
+    firsts = np.concatenate([ends[replaceable] - 4, np.array(trailer_bytes, np.int64)])
+    zeroed = (firsts[:, None] + np.arange(4)).ravel()
+    masked = buf.copy()
     masked[zeroed] = 0
     blocks = tuple((offset, length - 1) for offset, length in layout.data_blocks)
-    template = Template(masked, zeroed, blocks, crc_of, index, tuple(spans))
+    template = Template(masked, zeroed, blocks, crc_of, index, spans)
     with _lock:
         _templates[len(raw)] = template
         _templates.move_to_end(len(raw))
