@@ -24,7 +24,7 @@ from ..format import crc
 from ..plan import SavePlan
 from ..restore_plan import ReadItem
 from ..storage.base import ReadTarget
-from ..storage.reader import read_pool
+from ..storage.reader import run_in_lanes
 from .writer import WriterThread
 
 CHUNK_BYTES = 16 << 20
@@ -152,7 +152,8 @@ def verify_host(storage, items: Sequence[ReadItem]) -> dict[int, DataLossError]:
     """Check every planned range's CRC without placing its bytes anywhere; return the failures by request index.
 
     The ranges are cut into jobs of about ``VERIFY_JOB_BYTES``, all handed to the reader threads at
-    once (one hand-off: a loaded host's scheduler makes every extra one cost); each job reads its
+    once (one hand-off: a loaded host's scheduler makes every extra one cost), each thread taking a
+    contiguous lane of them (``storage.reader.run_in_lanes``); each job reads its
     ranges through a scratch window of ``VERIFY_WINDOW_BYTES`` and checksums each window while it is
     in cache, so the memory is bounded by the threads' windows whatever the size of the checkpoint.
     A distributed restore verifies everything this way before any rank writes into a variable
@@ -164,10 +165,8 @@ def verify_host(storage, items: Sequence[ReadItem]) -> dict[int, DataLossError]:
         window = np.empty(max(1, min(VERIFY_WINDOW_BYTES, max(item.length for item in job))), np.uint8).data
         return [(item.request, error) for item in job if (error := _verify_one(storage, item, window)) is not None]
 
-    if len(jobs) > 1:
-        outcomes = list(read_pool().map(run, jobs))
-    else:
-        outcomes = [run(job) for job in jobs]
+    outcomes = run_in_lanes([(run, job) for job in jobs], [(job[0].shard, job[0].offset) for job in jobs],
+                            [sum(item.length for item in job) for job in jobs])
     failed: dict[int, DataLossError] = {}
     for outcome in outcomes:
         for request, error in outcome:
