@@ -240,22 +240,31 @@ def _bfs(root: Trackable, attached: Sequence[tuple[str, Trackable]], *, edges: b
     ids = {id(root): 0}
     objects: list[Trackable] = [root]
     paths: list[tuple[str, ...]] = [()]
-    refs_by_node: list[list[ChildRef]] = []
-    known, add_object, add_path, add_refs = ids.get, objects.append, paths.append, refs_by_node.append
+    refs_by_node: list[Sequence[ChildRef]] = []
+    add_object, add_path = objects.append, paths.append
     for node_id, obj in enumerate(objects):
-        refs: list[ChildRef] = []
-        add_refs(refs)
         if node_id and type(obj)._trackable_children is BASE_CHILDREN:
+            if edges:
+                refs_by_node.append(())
             continue  # a leaf (is_leaf): named_children would list nothing, and could raise nothing
         path = paths[node_id]
-        for name, child in named_children(obj, attached if node_id == 0 else (), path):
-            child_id = known(id(child))
+        children = named_children(obj, attached if node_id == 0 else (), path)
+        if not edges:
+            for name, child in children:
+                if id(child) not in ids:
+                    ids[id(child)] = len(objects)
+                    add_object(child)
+                    add_path((*path, name))
+            continue
+        refs: list[ChildRef] = []
+        for name, child in children:
+            child_id = ids.get(id(child))
             if child_id is None:
                 child_id = ids[id(child)] = len(objects)
                 add_object(child)
                 add_path((*path, name))
-            if edges:
-                refs.append(_new(ChildRef, (child_id, name)))
+            refs.append(_new(ChildRef, (child_id, name)))
+        refs_by_node.append(refs)
     return objects, paths, refs_by_node, ids
 
 

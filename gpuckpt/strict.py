@@ -110,6 +110,8 @@ def _has_torch(root: Trackable, attached: Sequence[tuple[str, Trackable]], adapt
     for index, obj in enumerate(objects):
         if _is_torch(obj, adapter):
             return True
+        if index and is_leaf(obj):
+            continue  # named_children would list nothing, and could raise nothing (every variable)
         for name, child in named_children(obj, attached if index == 0 else (), paths[index]):
             if id(child) not in seen:
                 seen.add(id(child))
