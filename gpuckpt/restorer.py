@@ -137,36 +137,42 @@ def match(saved: ObjectGraph, start: Iterable[tuple[int, Trackable]], bound: Map
     slot_deferrals: list[SlotDeferral] = []
     waits: list[SlotWait] = []
     if not skip_slots:
-        candidates = [SlotWait(n, ref) for n in optimizers for ref in nodes[n].slot_variables]
+        candidates = [(n, ref) for n in optimizers for ref in nodes[n].slot_variables]
         if slot_waits:
-            candidates += [wait for n, _ in queue for wait in slot_waits.get(n, ())]
+            candidates += [(wait.optimizer_node_id, wait.ref) for n, _ in queue for wait in slot_waits.get(n, ())]
         slot_deferrals, waits = _match_slots(candidates, bound, new)
     return Match(tuple(new.items()), tuple(deferrals), tuple(slot_deferrals), tuple(waits), by_dependency)
 
 
-def _match_slots(candidates: Sequence[SlotWait], bound: Mapping[int, Trackable],
+def _match_slots(candidates: Sequence[tuple[int, SlotRef]], bound: Mapping[int, Trackable],
                  new: dict[int, Trackable]) -> tuple[list[SlotDeferral], list[SlotWait]]:
-    """Bind slots whose optimizer and variable are both bound (adding them to ``new``).
+    """Bind slots (optimizer node, reference) whose optimizer and variable are both bound (adding them to ``new``).
 
-    Returns the slots the optimizer has not created yet, and those whose variable is unbound.
+    Returns the slots the optimizer has not created yet, and those whose variable is unbound. A
+    :class:`SlotWait` is made only for those (a frozen dataclass costs more than the rest per slot).
     """
     slot_deferrals: list[SlotDeferral] = []
     waits: list[SlotWait] = []
-    for wait in candidates:
-        ref = wait.ref
-        if ref.slot_variable_node_id in bound or ref.slot_variable_node_id in new:
+    earlier = bound if len(bound) else None  # nothing bound before: no lookup in it per slot
+    for optimizer_node_id, ref in candidates:
+        slot_id, original_id = ref.slot_variable_node_id, ref.original_variable_node_id
+        if slot_id in new or (earlier is not None and slot_id in earlier):
             continue
-        original = new.get(ref.original_variable_node_id, bound.get(ref.original_variable_node_id))
+        original = new.get(original_id)
+        if original is None and earlier is not None:
+            original = earlier.get(original_id)
         if original is None:
-            waits.append(wait)
+            waits.append(SlotWait(optimizer_node_id, ref))
             continue
-        optimizer = new.get(wait.optimizer_node_id, bound.get(wait.optimizer_node_id))
+        optimizer = new.get(optimizer_node_id)
+        if optimizer is None and earlier is not None:
+            optimizer = earlier.get(optimizer_node_id)
         assert optimizer is not None  # waits are made for, and kept under, optimizers already bound
         slot = optimizer._lookup_slot(original, ref.slot_name)
         if slot is None:
-            slot_deferrals.append(SlotDeferral(optimizer, original, ref.slot_name, ref.slot_variable_node_id))
+            slot_deferrals.append(SlotDeferral(optimizer, original, ref.slot_name, slot_id))
         else:
-            new[ref.slot_variable_node_id] = slot
+            new[slot_id] = slot
     return slot_deferrals, waits
 
 
