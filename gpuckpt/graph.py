@@ -230,6 +230,8 @@ def live_objects(root: Trackable, attached: Sequence[tuple[str, Trackable]] = ()
 
 
 _new = tuple.__new__  # ChildRef built without its generated ``__new__`` (one per edge)
+BASE_CHILDREN = Trackable._trackable_children  # a class that keeps these has no children (is_leaf) ...
+BASE_SLOTS = Trackable._slot_variables  # ... and no slots (declares_slots): hot loops compare with them inline
 
 
 def _bfs(root: Trackable, attached: Sequence[tuple[str, Trackable]], *, edges: bool = True):
@@ -238,19 +240,43 @@ def _bfs(root: Trackable, attached: Sequence[tuple[str, Trackable]], *, edges: b
     ids = {id(root): 0}
     objects: list[Trackable] = [root]
     paths: list[tuple[str, ...]] = [()]
-    refs_by_node: list[list[ChildRef]] = []
+    refs_by_node: list[Sequence[ChildRef]] = []
+    add_object, add_path = objects.append, paths.append
     for node_id, obj in enumerate(objects):
+        if node_id and type(obj)._trackable_children is BASE_CHILDREN:
+            if edges:
+                refs_by_node.append(())
+            continue  # a leaf (is_leaf): named_children would list nothing, and could raise nothing
+        path = paths[node_id]
+        children = named_children(obj, attached if node_id == 0 else (), path)
+        if not edges:
+            for name, child in children:
+                if id(child) not in ids:
+                    ids[id(child)] = len(objects)
+                    add_object(child)
+                    add_path((*path, name))
+            continue
         refs: list[ChildRef] = []
-        for name, child in named_children(obj, attached if node_id == 0 else (), paths[node_id]):
+        for name, child in children:
             child_id = ids.get(id(child))
             if child_id is None:
                 child_id = ids[id(child)] = len(objects)
-                objects.append(child)
-                paths.append((*paths[node_id], name))
-            if edges:
-                refs.append(_new(ChildRef, (child_id, name)))
+                add_object(child)
+                add_path((*path, name))
+            refs.append(_new(ChildRef, (child_id, name)))
         refs_by_node.append(refs)
     return objects, paths, refs_by_node, ids
+
+
+def is_leaf(obj: Trackable) -> bool:
+    """Whether ``obj`` has no dependencies by its class: it keeps ``Trackable``'s ``_trackable_children``
+    (no tracked container does), so ``named_children`` of it is empty and cannot raise (every variable)."""
+    return type(obj)._trackable_children is BASE_CHILDREN
+
+
+def declares_slots(obj: Trackable) -> bool:
+    """Whether ``obj``'s class may have slot variables (it overrides ``_slot_variables``: the optimizers)."""
+    return type(obj)._slot_variables is not BASE_SLOTS
 
 
 def named_children(obj: Trackable, attached: Sequence[tuple[str, Trackable]],
@@ -275,7 +301,8 @@ def _number_slots(objects: list[Trackable], paths: list[tuple[str, ...]], ids: d
     """Append slot variable nodes after the BFS nodes, in TF's order (docs/format.md §9.3); ``ids`` (the
     node id of each object by ``id()``) gains them too."""
     slots = _Slots(refs={}, keys={})
-    for opt_id in range(len(objects)):
+    optimizers = [i for i, obj in enumerate(objects) if type(obj)._slot_variables is not BASE_SLOTS]  # declares_slots
+    for opt_id in optimizers:
         declared = list(objects[opt_id]._slot_variables())
         if not declared:
             continue  # not an optimizer (every variable)

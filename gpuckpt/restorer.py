@@ -24,13 +24,14 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import is_, itemgetter
 from typing import Any
 
 from . import prepare
 from .errors import DataLossError, InvalidArgumentError
 from .format.bundle import BundleEntry
 from .format.objgraph import OBJECT_GRAPH_KEY, ObjectGraph, SlotRef, decode
-from .graph import NodeLabel, NodeNames, children_of, pretty_names
+from .graph import BASE_CHILDREN, BASE_SLOTS, NodeLabel, NodeNames, children_of, pretty_names
 from .restore_plan import Request, check_requests
 from .session import RestoreSession, Target, read_stored_string, target
 from .storage.reader import FileSystemReader
@@ -39,6 +40,7 @@ from .trackable.base import Trackable
 from .trackable.containers import untracked_edit
 
 _MISSING = object()
+_second = itemgetter(1)
 
 
 class UnrestoredValuesWarning(UserWarning):
@@ -74,20 +76,27 @@ class SlotWait:
 
 @dataclass(frozen=True)
 class Match:
-    """What one matching pass found: new bindings (BFS order) and what has to wait."""
+    """What one matching pass found: new bindings (BFS order) and what has to wait; the first
+    ``by_dependency`` bindings were made by dependency (the rest are slots)."""
 
     bindings: tuple[tuple[int, Trackable], ...]
     deferrals: tuple[Deferral, ...]
     slot_deferrals: tuple[SlotDeferral, ...]
     slot_waits: tuple[SlotWait, ...]
+    by_dependency: int = 0
 
 
 def match(saved: ObjectGraph, start: Iterable[tuple[int, Trackable]], bound: Mapping[int, Trackable], *,
           slot_waits: Mapping[int, Sequence[SlotWait]] | None = None, attached: Sequence[tuple[str, Trackable]] = (),
-          skip_slots: bool = False) -> Match:
+          skip_slots: bool = False, listed: list[tuple[Trackable, list[tuple[str, Trackable]] | None]] | None = None
+          ) -> Match:
     """Bind saved nodes to live objects breadth-first from ``start``.
 
-    ``bound`` holds earlier bindings; ``attached`` are extra edges of the root (node 0).
+    ``bound`` holds earlier bindings; ``attached`` are extra edges of the root (node 0). Into ``listed``, if
+    given, go the objects bound by dependency that may have children or slot variables (all but those whose
+    class keeps ``Trackable``'s ``_trackable_children`` and ``_slot_variables``), each with the children it
+    listed of it that may be unbound (an empty list where it bound every one itself; None where it listed
+    none: a saved leaf), for ``strict.check``.
     """
     new: dict[int, Trackable] = {}
     deferrals: list[Deferral] = []
@@ -95,56 +104,75 @@ def match(saved: ObjectGraph, start: Iterable[tuple[int, Trackable]], bound: Map
     queue = [(n, obj) for n, obj in start if n not in bound]
     new.update(queue)
     nodes = saved.nodes
+    earlier = bound if len(bound) else None  # most matches start with nothing bound: no lookup per child
     for node_id, obj in queue:
         node = nodes[node_id]
         if node.slot_variables:
             optimizers.append(node_id)
         saved_children = node.children
-        if not saved_children and (node_id != 0 or not attached) and untracked_edit(obj) is None:
-            continue  # a leaf (every variable): nothing to pair, and children_of would only list
-        live = dict(children_of(obj, attached if node_id == 0 else ()))
+        kind = type(obj)
+        if not saved_children and (node_id != 0 or not attached) and (
+                kind._trackable_children is BASE_CHILDREN or untracked_edit(obj) is None):
+            if listed is not None and (kind._trackable_children is not BASE_CHILDREN  # not graph.is_leaf
+                                       or kind._slot_variables is not BASE_SLOTS):  # or graph.declares_slots
+                listed.append((obj, None))
+            continue  # a leaf (every variable; graph.is_leaf needs no untracked_edit): children_of would only list
+        children = children_of(obj, attached if node_id == 0 else ())
+        live = dict(children)
+        paired = []  # the live children bound here, in saved order
         for child_id, local_name in saved_children:
-            if child_id in new or child_id in bound:
+            if child_id in new or (earlier is not None and child_id in earlier):
                 continue
             found = live.get(local_name)
             if found is not None:
                 new[child_id] = found
                 queue.append((child_id, found))
+                paired.append(found)
             elif nodes[child_id].holds_values:
                 deferrals.append(Deferral(obj, local_name, child_id))
+        if listed is not None:  # [] where every live child was bound here (in the same order: the usual case)
+            every = len(paired) == len(children) and all(map(is_, paired, map(_second, children)))
+            listed.append((obj, [] if every else children))
+    by_dependency = len(new)
     slot_deferrals: list[SlotDeferral] = []
     waits: list[SlotWait] = []
     if not skip_slots:
-        candidates = [SlotWait(n, ref) for n in optimizers for ref in nodes[n].slot_variables]
+        candidates = [(n, ref) for n in optimizers for ref in nodes[n].slot_variables]
         if slot_waits:
-            candidates += [wait for n, _ in queue for wait in slot_waits.get(n, ())]
+            candidates += [(wait.optimizer_node_id, wait.ref) for n, _ in queue for wait in slot_waits.get(n, ())]
         slot_deferrals, waits = _match_slots(candidates, bound, new)
-    return Match(tuple(new.items()), tuple(deferrals), tuple(slot_deferrals), tuple(waits))
+    return Match(tuple(new.items()), tuple(deferrals), tuple(slot_deferrals), tuple(waits), by_dependency)
 
 
-def _match_slots(candidates: Sequence[SlotWait], bound: Mapping[int, Trackable],
+def _match_slots(candidates: Sequence[tuple[int, SlotRef]], bound: Mapping[int, Trackable],
                  new: dict[int, Trackable]) -> tuple[list[SlotDeferral], list[SlotWait]]:
-    """Bind slots whose optimizer and variable are both bound (adding them to ``new``).
+    """Bind slots (optimizer node, reference) whose optimizer and variable are both bound (adding them to ``new``).
 
-    Returns the slots the optimizer has not created yet, and those whose variable is unbound.
+    Returns the slots the optimizer has not created yet, and those whose variable is unbound. A
+    :class:`SlotWait` is made only for those (a frozen dataclass costs more than the rest per slot).
     """
     slot_deferrals: list[SlotDeferral] = []
     waits: list[SlotWait] = []
-    for wait in candidates:
-        ref = wait.ref
-        if ref.slot_variable_node_id in bound or ref.slot_variable_node_id in new:
+    earlier = bound if len(bound) else None  # nothing bound before: no lookup in it per slot
+    for optimizer_node_id, ref in candidates:
+        slot_id, original_id = ref.slot_variable_node_id, ref.original_variable_node_id
+        if slot_id in new or (earlier is not None and slot_id in earlier):
             continue
-        original = new.get(ref.original_variable_node_id, bound.get(ref.original_variable_node_id))
+        original = new.get(original_id)
+        if original is None and earlier is not None:
+            original = earlier.get(original_id)
         if original is None:
-            waits.append(wait)
+            waits.append(SlotWait(optimizer_node_id, ref))
             continue
-        optimizer = new.get(wait.optimizer_node_id, bound.get(wait.optimizer_node_id))
+        optimizer = new.get(optimizer_node_id)
+        if optimizer is None and earlier is not None:
+            optimizer = earlier.get(optimizer_node_id)
         assert optimizer is not None  # waits are made for, and kept under, optimizers already bound
         slot = optimizer._lookup_slot(original, ref.slot_name)
         if slot is None:
-            slot_deferrals.append(SlotDeferral(optimizer, original, ref.slot_name, ref.slot_variable_node_id))
+            slot_deferrals.append(SlotDeferral(optimizer, original, ref.slot_name, slot_id))
         else:
-            new[ref.slot_variable_node_id] = slot
+            new[slot_id] = slot
     return slot_deferrals, waits
 
 

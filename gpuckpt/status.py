@@ -89,6 +89,8 @@ class CheckpointLoadStatus:
         """``(root).path (repr)`` of live objects with values that no saved node is bound to."""
         live = self._live_objects()
         bound = self._session.bound.live_ids()
+        if bound.issuperset(map(id, live.objects)):
+            return []  # every live object is bound (the usual case): none is asked for its values
         skipped = live.slots if self._session.skip_slots else frozenset()
         return [f"{pretty_path(live.paths[i])} ({obj!r})" for i, obj in enumerate(live.objects)
                 if id(obj) not in bound and i not in skipped and dict(obj._serialize_tensors())]

@@ -14,6 +14,10 @@ Any difference raises :class:`UnmatchedStateError`, listing them all, and nothin
 (``status.expect_partial()`` then silences the warning about the values left unused). gpuckpt's
 own objects keep TensorFlow's semantics (values of objects not created yet wait for them).
 
+The live objects are listed (``graph.live_objects``) only where the match leaves one of them unbound: a
+restore that matches exactly, the usual case, costs the match alone, and the listing (with its errors, which
+name the object's path) runs as before wherever something may be missing.
+
 A weight tie that the live model lost (``to_empty()`` after building on the meta device makes
 new parameters) is restored as it was saved: where the checkpoint holds one tensor under two
 paths and the live model two tensors of that dtype and shape, the second path is pointed at
@@ -25,14 +29,16 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 
 from .errors import InvalidArgumentError
 from .format.objgraph import ObjectGraph
-from .graph import LiveObjects, live_objects, named_children, walk
-from .restorer import ObjectGraphMatching, RestoreSession, match
+from .graph import LiveObjects, declares_slots, is_leaf, live_objects, named_children, walk
+from .restorer import Match, ObjectGraphMatching, RestoreSession, match
 from .trackable.base import Trackable
 
 _SHOWN = 20
+_second = itemgetter(1)
 
 
 @dataclass(frozen=True)
@@ -60,13 +66,22 @@ def check(session: RestoreSession, root: Trackable, attached: Sequence[tuple[str
         return  # a name-based (TF1) restore has no object graph to compare; its status reports what is missing
     if torch_adapter is None or not _has_torch(root, attached, torch_adapter):
         return
-    live = live_objects(root, attached)  # which objects exist (errors name their path); keys only if some are missing
-    found = match(saved, [(0, root)], {}, attached=attached, skip_slots=session.skip_slots)
-    if _retie(session, live, found, torch_adapter):
-        found = match(saved, [(0, root)], {}, attached=attached, skip_slots=session.skip_slots)
-        live = live_objects(root, attached)
+    listed: list[tuple[Trackable, list[tuple[str, Trackable]] | None]] = []
+    try:
+        found: Match | None = match(saved, [(0, root)], {}, attached=attached, skip_slots=session.skip_slots,
+                                    listed=listed)
+    except Exception:
+        found = None  # the listing below raises it again, naming the object's path (or this match does)
+    live: LiveObjects | None = None  # not listed where every live object is bound: nothing missing, no tie lost
+    if found is None or not _every_live_object_bound(found, listed):
+        live = live_objects(root, attached)  # which objects exist (errors name their path); keys only if missing
+        if found is None:
+            found = match(saved, [(0, root)], {}, attached=attached, skip_slots=session.skip_slots)
+        if _retie(session, live, found, torch_adapter):
+            found = match(saved, [(0, root)], {}, attached=attached, skip_slots=session.skip_slots)
+            live = live_objects(root, attached)
     bound = dict(found.bindings)
-    missing = _missing(session, live, bound, torch_adapter, root, attached)
+    missing = _missing(session, live, bound, torch_adapter, root, attached) if live is not None else []
     unexpected = _unexpected(session, found, bound, torch_adapter)
     if missing or unexpected:
         unmatched_top = [c.local_name for c in saved.nodes[0].children
@@ -95,12 +110,59 @@ def _has_torch(root: Trackable, attached: Sequence[tuple[str, Trackable]], adapt
     for index, obj in enumerate(objects):
         if _is_torch(obj, adapter):
             return True
+        if index and is_leaf(obj):
+            continue  # named_children would list nothing, and could raise nothing (every variable)
         for name, child in named_children(obj, attached if index == 0 else (), paths[index]):
             if id(child) not in seen:
                 seen.add(id(child))
                 objects.append(child)
                 paths.append((*paths[index], name))
     return False
+
+
+def _every_live_object_bound(found: Match, listed: Sequence[tuple[Trackable, list[tuple[str, Trackable]] | None]]
+                             ) -> bool:
+    """Whether ``graph.live_objects`` would list only objects ``found`` binds, and raise nothing: then no live
+    value is missing and no tie was lost, and the listing is not needed (a restore that matches exactly).
+
+    ``listed`` is what the match listed (``match(listed=...)``): the objects bound by dependency that may have
+    children or slots, with their children. Every live object is bound if the children of each are: those
+    ``match`` did not list (a saved leaf whose live object has dependencies) are asked for here, as the listing
+    asks. Slot variables (``graph._number_slots``) must all be bound too, and be what the listing accepts:
+    anything else (a slot that is also a dependency, or a slot of a slot, which the listing orders by number)
+    gets False, and so does any error, so that the listing runs and raises it (naming the path) as before.
+    """
+    deps: set[int] | None = None  # the objects reachable (if this returns True), made when first needed
+    optimizers: dict[int, Trackable] = {}
+    try:
+        for obj, children in listed:
+            if declares_slots(obj):
+                optimizers[id(obj)] = obj
+            if children is None:
+                if is_leaf(obj):
+                    continue
+                children = list(obj._trackable_children())  # named_children, whose untracked_edit match ran
+            if children:
+                deps = deps if deps is not None else _dependency_ids(found)
+                if not deps.issuperset(map(id, map(_second, children))):
+                    return False
+        declared = [ref for obj in optimizers.values() for ref in obj._slot_variables()]
+    except Exception:
+        return False
+    if not declared:
+        return True
+    deps = deps if deps is not None else _dependency_ids(found)
+    slots = [ref.slot for ref in declared if id(ref.original) in deps]  # what the listing numbers
+    slot_ids = {id(slot) for slot in slots}
+    if len(slot_ids) < len(slots) or not deps.isdisjoint(slot_ids):
+        return False  # a slot listed twice or also a dependency: the listing raises
+    if any(id(ref.original) not in deps and id(ref.original) in slot_ids for ref in declared):
+        return False  # a slot of a slot
+    return slot_ids <= set(map(id, map(_second, found.bindings[found.by_dependency:])))  # bound as slots
+
+
+def _dependency_ids(found: Match) -> set[int]:
+    return set(map(id, map(_second, found.bindings[:found.by_dependency])))
 
 
 def _missing(session: RestoreSession, live: LiveObjects, bound: dict, adapter, root: Trackable,
@@ -129,8 +191,9 @@ def _unexpected(session: RestoreSession, found, bound: dict, adapter) -> list[Di
     saved = _saved_graph(session)
     out: list[Difference] = []
     seen: set[int] = set()
-    queue = [n for n, obj in bound.items() if isinstance(obj, (adapter.TorchModule, adapter.TorchOptimizer,
-                                                               adapter._ParamGroups))]
+    nodes = saved.nodes  # a node without saved children adds nothing below: not asked for its type
+    queue = [n for n, obj in bound.items() if nodes[n].children and isinstance(
+        obj, (adapter.TorchModule, adapter.TorchOptimizer, adapter._ParamGroups))]
     for node_id in queue:
         for child in saved.nodes[node_id].children:
             if child.node_id in bound or child.node_id in seen:
