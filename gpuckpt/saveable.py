@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InvalidArgumentError
-from .graph import named_children, pretty_path
+from .graph import BASE_CHILDREN, BASE_SLOTS, named_children, pretty_path
 from .pystate import is_plain
 from .trackable.base import Trackable, is_trackable
 from .trackable.containers import TrackedDict, TrackedList, TrackedTuple
@@ -33,22 +33,21 @@ def check(root: Trackable, attached: Sequence[tuple[str, Trackable]] = ()) -> No
     check_objects(objects, paths)
 
 
-_LEAF_TYPES: dict[type, bool] = {}
+_NOTHING_TO_CHECK: dict[type, bool] = {}  # per class: no _checkpoint_validate, not a Module or tracked container
 
 
 def is_plain_leaf(obj: Trackable) -> bool:
-    """Whether ``obj``'s class can never have dependencies or slots and has nothing for these checks to
-    look at (a ``Variable``): it keeps ``Trackable``'s own ``_trackable_children`` and ``_slot_variables``,
-    has no ``_checkpoint_validate``, and is neither a ``Module`` nor a tracked container. Decided once per class."""
+    """Whether ``obj`` can have no dependencies or slots and has nothing for these checks to look at
+    (a ``Variable``): a leaf by ``graph.is_leaf`` that declares no slots (``graph.declares_slots``),
+    with no ``_checkpoint_validate`` and neither a ``Module`` nor a tracked container (decided once per class)."""
     cls = type(obj)
-    leaf = _LEAF_TYPES.get(cls)
-    if leaf is None:
-        leaf = _LEAF_TYPES[cls] = (
-            cls._trackable_children is Trackable._trackable_children
-            and cls._slot_variables is Trackable._slot_variables
-            and getattr(cls, "_checkpoint_validate", None) is None
-            and not issubclass(cls, (AutoTrackable, TrackedList, TrackedTuple, TrackedDict)))
-    return leaf
+    if cls._trackable_children is not BASE_CHILDREN or cls._slot_variables is not BASE_SLOTS:
+        return False
+    plain = _NOTHING_TO_CHECK.get(cls)
+    if plain is None:
+        plain = _NOTHING_TO_CHECK[cls] = getattr(cls, "_checkpoint_validate", None) is None and not issubclass(
+            cls, (AutoTrackable, TrackedList, TrackedTuple, TrackedDict))
+    return plain
 
 
 def check_objects(objects: Sequence[Trackable], paths: Sequence[tuple[str, ...]]) -> None:
