@@ -17,6 +17,8 @@ from gpuckpt.trackable.base import SlotVariable, Trackable
 
 torch = pytest.importorskip("torch", reason="the PyTorch adapter needs torch: pip install 'gpuckpt[torch]'")
 
+from ..adapters.test_torch_strict import Tied  # noqa: E402  (needs torch, asked for above)
+
 
 class Stack(torch.nn.Module):
     def __init__(self, layers: int) -> None:
@@ -29,14 +31,6 @@ class Stack(torch.nn.Module):
         for layer in self.h:
             x = layer(x)
         return x * self.scale
-
-
-class Tied(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.emb = torch.nn.Embedding(4, 3)
-        self.out = torch.nn.Linear(3, 4, bias=False)
-        self.out.weight = self.emb.weight
 
 
 def stepped(model: "torch.nn.Module", state: bool = True) -> "torch.optim.Optimizer":
