@@ -1,13 +1,17 @@
 """The reader threads' lanes (``storage.reader.run_in_lanes``): each thread reads its own contiguous part of
 the file front to back, takes jobs from the back of another lane once its own is done, and every job has
-finished before the call returns or raises."""
+finished before the call returns or raises; data files are opened with the advice that they are read in order."""
 
 from __future__ import annotations
 
+import errno
+import os
 import threading
 
+import numpy as np
 import pytest
 
+import gpuckpt
 from gpuckpt.storage import reader
 from gpuckpt.storage.reader import _lanes, run_in_lanes
 
@@ -74,3 +78,39 @@ def test_an_error_is_raised_only_once_every_job_has_finished(monkeypatch) -> Non
     with pytest.raises(MemoryError, match="no memory"):
         run_in_lanes([(slow, None), (failing, None)], [(0, 0), (0, 1)], [1, 1])
     assert finished.is_set()  # the other lane's job had ended before the error came back
+
+
+needs_fadvise = pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="no posix_fadvise on this platform")
+
+
+def _saved(tmp_path) -> str:
+    return gpuckpt.Checkpoint(v=gpuckpt.Variable(np.arange(6, dtype=np.float32))).write(str(tmp_path / "c"))
+
+
+@needs_fadvise
+def test_data_files_are_advised_to_be_read_front_to_back(tmp_path, monkeypatch) -> None:
+    path = _saved(tmp_path)
+    advised: list[int] = []
+    real = os.posix_fadvise
+
+    def recording(fd: int, offset: int, length: int, advice: int) -> None:
+        advised.append(advice)
+        real(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", recording)
+    live = gpuckpt.Checkpoint(v=gpuckpt.Variable(np.zeros(6, np.float32)))
+    live.read(path)
+    assert advised == [os.POSIX_FADV_SEQUENTIAL] and np.array_equal(live.v.numpy(), np.arange(6))
+
+
+@needs_fadvise
+def test_advice_the_file_system_refuses_changes_nothing(tmp_path, monkeypatch) -> None:
+    path = _saved(tmp_path)
+
+    def refusing(*args: object) -> None:
+        raise OSError(errno.EINVAL, "not supported here")
+
+    monkeypatch.setattr(os, "posix_fadvise", refusing)
+    live = gpuckpt.Checkpoint(v=gpuckpt.Variable(np.zeros(6, np.float32)))
+    live.read(path).assert_consumed()
+    assert np.array_equal(live.v.numpy(), np.arange(6))
