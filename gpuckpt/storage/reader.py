@@ -56,7 +56,7 @@ def run_in_lanes(jobs: Sequence[tuple[Callable[[Any], Any], Any]], starts: Seque
     Each job reads ``sizes[i]`` bytes from ``starts[i]`` (shard, offset). Sorted by position, the jobs are cut
     into one contiguous lane per thread of about equal bytes, and each thread takes its lane's jobs front
     to back, so each reads its part of the file in order, as the kernel's readahead expects (threads
-    taking jobs in turn made cold reads about 1.7x slower here: ``bench/bench_io.py``, cold). A thread
+    taking jobs in turn made cold reads about 1.7x slower here: docs/performance.md, fourth round). A thread
     whose lane is done takes jobs from the back of the longest other lane, so a lane of costlier jobs
     (thousands of small tensors) does not leave the other thread idle. Every job has finished before
     this returns or raises."""
