@@ -130,11 +130,12 @@ _SCRATCH = memoryview(bytearray(GAP_BYTES))  # gap bytes land here and are never
 
 class Run(NamedTuple):
     """One range of one shard read by vectored reads: ``items`` are ``(buffer, target index, stored CRC)``
-    back to back from ``offset``; an index of -1 marks a gap read into scratch and not checked."""
+    back to back from ``offset``, ``nbytes`` in all; an index of -1 marks a gap read into scratch and not checked."""
 
     shard: int
     offset: int
     items: list[tuple[Any, int, int]]
+    nbytes: int
 
 
 def coalesce_runs(targets: Sequence[ReadTarget], task_bytes: int, small_limit: int,
@@ -167,21 +168,24 @@ def coalesce_runs(targets: Sequence[ReadTarget], task_bytes: int, small_limit: i
         order.sort(key=lambda i: (targets[i][1], targets[i][2]))  # plans come in file order already
     runs: list[Run] = []
     items: list[tuple[Any, int, int]] = []
-    shard = end = -1
+    shard = end = start = -1
     size = 0
     for i in order:
         _, t_shard, offset, length, stored, dest = targets[i]
         gap = offset - end
         if t_shard != shard or gap < 0 or gap > gap_bytes or size + gap + length > task_bytes:
+            if items:
+                runs.append(Run(shard, start, items, size))
             items = []
-            runs.append(Run(t_shard, offset, items))
-            shard, size = t_shard, 0
+            shard, start, size = t_shard, offset, 0
         elif gap:
             items.append((_SCRATCH[:gap], -1, 0))
             size += gap
         items.append((dest, i, stored))
         end = offset + length
         size += length
+    if items:
+        runs.append(Run(shard, start, items, size))
     return runs, empty, large
 
 
@@ -302,8 +306,7 @@ class FileSystemReader:
         jobs: list[tuple[Callable[[Any], Any], Any]] = [(self._run, r) for r in runs]
         jobs += [(self._run_task, t) for t in tasks]
         starts = [(r.shard, r.offset) for r in runs] + [(t[0][0], t[0][1]) for t in tasks]
-        sizes = [sum([item[0].nbytes for item in r.items]) for r in runs]
-        sizes += [sum([piece[3].nbytes for piece in t]) for t in tasks]
+        sizes = [r.nbytes for r in runs] + [sum([piece[3].nbytes for piece in t]) for t in tasks]
         outcomes = run_in_lanes(jobs, starts, sizes)
         failed: dict[int, DataLossError] = {}
         for run, (bad, cut, error) in zip(runs, outcomes):

@@ -43,6 +43,7 @@ def test_small_holes_are_read_into_scratch_and_large_ones_cut_the_run() -> None:
     runs, _, _ = coalesce_runs(targets, 1 << 30, 1 << 20)
     assert _layout(runs) == [[(0, 10), (-1, 100), (1, 10)], [(2, 4)]]
     assert runs[1].offset == 120 + GAP_BYTES + 1
+    assert [r.nbytes for r in runs] == [120, 4]  # every byte a run reads, its scratch holes included
 
 
 def test_shards_order_overlaps_and_the_task_size_cut_runs() -> None:
@@ -52,6 +53,7 @@ def test_shards_order_overlaps_and_the_task_size_cut_runs() -> None:
     # file order: shard 0 first; "again" reads a2's bytes once more, so it starts a run; 16 bytes a run at most
     assert [(r.shard, r.offset) for r in runs] == [(0, 0), (0, 8), (1, 0)]
     assert _layout(runs) == [[(2, 8), (1, 8)], [(3, 8), (4, 8)], [(0, 8)]]
+    assert [r.nbytes for r in runs] == [16, 16, 8]
 
 
 def test_a_destination_of_the_wrong_size_is_refused_naming_its_key() -> None:
