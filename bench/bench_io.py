@@ -7,7 +7,8 @@ Each comparison alternates the sides round by round and keeps each side's best t
 
 ``--api`` measures what users run: ``Checkpoint.write`` of ``Variable``s and ``Checkpoint.read``
 into existing ``Variable``s (every CRC verified), beside plain writes (+fsync) and reads of the
-same bytes into aligned buffers, safetensors' ``save_file``/``load_file``, PyTorch DCP and the
+same bytes into aligned buffers, vectored reads plus a CRC32C of each tensor on two threads (the
+least any verifying restore does here: ``plain+crc32c``), safetensors' ``save_file``/``load_file``, PyTorch DCP and the
 PyTorch adapter (when torch is installed) and TensorFlow's ``tf.train.Checkpoint`` (its own
 rounds, after the others; ``--no-tf`` skips it), warm and cold, and prints the fixed cost per
 1,000 tensors (gpuckpt's time minus plain I/O's). Repeated restores reuse the last index's
@@ -106,6 +107,56 @@ def plain_read(path: str, dests) -> None:
             n = os.preadv(fd, [view], offset)
             view, offset = view[n:], offset + n
     os.close(fd)
+
+
+def plain_read_checked(path: str, dests, crcs, threads: int = 2, batch_bytes: int = 512 << 10) -> None:
+    """Plain reads plus a CRC32C of each tensor compared with its expected value: the least any
+    verifying restore does, with no bookkeeping at all. The tensors are split by bytes into
+    ``threads`` contiguous parts read in parallel (gpuckpt's readers use two threads); each part
+    reads neighbouring tensors with one ``preadv`` of up to ``batch_bytes`` and then checksums
+    them while they are in the CPU cache, as gpuckpt's reader does."""
+    import threading
+
+    import crc32c
+
+    views = [memoryview(d).cast("B") for d in dests]
+    offsets = np.cumsum([0] + [v.nbytes for v in views]).tolist()
+    fd = os.open(path, os.O_RDONLY)
+    bad: list[int] = []
+
+    def part(first: int, stop: int) -> None:
+        i = first
+        while i < stop:
+            j, size = i, 0
+            while j < stop and j - i < 1024 and size < batch_bytes:
+                size += views[j].nbytes
+                j += 1
+            bufs, done = views[i:j], 0
+            while done < size:  # a short read goes on where it stopped
+                n = os.preadv(fd, bufs, offsets[i] + done)
+                done += n
+                bufs = _after(views[i:j], done)
+            bad.extend(k for k in range(i, j) if crc32c.crc32c(views[k]) != crcs[k])
+            i = j
+
+    cuts = [0] + [int(np.searchsorted(offsets, offsets[-1] * k / threads)) for k in range(1, threads)] + [len(dests)]
+    workers = [threading.Thread(target=part, args=(a, b)) for a, b in zip(cuts, cuts[1:])]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    os.close(fd)
+    if bad:
+        raise AssertionError(f"plain reads: {len(bad)} tensors failed their CRC")
+
+
+def _after(views: list[memoryview], done: int) -> list[memoryview]:
+    """What is left of ``views`` once their first ``done`` bytes are filled."""
+    for k, v in enumerate(views):
+        if done < v.nbytes:
+            return [v[done:]] + views[k + 1 :]
+        done -= v.nbytes
+    return []
 
 
 def best(fn, repeat: int) -> float:
@@ -207,6 +258,7 @@ def _torch_sides(state: dict[str, np.ndarray], fsync: bool, options) -> dict:
 
 def bench_api(workload: str, scale: int, fsync: bool, repeat: int, work: str, with_tf: bool = True) -> None:
     """The ``--api`` comparison (see the module docstring)."""
+    import crc32c
     from safetensors.numpy import load_file, save_file
 
     state = api_state(workload, scale)
@@ -222,6 +274,7 @@ def bench_api(workload: str, scale: int, fsync: bool, repeat: int, work: str, wi
     dests = [aligned_empty(v.shape, v.dtype) for v in state.values()]
     for d in dests:
         d.fill(0)
+    crcs = [crc32c.crc32c(v) for v in state.values()]
     options = gpuckpt.CheckpointOptions(fsync=fsync)
     rounds: dict[str, int] = {}
 
@@ -251,9 +304,11 @@ def bench_api(workload: str, scale: int, fsync: bool, repeat: int, work: str, wi
     for mode in ("warm", "cold"):
         cold = mode == "cold"
         sides = {f"restore plain ({mode})": lambda: plain_read(plain, dests),
+                 f"restore plain+crc32c ({mode})": lambda: plain_read_checked(plain, dests, crcs),
                  f"restore gpuckpt ({mode})": lambda: target.read(ours),
                  f"restore safetensors ({mode})": lambda: load_file(st)}
-        files = {f"restore plain ({mode})": [plain], f"restore gpuckpt ({mode})": files_of(ours),
+        files = {f"restore plain ({mode})": [plain], f"restore plain+crc32c ({mode})": [plain],
+                 f"restore gpuckpt ({mode})": files_of(ours),
                  f"restore safetensors ({mode})": [st]}
         for name, (load, saved_as) in torch_sides["restore"].items():
             where = last[saved_as]
@@ -271,6 +326,9 @@ def bench_api(workload: str, scale: int, fsync: bool, repeat: int, work: str, wi
     print(f"fixed cost per 1,000 tensors beyond plain I/O: save {(results['save gpuckpt'] - results['save plain']) * per_k:.1f} ms, "
           f"restore warm {(results['restore gpuckpt (warm)'] - results['restore plain (warm)']) * per_k:.1f} ms, "
           f"cold {(results['restore gpuckpt (cold)'] - results['restore plain (cold)']) * per_k:.1f} ms")
+    print(f"restore fixed cost per 1,000 tensors beyond plain reads + CRC32C on two threads: warm "
+          f"{(results['restore gpuckpt (warm)'] - results['restore plain+crc32c (warm)']) * per_k:.1f} ms, cold "
+          f"{(results['restore gpuckpt (cold)'] - results['restore plain+crc32c (cold)']) * per_k:.1f} ms")
     print(f"host RSS of a restore beyond the restored values (peak - before, fresh process): "
           f"{rss / 2**20:.1f} MiB for {nbytes / 2**20:.0f} MiB of values")
     plain_warm = results["restore plain (warm)"]
@@ -441,7 +499,8 @@ def report(results: dict[str, float], nbytes: int) -> None:
         print(f"{k:32s} {v:8.2f}")
     print("\nratios (gpuckpt / peer):")
     pairs = [("save", "plain"), ("save", "TensorFlow")]
-    pairs += [("restore", f"plain ({m})") for m in ("warm", "cold")] + [("restore", f"TensorFlow ({m})") for m in ("warm", "cold")]
+    peers = ("plain", "plain+crc32c", "TensorFlow")
+    pairs += [("restore", f"{peer} ({m})") for peer in peers for m in ("warm", "cold")]
     for op, peer in pairs:
         mode = peer[peer.find("(") :] if "(" in peer else ""
         ours, theirs = f"{op} gpuckpt {mode}".strip(), f"{op} {peer}"
