@@ -123,8 +123,9 @@ def plain_read_checked(path: str, dests, crcs, threads: int = 2, batch_bytes: in
     offsets = np.cumsum([0] + [v.nbytes for v in views]).tolist()
     fd = os.open(path, os.O_RDONLY)
     bad: list[int] = []
+    errors: list[BaseException] = []
 
-    def part(first: int, stop: int) -> None:
+    def read(first: int, stop: int) -> None:
         i = first
         while i < stop:
             j, size = i, 0
@@ -134,10 +135,18 @@ def plain_read_checked(path: str, dests, crcs, threads: int = 2, batch_bytes: in
             bufs, done = views[i:j], 0
             while done < size:  # a short read goes on where it stopped
                 n = os.preadv(fd, bufs, offsets[i] + done)
+                if n == 0:
+                    raise EOFError(f"{path} ended at byte {offsets[i] + done} of {offsets[-1]}")
                 done += n
                 bufs = _after(views[i:j], done)
             bad.extend(k for k in range(i, j) if crc32c.crc32c(views[k]) != crcs[k])
             i = j
+
+    def part(first: int, stop: int) -> None:
+        try:
+            read(first, stop)
+        except BaseException as exc:  # raised again by the caller, after every thread has stopped
+            errors.append(exc)
 
     cuts = [0] + [int(np.searchsorted(offsets, offsets[-1] * k / threads)) for k in range(1, threads)] + [len(dests)]
     workers = [threading.Thread(target=part, args=(a, b)) for a, b in zip(cuts, cuts[1:])]
@@ -146,6 +155,8 @@ def plain_read_checked(path: str, dests, crcs, threads: int = 2, batch_bytes: in
     for w in workers:
         w.join()
     os.close(fd)
+    if errors:
+        raise errors[0]
     if bad:
         raise AssertionError(f"plain reads: {len(bad)} tensors failed their CRC")
 

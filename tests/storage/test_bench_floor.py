@@ -1,6 +1,6 @@
 """bench/bench_io.py's ``plain+crc32c`` side (the floor a verifying restore is compared with) reads
 every byte into its buffer and checks every CRC: odd sizes, empty tensors, batches cut by size and by
-count, one thread or two, and a flipped byte found."""
+count, one thread or two, a flipped byte found and a file cut short refused (no endless loop)."""
 
 from __future__ import annotations
 
@@ -40,3 +40,13 @@ def test_a_flipped_byte_fails(tmp_path) -> None:
     path.write_bytes(bytes(data))
     with pytest.raises(AssertionError, match="1 tensors failed"):
         bench_io.plain_read_checked(str(path), [np.zeros_like(v) for v in values], [crc32c.crc32c(v) for v in values])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_file_cut_short_is_refused(tmp_path, threads) -> None:
+    values = _tensors()
+    path = tmp_path / "plain"
+    path.write_bytes(b"".join(v.tobytes() for v in values)[:-10])
+    with pytest.raises(EOFError, match="ended at byte"):
+        bench_io.plain_read_checked(str(path), [np.zeros_like(v) for v in values], [crc32c.crc32c(v) for v in values],
+                                    threads)
