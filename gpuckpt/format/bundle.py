@@ -226,8 +226,8 @@ def parse_index(data, path: str | None = None) -> BundleIndex:
     The whole index is validated here, once, before any tensor is touched: header, every entry,
     shard ids, the byte ranges of stored entries (no two overlap), and the slices of each partitioned
     tensor (each names a slice entry of its shape and dtype; together they cover the tensor exactly once).
-    An index that differs from the last one parsed of its length only in CRCs is rebuilt from that
-    one's template instead (``index_template``): the same entries, already validated, its CRCs its own.
+    An index that differs from one of the last few parsed only in CRCs is rebuilt from that one's
+    template instead (``index_template``): the same entries, already validated, its CRCs its own.
     """
     raw = index_template.whole_file(data)
     layout = None

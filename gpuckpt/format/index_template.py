@@ -13,12 +13,16 @@ Why this is exact: a value's CRC bytes are taken as replaceable only when the va
 CRC field (tag ``0x35`` and four bytes) and the bytes before it parse on their own as a complete
 entry, so those bytes end at a field boundary and the last four are that field's payload in every
 file sharing them. The check runs once per template, on its first reuse; a template failing it
-is dropped. Only indexes up to ``MAX_BYTES`` are kept, ``SLOTS`` of them (the newest), so the
-memory held stays bounded.
+is dropped. Only indexes up to ``MAX_BYTES`` are kept, ``SLOTS`` of them (the most recently used),
+so the memory held stays bounded. Indexes of different structures can have the same length (two
+models whose keys differ only in letters: ``model/...`` and ``state/...``), so each file is compared
+with every template of its length, newest first: two such checkpoints restored in turn each keep
+their own template instead of replacing each other's.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -52,7 +56,8 @@ class Template:
 
 
 _lock = threading.Lock()
-_templates: OrderedDict[int, Template] = OrderedDict()  # by file length
+_templates: OrderedDict[int, Template] = OrderedDict()  # by serial number, least recently used first
+_serials = itertools.count()
 
 
 def whole_file(data) -> bytes | None:
@@ -68,17 +73,19 @@ def whole_file(data) -> bytes | None:
 def reuse(raw: bytes, path: str | None) -> BundleIndex | None:
     """The index ``raw`` parses to, built from a template of the same structure, or None if none fits."""
     with _lock:
-        template = _templates.get(len(raw))
-        if template is not None:
-            _templates.move_to_end(len(raw))  # the least recently used is dropped first
-    if template is None:
-        return None
+        candidates = [(serial, t) for serial, t in reversed(_templates.items()) if t.masked.size == len(raw)]
     buf = np.frombuffer(raw, np.uint8)
-    masked = buf.copy()
-    masked[template.zeroed] = 0
-    if not np.array_equal(masked, template.masked):
+    for serial, template in candidates:
+        masked = buf.copy()
+        masked[template.zeroed] = 0
+        if np.array_equal(masked, template.masked):
+            break
+    else:
         return None
-    if not template.checked and not _check_spans(template, raw):
+    with _lock:
+        if serial in _templates:
+            _templates.move_to_end(serial)  # the least recently used is dropped first
+    if not template.checked and not _check_spans(serial, template, raw):
         return None
     source = sstable.BytesSource(raw)
     for offset, size in template.blocks:  # raises, as a full parse would, on a damaged block
@@ -110,8 +117,11 @@ def remember(raw: bytes, layout: sstable.TableLayout, table: Sequence[tuple[byte
     blocks = tuple((offset, length - 1) for offset, length in layout.data_blocks)
     template = Template(masked, zeroed, blocks, crc_of, index, spans)
     with _lock:
-        _templates[len(raw)] = template
-        _templates.move_to_end(len(raw))
+        for serial, old in list(_templates.items()):  # one template per structure: a newer one replaces it
+            if old.masked.size == masked.size and np.array_equal(old.zeroed, zeroed) \
+                    and np.array_equal(old.masked, masked):
+                del _templates[serial]
+        _templates[next(_serials)] = template
         while len(_templates) > SLOTS:
             _templates.popitem(last=False)
 
@@ -122,16 +132,17 @@ def clear() -> None:
         _templates.clear()
 
 
-def _check_spans(template: Template, raw: bytes) -> bool:
-    """Whether each replaceable value's bytes before its CRC field parse as a complete entry (once per template)."""
+def _check_spans(serial: int, template: Template, raw: bytes) -> bool:
+    """Whether each replaceable value's bytes before its CRC field parse as a complete entry (once per
+    template, kept as ``serial``; dropped when they do not)."""
     parse = proto.BundleEntryProto.FromString
     try:
         for start, end in template.value_spans:
             parse(raw[start : end - 5])
     except DecodeError:
         with _lock:
-            if _templates.get(len(raw)) is template:
-                del _templates[len(raw)]
+            if _templates.get(serial) is template:
+                del _templates[serial]
         return False
     template.checked = True
     return True

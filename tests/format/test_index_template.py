@@ -1,5 +1,6 @@
-"""The index template (format/index_template.py): an index file differing from the last one of its length
-only in CRCs is rebuilt from it, and gives exactly what a full parse gives, whatever the bytes."""
+"""The index template (format/index_template.py): an index file differing from one of the last few parsed
+only in CRCs is rebuilt from it, and gives exactly what a full parse gives, whatever the bytes; indexes of
+other structures but the same length keep templates of their own."""
 
 from __future__ import annotations
 
@@ -134,6 +135,31 @@ def test_tensorflow_written_indexes_reuse_exactly(fixture: str) -> None:
         assert _same(parse_index(raw), full)  # the second parse is the template's
 
 
+def test_two_structures_of_one_length_restored_in_turn_keep_their_templates(decodes) -> None:
+    """As two checkpoints whose keys differ only in letters (``model/...``, ``state/...``) read in turn."""
+    first, second = [(3, 5)] * 10, [(5, 3)] * 10
+    files = [(_index([value] * 10, shapes), shapes) for value in range(1, 6) for shapes in (first, second)]
+    assert len({len(raw) for raw, _ in files}) == 1
+    expected = [_full_parse(raw) for raw, _ in files]
+    parse_index(files[0][0])
+    parse_index(files[1][0])
+    decoded = len(decodes)
+    for (raw, _), want in zip(files, expected):  # the two structures in turn, new CRCs each time
+        assert _same(parse_index(raw), want)
+    assert len(decodes) == decoded  # every one rebuilt from its own structure's template
+    assert len(index_template._templates) == 2
+
+
+def test_a_structure_remembered_again_replaces_its_template() -> None:
+    raw = _index([1] * 10)
+    index = _full_parse(raw)
+    for _ in range(2):
+        layout = sstable.TableLayout()
+        table = sstable.read_table(sstable.BytesSource(raw), None, layout)
+        index_template.remember(raw, layout, table, index)
+    assert len(index_template._templates) == 1
+
+
 def test_templates_are_bounded() -> None:
     for count in range(1, index_template.SLOTS + 4):
         parse_index(_index([1] * count))
@@ -168,11 +194,18 @@ def test_checkpoint_reads_after_saves_of_new_values(tmp_path, decodes) -> None:
         assert all(getattr(target, f"v{i}").numpy()[0] == i + 100 * round_ for i in range(30))
 
 
-def test_the_least_recently_used_template_goes_first() -> None:
+def _kept_lengths() -> list[int]:
+    return sorted(t.masked.size for t in index_template._templates.values())
+
+
+def test_the_least_recently_used_template_goes_first(decodes) -> None:
     first = _index([1] * 3)
     parse_index(first)
     for count in range(4, 3 + index_template.SLOTS):
         parse_index(_index([1] * count))
     parse_index(_index([2] * 3))  # reuses, and so refreshes, the first template
     parse_index(_index([1] * 50))  # one template more than the slots: the oldest unused one goes
-    assert len(first) in index_template._templates
+    assert len(first) in _kept_lengths() and len(_index([1] * 4)) not in _kept_lengths()
+    decoded = len(decodes)
+    parse_index(_index([3] * 3))
+    assert len(decodes) == decoded
