@@ -47,6 +47,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import gpuckpt
 from gpuckpt.arrays import aligned_empty
 from gpuckpt.saver import write_tensors
+from gpuckpt.storage.posixio import IOV_MAX, advance
+from gpuckpt.storage.reader import READ_CACHE_BYTES
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import results as results_json  # noqa: E402 - bench/ is not a package
@@ -109,7 +111,7 @@ def plain_read(path: str, dests) -> None:
     os.close(fd)
 
 
-def plain_read_checked(path: str, dests, crcs, threads: int = 2, batch_bytes: int = 512 << 10) -> None:
+def plain_read_checked(path: str, dests, crcs, threads: int = 2, batch_bytes: int = READ_CACHE_BYTES) -> None:
     """Plain reads plus a CRC32C of each tensor compared with its expected value: the least any
     verifying restore does, with no bookkeeping at all. The tensors are split by bytes into
     ``threads`` contiguous parts read in parallel (gpuckpt's readers use two threads); each part
@@ -129,7 +131,7 @@ def plain_read_checked(path: str, dests, crcs, threads: int = 2, batch_bytes: in
         i = first
         while i < stop:
             j, size = i, 0
-            while j < stop and j - i < 1024 and size < batch_bytes:
+            while j < stop and j - i < IOV_MAX and size < batch_bytes:
                 size += views[j].nbytes
                 j += 1
             bufs, done = views[i:j], 0
@@ -138,7 +140,7 @@ def plain_read_checked(path: str, dests, crcs, threads: int = 2, batch_bytes: in
                 if n == 0:
                     raise EOFError(f"{path} ended at byte {offsets[i] + done} of {offsets[-1]}")
                 done += n
-                bufs = _after(views[i:j], done)
+                bufs = advance(bufs, n)
             bad.extend(k for k in range(i, j) if crc32c.crc32c(views[k]) != crcs[k])
             i = j
 
@@ -159,15 +161,6 @@ def plain_read_checked(path: str, dests, crcs, threads: int = 2, batch_bytes: in
         raise errors[0]
     if bad:
         raise AssertionError(f"plain reads: {len(bad)} tensors failed their CRC")
-
-
-def _after(views: list[memoryview], done: int) -> list[memoryview]:
-    """What is left of ``views`` once their first ``done`` bytes are filled."""
-    for k, v in enumerate(views):
-        if done < v.nbytes:
-            return [v[done:]] + views[k + 1 :]
-        done -= v.nbytes
-    return []
 
 
 def best(fn, repeat: int) -> float:
