@@ -117,7 +117,7 @@ def remember(raw: bytes, layout: sstable.TableLayout, table: Sequence[tuple[byte
     blocks = tuple((offset, length - 1) for offset, length in layout.data_blocks)
     template = Template(masked, zeroed, blocks, crc_of, index, spans)
     with _lock:
-        for serial, old in list(_templates.items()):  # one template per structure: a newer one replaces it
+        for serial, old in list(_templates.items()):  # one per structure (two threads may parse a new one at once)
             if old.masked.size == masked.size and np.array_equal(old.zeroed, zeroed) \
                     and np.array_equal(old.masked, masked):
                 del _templates[serial]
